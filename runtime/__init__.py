@@ -1,0 +1,1 @@
+"""Reward-guided speculative decoding: engine-agnostic core, engines, pipeline and serving."""
