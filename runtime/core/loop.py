@@ -1,0 +1,129 @@
+"""The step loop: one async generator per request, the same in-process, in tests and in Triton.
+
+    while not finished:
+        outcome = await method.step(context)   # the method decides one step
+        event = state.commit(outcome)          # append, count, check the stop rules
+        yield event
+
+It holds no tensors and no transport code. Concurrent requests each run this loop; engines batch
+whatever they are handed at the same time, which gives in-flight batching everywhere.
+"""
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from runtime.core.errors import RequestValidationError
+from runtime.core.methods import Engines, StepContext, get_method
+from runtime.core.params import RequestParams
+from runtime.core.protocols import Tokenizer
+from runtime.core.segment import StepSegmenter, prm_step_text
+from runtime.core.stats import RequestStats
+from runtime.core.types import Finish, StepEvent, StepOutcome
+
+_BOXED = re.compile(r"\\boxed\{")
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    request_id: str
+    question: str  # what the PRM sees
+    prompt_ids: tuple[int, ...]  # what the generators see (the question in the prompt template)
+    params: RequestParams
+
+
+@dataclass(slots=True)
+class RequestState:
+    """Per-request mutable state, owned by one loop."""
+
+    request: Request
+    max_len: int
+    tokens: list[int] = field(default_factory=list)
+    steps: list[str] = field(default_factory=list)
+    stats: RequestStats = field(default_factory=RequestStats)
+
+    def step_cap(self) -> int:
+        p = self.request.params
+        left_total = p.max_tokens - len(self.tokens)
+        left_context = self.max_len - len(self.request.prompt_ids) - len(self.tokens)
+        return max(0, min(p.max_step_tokens, left_total, left_context))
+
+    def commit(self, outcome: StepOutcome, text: str, draft_text: str | None, delimiter: str) -> StepEvent:
+        self.tokens.extend(outcome.token_ids)
+        self.steps.append(prm_step_text(text, delimiter))
+        self.stats.observe_step(outcome)
+        reason = self.finish_reason(outcome, text)
+        return StepEvent(len(self.steps) - 1, text, outcome.token_ids, outcome.source, outcome.reward,
+                         outcome.accepted, draft_text, finished=reason is not None, finish_reason=reason)
+
+    def finish_reason(self, outcome: StepOutcome, text: str) -> str | None:
+        p = self.request.params
+        if outcome.finish == Finish.EOS:
+            return "eos"
+        if p.stop_at_boxed and has_boxed(text):
+            return "boxed"
+        if len(self.tokens) >= p.max_tokens:
+            return "max_tokens"
+        if len(self.request.prompt_ids) + len(self.tokens) >= self.max_len:
+            return "context"
+        if len(self.steps) >= p.max_steps:
+            return "max_steps"
+        if not outcome.token_ids and outcome.finish == Finish.LENGTH:
+            return "max_tokens"  # no room left to write anything
+        return None
+
+
+def has_boxed(text: str) -> bool:
+    """True if `text` contains a complete \\boxed{...} (braces balanced)."""
+    for match in _BOXED.finditer(text):
+        depth = 0
+        for ch in text[match.end() - 1:]:
+            depth += (ch == "{") - (ch == "}")
+            if depth == 0:
+                return True
+    return False
+
+
+async def run_request(
+    request: Request,
+    engines: Engines,
+    tokenizer: Tokenizer,
+    segmenter: StepSegmenter,
+    max_len: int,
+) -> AsyncIterator[StepEvent]:
+    """Yield one StepEvent per decided step; the last has `finished` set and carries the stats."""
+    method = get_method(request.params.method)
+    engines.check(method.needs(request.params))
+    if len(request.prompt_ids) >= max_len:
+        raise RequestValidationError(
+            "text_input", f"prompt is {len(request.prompt_ids)} tokens; the models accept at most {max_len - 1}")
+    state = RequestState(request, max_len)
+    rng = np.random.default_rng(request.params.seed)
+    started = time.perf_counter()
+    try:
+        while True:
+            ctx = StepContext(request.request_id, request.params, request.question,
+                              request.prompt_ids + tuple(state.tokens), tuple(state.steps), state.step_cap(),
+                              engines, tokenizer, segmenter, rng, state.stats)
+            outcome = await method.step(ctx)
+            text = tokenizer.decode(outcome.token_ids)
+            draft_text = tokenizer.decode(outcome.draft_token_ids) if outcome.draft_token_ids else None
+            event = state.commit(outcome, text, draft_text, segmenter.delimiter)
+            if event.finished:
+                state.stats.wall_time_s = time.perf_counter() - started
+                event = _with_stats(event, state.stats)
+            yield event
+            if event.finished:
+                return
+    finally:
+        engines.release(request.request_id)
+
+
+def _with_stats(event: StepEvent, stats: RequestStats) -> StepEvent:
+    from dataclasses import replace
+
+    return replace(event, stats=stats.to_dict())

@@ -1,0 +1,144 @@
+"""What a method is, and the per-step context the loop hands it.
+
+A method is a stateless strategy: `step(ctx)` decides one reasoning step and returns a
+`StepOutcome`. It declares the engines it needs so the loop can reject a request up front
+instead of branching on method names. All per-request state lives in `StepContext`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from runtime.core.errors import EngineError, RequestValidationError
+from runtime.core.params import RequestParams
+from runtime.core.protocols import StepGenerator, StepScorer, TokenModel, TokenVerifier, Tokenizer
+from runtime.core.segment import StepSegmenter, prm_step_text
+from runtime.core.stats import RequestStats
+from runtime.core.types import (
+    Generation,
+    LogitsRequest,
+    RewardRequest,
+    ScoreRequest,
+    StepOutcome,
+    StepRequest,
+    VerifyRequest,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Needs:
+    """Engines a method needs for given parameters: roles and the interfaces they must offer."""
+
+    step_roles: tuple[str, ...] = ()  # roles used as StepGenerator
+    token_roles: tuple[str, ...] = ()  # roles used as TokenModel
+    prm: bool = False
+
+
+class Method(Protocol):
+    name: ClassVar[str]
+
+    def needs(self, params: RequestParams) -> Needs: ...
+
+    async def step(self, ctx: StepContext) -> StepOutcome: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Engines:
+    """The models one pipeline serves, by role. `draft` and `target` share a tokenizer."""
+
+    draft: Any = None
+    target: Any = None
+    prm: StepScorer | None = None
+
+    def role(self, name: str) -> Any:
+        engine = getattr(self, name)
+        if engine is None:
+            raise RequestValidationError("method", f"needs a {name} model, and none is configured")
+        return engine
+
+    def check(self, needs: Needs) -> None:
+        for name in needs.step_roles:
+            if not isinstance(self.role(name), StepGenerator):
+                raise RequestValidationError("method", f"the {name} engine cannot generate steps")
+        for name in needs.token_roles:
+            if not isinstance(self.role(name), TokenModel):
+                raise RequestValidationError("method", f"the {name} engine does not expose token logits")
+        if needs.prm and self.prm is None:
+            raise RequestValidationError("method", "needs a process reward model, and none is configured")
+
+    def release(self, key: str) -> None:
+        for engine in (self.draft, self.target, self.prm):
+            if engine is not None:
+                engine.release(key)
+
+
+@dataclass(slots=True)
+class StepContext:
+    """Everything a method may use to decide one step; records engine usage into `stats`."""
+
+    key: str
+    params: RequestParams
+    question: str
+    prefix: tuple[int, ...]  # prompt + accepted tokens
+    steps: tuple[str, ...]  # accepted steps as the PRM sees them
+    max_new_tokens: int  # cap for this step (per-step cap, remaining budget, context)
+    engines: Engines
+    tokenizer: Tokenizer
+    segmenter: StepSegmenter
+    rng: np.random.Generator
+    stats: RequestStats
+
+    def next_seed(self) -> int:
+        return int(self.rng.integers(0, 2**63 - 1))
+
+    def text(self, ids: tuple[int, ...]) -> str:
+        return self.tokenizer.decode(ids)
+
+    async def generate(self, role: str, n: int = 1, logprobs: bool = False) -> tuple[Generation, ...]:
+        engine = self.engines.role(role)
+        p = self.params
+        req = StepRequest(self.key, self.prefix, n, p.temperature, p.top_p, self.max_new_tokens,
+                          self.next_seed(), logprobs)
+        result = await engine.generate(req)
+        self._record(role, engine, result.usage)
+        if len(result.generations) != n:
+            raise EngineError(f"{role} returned {len(result.generations)} generations, asked for {n}")
+        return result.generations
+
+    async def score(self, role: str, continuations: tuple[tuple[int, ...], ...], temperature: float) -> tuple[float, ...]:
+        engine = self.engines.role(role)
+        result = await engine.score(ScoreRequest(self.key, self.prefix, continuations, temperature))
+        self._record(role, engine, result.usage)
+        return result.logprobs
+
+    async def rewards(self, candidates: tuple[tuple[int, ...], ...]) -> tuple[float, ...]:
+        prm = self.engines.prm
+        assert prm is not None, "Engines.check guarantees a PRM for methods that need one"
+        texts = tuple(prm_step_text(self.text(ids), self.segmenter.delimiter) for ids in candidates)
+        result = await prm.reward(RewardRequest(self.key, self.question, self.steps, texts))
+        self._record("prm", prm, result.usage)
+        if len(result.rewards) != len(candidates):
+            raise EngineError(f"prm returned {len(result.rewards)} rewards for {len(candidates)} steps")
+        return result.rewards
+
+    async def logits(self, role: str, ids: tuple[int, ...], count: int) -> np.ndarray:
+        engine = self.engines.role(role)
+        result = await engine.logits(LogitsRequest(self.key, ids, count))
+        self._record(role, engine, result.usage)
+        return result.logits
+
+    async def verify(self, role: str, prefix: tuple[int, ...], tokens: tuple[int, ...], probs: np.ndarray) -> tuple[tuple[int, ...], int]:
+        from runtime.core.verify import ReferenceVerifier  # local: verify imports this module's types
+
+        engine = self.engines.role(role)
+        verifier = engine if isinstance(engine, TokenVerifier) else ReferenceVerifier(engine)
+        p = self.params
+        req = VerifyRequest(self.key, prefix, tokens, probs, p.temperature, p.top_p, self.next_seed())
+        result = await verifier.verify(req)
+        self._record(role, engine, result.usage)
+        return result.tokens, result.num_accepted
+
+    def _record(self, role: str, engine: Any, usage: Any) -> None:
+        self.stats.observe_call(role, usage, engine.num_params)

@@ -1,0 +1,119 @@
+"""CoS: collaborative decoding via speculation (Fu et al., ICML 2025, arXiv 2502.01662).
+
+Collaborative decoding samples from a combined distribution r of several models sharing a
+vocabulary: weighted ensemble r = lambda q + (1 - lambda) p (WE, default lambda 0.5) or
+contrastive decoding r = softmax((l_p - mu l_q) / T) (CD, default mu 0.1), where q is the draft
+(small) model and p the target. CoS gets r's samples faster by speculation:
+  - a proposer drafts gamma tokens from its own distribution; the other models score them in one
+    pass each; token x is accepted with probability min(1, r(x) / q_prop(x)); at the first
+    rejection a token is drawn from norm(max(0, r - q_prop)) and all caches are cleared;
+  - alternate proposal (APF): when every proposed token is accepted, the last scorer's bonus
+    token (drawn from its own distribution) becomes the first token of its own proposal, it
+    drafts gamma_i - 1 more, and the roles swap; after a rejection the default proposer (the
+    draft, gamma = `gamma`, default 5) starts again; the target's gamma is `cos_gamma_target`
+    (default 1), the paper's two-model setting.
+The output follows r exactly (lossless w.r.t. r). Greedy (T = 0) means argmax of r, computed
+from untempered distributions (the reference returned model 0's greedy token for WE, bug C3).
+Models are scored in the fixed order [draft, target] whatever the proposer (bug C5/npu order).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from runtime.core.methods.base import Needs, StepContext
+from runtime.core.methods.tokens import TokenStep
+from runtime.core.params import RequestParams
+from runtime.core.sampling import combine, process, residual, sample
+from runtime.core.types import StepOutcome
+
+ROLES = ("draft", "target")
+
+
+@dataclass(slots=True)
+class _Speculation:
+    """Unverified proposal tokens and each model's logits rows at those positions."""
+
+    tokens: list[int] = field(default_factory=list)
+    proposer_q: list[np.ndarray] = field(default_factory=list)  # [len(tokens)] proposer distributions
+    rows: dict[str, list[np.ndarray]] = field(default_factory=lambda: {r: [] for r in ROLES})
+
+    def pop_front(self) -> None:
+        self.tokens.pop(0)
+        self.proposer_q.pop(0)
+        for rows in self.rows.values():
+            rows.pop(0)
+
+
+@dataclass(frozen=True, slots=True)
+class CollaborativeSpeculation:
+    name: ClassVar[str] = "cos"
+
+    def needs(self, params: RequestParams) -> Needs:
+        return Needs(token_roles=ROLES)
+
+    async def step(self, ctx: StepContext) -> StepOutcome:
+        step = TokenStep(ctx.segmenter, ctx.max_new_tokens)
+        counts = [0, 0]  # drafted, accepted
+        while step.finish is None:
+            await self._cycle(ctx, step, counts)
+        return StepOutcome(tuple(step.out), step.finish, "ensemble", drafted_tokens=counts[0],
+                           accepted_draft_tokens=counts[1])
+
+    async def _cycle(self, ctx: StepContext, step: TokenStep, counts: list[int]) -> None:
+        """From a clean state: default proposer drafts, then score/verify/alternate until a
+        rejection (return to the caller for a fresh cycle) or the end of the step."""
+        spec = _Speculation()
+        await self._draft(ctx, step, spec, "draft", None, self._gamma(ctx, "draft"))
+        while step.finish is None:
+            scorer = min(ROLES, key=lambda r: len(spec.rows[r]))
+            bonus_row = await self._score(ctx, step, spec, scorer)
+            while spec.tokens and all(spec.rows[r] for r in ROLES):
+                if not self._verify_front(ctx, step, spec, counts):
+                    return  # rejected (a corrected token was emitted) or the step ended
+            if step.finish is None and not spec.tokens:
+                await self._draft(ctx, step, spec, scorer, bonus_row, self._gamma(ctx, scorer))
+
+    def _gamma(self, ctx: StepContext, role: str) -> int:
+        return ctx.params.gamma if role == "draft" else ctx.params.cos_gamma_target
+
+    async def _score(self, ctx: StepContext, step: TokenStep, spec: _Speculation, role: str) -> np.ndarray:
+        """One pass of `role` over the proposal positions it has not seen, plus one more."""
+        seen = len(spec.rows[role])
+        ids = ctx.prefix + tuple(step.out) + tuple(spec.tokens)
+        logits = await ctx.logits(role, ids, len(spec.tokens) - seen + 1)
+        spec.rows[role].extend(logits[:-1])
+        return logits[-1]
+
+    async def _draft(self, ctx: StepContext, step: TokenStep, spec: _Speculation, role: str,
+                     first_row: np.ndarray | None, gamma: int) -> None:
+        """`role` proposes up to gamma tokens; `first_row` is its already-computed next row."""
+        p = ctx.params
+        row = first_row
+        for _ in range(min(gamma, step.room)):
+            if row is None:
+                ids = ctx.prefix + tuple(step.out) + tuple(spec.tokens)
+                row = (await ctx.logits(role, ids, 1))[0]
+            q = process(row, p.temperature, p.top_p)
+            spec.tokens.append(sample(q, ctx.rng))
+            spec.proposer_q.append(q)
+            spec.rows[role].append(row)
+            row = None
+            if step.proposal_ends(spec.tokens):
+                break
+
+    def _verify_front(self, ctx: StepContext, step: TokenStep, spec: _Speculation, counts: list[int]) -> bool:
+        """Verify the first proposal token against r; False ends the cycle."""
+        p = ctx.params
+        weights = (p.cos_lambda, 1.0 - p.cos_lambda)
+        r = combine([spec.rows[x][0] for x in ROLES], p.cos_combine, weights, p.cos_mu, p.temperature, p.top_p)
+        token, q = spec.tokens[0], spec.proposer_q[0]
+        counts[0] += 1
+        if q[token] > 0.0 and ctx.rng.random() < min(1.0, r[token] / q[token]):
+            counts[1] += 1
+            spec.pop_front()
+            return not step.push(token)
+        step.push(sample(residual(r, q), ctx.rng))
+        return False

@@ -1,0 +1,62 @@
+"""Standard speculative sampling (Leviathan et al. 2023; Chen et al. 2023): lossless.
+
+Per round: the draft proposes gamma tokens x_1..x_gamma ~ q autoregressively; the target scores
+them in one pass, giving p_1..p_{gamma+1}; x_i is accepted with probability min(1, p_i/q_i);
+at the first rejection a token is drawn from norm(max(0, p_i - q_i)); if all are accepted a bonus
+token is drawn from p_{gamma+1}. The output is distributed exactly as the target's own sampling
+(at temperature 0: identical to target greedy). Rounds repeat until the step ends (delimiter,
+EOS, cap); the draft stops proposing at a step end. Default gamma = 5.
+Verification goes through the target's TokenVerifier (native in TensorRT-LLM) or the core's
+reference rule (`runtime.core.sampling.speculative_verify`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from runtime.core.methods.base import Needs, StepContext
+from runtime.core.methods.tokens import TokenStep
+from runtime.core.params import RequestParams
+from runtime.core.sampling import process, sample
+from runtime.core.types import StepOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class SpeculativeDecoding:
+    name: ClassVar[str] = "sd"
+
+    def needs(self, params: RequestParams) -> Needs:
+        return Needs(token_roles=("draft", "target"))
+
+    async def step(self, ctx: StepContext) -> StepOutcome:
+        p = ctx.params
+        step = TokenStep(ctx.segmenter, ctx.max_new_tokens)
+        drafted = accepted = 0
+        while step.finish is None:
+            base = ctx.prefix + tuple(step.out)
+            tokens, probs = await self._propose(ctx, step, base, min(p.gamma, step.room - 1))
+            emitted, n_accepted = await ctx.verify("target", base, tuple(tokens), probs)
+            drafted += len(tokens)
+            accepted += n_accepted
+            for token in emitted:
+                if step.push(token):
+                    break
+        assert step.finish is not None
+        return StepOutcome(tuple(step.out), step.finish, "target", drafted_tokens=drafted,
+                           accepted_draft_tokens=accepted)
+
+    async def _propose(self, ctx: StepContext, step: TokenStep, base: tuple[int, ...], gamma: int
+                       ) -> tuple[list[int], np.ndarray]:
+        p = ctx.params
+        tokens: list[int] = []
+        probs: list[np.ndarray] = []
+        for _ in range(max(gamma, 0)):
+            row = (await ctx.logits("draft", base + tuple(tokens), 1))[0]
+            q = process(row, p.temperature, p.top_p)
+            tokens.append(sample(q, ctx.rng))
+            probs.append(q)
+            if step.proposal_ends(tokens):
+                break
+        return tokens, (np.stack(probs) if probs else np.zeros((0, 0)))

@@ -1,0 +1,120 @@
+"""Reference sampling rules on numpy arrays (no torch): the maths every engine must agree with.
+
+Distributions are float64 numpy vectors over the vocabulary. `temperature == 0` means greedy and
+is represented by a one-hot distribution, so the same rejection rule covers greedy and sampling.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+Array = np.ndarray
+
+
+def softmax(logits: Array, temperature: float = 1.0) -> Array:
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def top_p_filter(probs: Array, top_p: float) -> Array:
+    """Keep the smallest set of most likely tokens whose mass reaches `top_p`, renormalised."""
+    if top_p >= 1.0:
+        return probs
+    order = np.argsort(-probs, kind="stable")
+    sorted_probs = probs[order]
+    cum = np.cumsum(sorted_probs)
+    keep = cum - sorted_probs < top_p  # a token is kept if the mass before it is below top_p
+    out = np.zeros_like(probs)
+    out[order[keep]] = sorted_probs[keep]
+    return out / out.sum()
+
+
+def one_hot(index: int, size: int) -> Array:
+    out = np.zeros(size, dtype=np.float64)
+    out[index] = 1.0
+    return out
+
+
+def process(logits: Array, temperature: float, top_p: float) -> Array:
+    """The distribution a model samples from: greedy one-hot at T=0, else tempered top-p."""
+    if temperature == 0.0:
+        return one_hot(int(np.argmax(logits)), logits.shape[-1])
+    return top_p_filter(softmax(logits, temperature), top_p)
+
+
+def sample(probs: Array, rng: np.random.Generator) -> int:
+    """Inverse-CDF sampling; robust to rounding in the last bucket."""
+    cdf = np.cumsum(probs)
+    index = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
+    return min(index, probs.shape[-1] - 1)
+
+
+def residual(target: Array, draft: Array) -> Array:
+    """norm(max(0, p - q)): where to resample after a rejection. Falls back to p if p == q."""
+    diff = np.maximum(target - draft, 0.0)
+    total = diff.sum()
+    return target if total <= 0.0 else diff / total
+
+
+def speculative_verify(
+    draft_tokens: tuple[int, ...],
+    draft_probs: Array,
+    target_probs: Array,
+    rng: np.random.Generator,
+) -> tuple[tuple[int, ...], int]:
+    """Speculative sampling (Leviathan et al. 2023; Chen et al. 2023). Lossless.
+
+    draft_probs: [gamma, V], the distributions q_i the draft tokens were sampled from.
+    target_probs: [gamma + 1, V], the target distributions p_i at the same positions plus one.
+    Accept x_i with probability min(1, p_i(x_i) / q_i(x_i)); at the first rejection emit a token
+    from norm(max(0, p_i - q_i)) and stop; if all are accepted emit a bonus token from p_gamma.
+    The emitted tokens are then distributed exactly as the target's own samples.
+    Returns (emitted tokens, number of accepted draft tokens).
+    """
+    out: list[int] = []
+    for i, token in enumerate(draft_tokens):
+        p, q = target_probs[i][token], draft_probs[i][token]
+        if q > 0.0 and rng.random() < min(1.0, p / q):
+            out.append(token)
+            continue
+        out.append(sample(residual(target_probs[i], draft_probs[i]), rng))
+        return tuple(out), i
+    out.append(sample(target_probs[len(draft_tokens)], rng))
+    return tuple(out), len(draft_tokens)
+
+
+def combine(
+    logits: list[Array],
+    kind: str,
+    weights: tuple[float, ...],
+    mu: float,
+    temperature: float,
+    top_p: float,
+) -> Array:
+    """CoS combined distribution r over models [draft, ..., target] (Fu et al. 2025, Eq. 4-5).
+
+    we: r = sum_i w_i * process(l_i)             (weighted ensemble of processed distributions)
+    cd: r = process(l_target - mu * l_draft)      (contrastive decoding on raw logits, 2 models)
+    At temperature 0 the combination uses untempered (T=1) distributions and then takes the
+    argmax of r, so greedy CoS is greedy on the combined distribution (not on model 0 alone).
+    """
+    t_eff = temperature if temperature > 0.0 else 1.0
+    if kind == "we":
+        r = sum(w * process(lg, t_eff, top_p) for w, lg in zip(weights, logits))
+    elif kind == "cd":
+        if len(logits) != 2:
+            raise ValueError("contrastive decoding combines exactly two models")
+        r = process(np.asarray(logits[1], np.float64) - mu * np.asarray(logits[0], np.float64), t_eff, top_p)
+    else:
+        raise ValueError(f"unknown combination {kind!r}")
+    r = np.asarray(r, dtype=np.float64)
+    return one_hot(int(np.argmax(r)), r.shape[-1]) if temperature == 0.0 else r / r.sum()
+
+
+def logprob_of(logits: Array, token: int, temperature: float) -> float:
+    """log softmax(logits / T)[token]; T == 0 is scored untempered (T = 1)."""
+    t = temperature if temperature > 0.0 else 1.0
+    z = np.asarray(logits, dtype=np.float64) / t
+    m = z.max()
+    return float(z[token] - m - np.log(np.exp(z - m).sum()))

@@ -1,0 +1,165 @@
+"""Records passed between the loop, the methods and the engines. All frozen; token ids are tuples."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class Finish(str, Enum):
+    """Why one generated step ended."""
+
+    STEP = "step"  # a step delimiter ("\n\n") was generated
+    EOS = "eos"  # an end-of-sequence token was generated (not included in the step's ids)
+    LENGTH = "length"  # the per-step token cap (or the remaining budget) was reached
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Work one engine call did; the stats turn it into FLOPs (2 x params per processed token)."""
+
+    prefill_tokens: int = 0  # tokens run through the model in context passes (cache misses)
+    decode_tokens: int = 0  # tokens run through the model one (or a few) at a time while generating
+    generated_tokens: int = 0  # tokens sampled
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prefill_tokens + other.prefill_tokens,
+            self.decode_tokens + other.decode_tokens,
+            self.generated_tokens + other.generated_tokens,
+        )
+
+    @property
+    def processed_tokens(self) -> int:
+        return self.prefill_tokens + self.decode_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class StepRequest:
+    """Generate `n` candidate steps continuing `prefix` (prompt + accepted tokens)."""
+
+    key: str  # cache key: one per request, so the engine can reuse that request's KV cache
+    prefix: tuple[int, ...]
+    n: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    seed: int
+    want_logprobs: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """One generated step.
+
+    `logprob` is the sum over the step's tokens of log p(token) under the distribution that was
+    actually sampled from: softmax(logits / T) restricted to the top-p nucleus when T > 0, and
+    the untempered softmax(logits) when T == 0 (a point mass has no useful log-prob).
+    """
+
+    token_ids: tuple[int, ...]  # [step_len], EOS excluded
+    finish: Finish
+    logprob: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateResult:
+    generations: tuple[Generation, ...]  # [n]
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreRequest:
+    """Log-probability of each continuation given `prefix`, at `temperature` (no top-p)."""
+
+    key: str
+    prefix: tuple[int, ...]
+    continuations: tuple[tuple[int, ...], ...]  # [n][len_i]
+    temperature: float
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreResult:
+    logprobs: tuple[float, ...]  # [n]
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
+class RewardRequest:
+    """PRM input: the raw question, the accepted steps so far, and candidate next steps (text)."""
+
+    key: str
+    question: str
+    steps: tuple[str, ...]  # accepted steps, delimiter removed
+    candidates: tuple[str, ...]  # [n] candidate next steps, delimiter removed
+
+
+@dataclass(frozen=True, slots=True)
+class RewardResult:
+    rewards: tuple[float, ...]  # [n] P(candidate step is correct), in [0, 1]
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
+class LogitsRequest:
+    """Next-token logits at the last `count` positions of `ids` (count <= len(ids))."""
+
+    key: str
+    ids: tuple[int, ...]
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogitsResult:
+    logits: Any  # numpy float32 [count, vocab]; row j predicts the token after ids[: len(ids) - count + 1 + j]
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyRequest:
+    """Verify draft tokens against the target by speculative sampling (one target pass)."""
+
+    key: str
+    prefix: tuple[int, ...]
+    draft_tokens: tuple[int, ...]  # [gamma]
+    draft_probs: Any  # numpy float32 [gamma, vocab]: the processed distributions they were sampled from
+    temperature: float
+    top_p: float
+    seed: int
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    tokens: tuple[int, ...]  # accepted draft tokens, then one corrected or bonus token
+    num_accepted: int
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutcome:
+    """What a method decided for one step."""
+
+    token_ids: tuple[int, ...]
+    finish: Finish
+    source: str  # "draft" | "target" | "ensemble": which model wrote the step's tokens
+    reward: float | None = None  # PRM reward of the judged draft step (or of the chosen step)
+    accepted: bool | None = None  # for judged methods: was the draft's proposal accepted
+    draft_token_ids: tuple[int, ...] = ()  # the rejected draft step, when one was regenerated
+    drafted_tokens: int = 0  # draft tokens proposed in this step (token-level methods)
+    accepted_draft_tokens: int = 0  # of which accepted
+
+
+@dataclass(frozen=True, slots=True)
+class StepEvent:
+    """One decided step, as streamed to clients."""
+
+    index: int
+    text: str
+    token_ids: tuple[int, ...]
+    source: str
+    reward: float | None
+    accepted: bool | None
+    draft_text: str | None = None  # the rejected draft step, when the target regenerated it
+    finished: bool = False
+    finish_reason: str | None = None  # eos | max_tokens | max_steps | boxed | context (last event only)
+    stats: dict[str, Any] | None = field(default=None)  # request stats (last event only)

@@ -1,0 +1,1 @@
+"""Test support shipped with the package: tiny random-weight models and scripted fake engines."""

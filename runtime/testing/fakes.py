@@ -1,0 +1,159 @@
+"""Scripted fake engines for unit tests of the core (the same tests also run on real models).
+
+FakeTokenizer: a fixed list of pieces. FakeLM: a deterministic "language model" whose next-token
+distribution is a seeded function of the last token (a Markov chain), implementing StepGenerator
+and TokenModel with exact probabilities, so statistical tests can compute the true distribution.
+FakePRM: rewards from a script or a function. Every fake counts its calls.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from runtime.core.sampling import logprob_of, process, sample
+from runtime.core.types import (
+    Finish,
+    GenerateResult,
+    Generation,
+    LogitsRequest,
+    LogitsResult,
+    RewardRequest,
+    RewardResult,
+    ScoreRequest,
+    ScoreResult,
+    StepRequest,
+    Usage,
+)
+
+DEFAULT_PIECES = ("<eos>", "\n\n", "a", "b", "c", "1", "2", " ")
+
+
+@dataclass(frozen=True, slots=True)
+class FakeTokenizer:
+    pieces: tuple[str, ...] = DEFAULT_PIECES
+    eos: int = 0
+
+    @property
+    def eos_ids(self) -> frozenset[int]:
+        return frozenset({self.eos})
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.pieces)
+
+    def encode(self, text: str) -> list[int]:
+        """Greedy longest match (so "\\n\\n" is one token)."""
+        out, i = [], 0
+        order = sorted(range(len(self.pieces)), key=lambda k: -len(self.pieces[k]))
+        while i < len(text):
+            for k in order:
+                if k != self.eos and self.pieces[k] and text.startswith(self.pieces[k], i):
+                    out.append(k)
+                    i += len(self.pieces[k])
+                    break
+            else:
+                raise ValueError(f"cannot encode {text[i]!r}")
+        return out
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return "".join(self.pieces[i] for i in ids)
+
+    def piece(self, token_id: int) -> str:
+        return self.pieces[token_id]
+
+
+@dataclass(slots=True)
+class FakeLM:
+    """Next-token logits depend only on the last token: logits = table[last]."""
+
+    vocab: int
+    seed: int
+    sharpness: float = 2.0
+    num_params: int = 1000
+    max_len: int = 10_000
+    calls: Counter[str] = field(default_factory=Counter)
+    table: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.table = np.random.default_rng(self.seed).normal(size=(self.vocab, self.vocab)) * self.sharpness
+
+    def next_logits(self, ids: Sequence[int]) -> np.ndarray:
+        return self.table[ids[-1] if ids else 0]
+
+    def release(self, key: str) -> None:
+        self.calls["release"] += 1
+
+    async def generate(self, req: StepRequest) -> GenerateResult:
+        from runtime.core.segment import StepSegmenter
+
+        self.calls["generate"] += 1
+        rng = np.random.default_rng(req.seed)
+        seg = StepSegmenter(lambda i: DEFAULT_PIECES[i] if i < len(DEFAULT_PIECES) else "?", frozenset({0}))
+        gens = []
+        for _ in range(req.n):
+            ids, logprob, finish = list(req.prefix), 0.0, Finish.LENGTH
+            tail, out = "", []
+            while len(out) < req.max_new_tokens:
+                logits = self.next_logits(ids)
+                token = sample(process(logits, req.temperature, req.top_p), rng)
+                if token == 0:
+                    finish = Finish.EOS
+                    break
+                logprob += logprob_of(logits, token, req.temperature)
+                out.append(token)
+                ids.append(token)
+                ended, tail = seg.advance(tail, token)
+                if ended:
+                    finish = Finish.STEP
+                    break
+            gens.append(Generation(tuple(out), finish, logprob))
+        generated = sum(len(g.token_ids) for g in gens)
+        return GenerateResult(tuple(gens), Usage(prefill_tokens=len(req.prefix), decode_tokens=generated,
+                                                 generated_tokens=generated))
+
+    async def score(self, req: ScoreRequest) -> ScoreResult:
+        self.calls["score"] += 1
+        out = []
+        for cont in req.continuations:
+            ids = list(req.prefix)
+            total = 0.0
+            for token in cont:
+                total += logprob_of(self.next_logits(ids), token, req.temperature)
+                ids.append(token)
+            out.append(total)
+        return ScoreResult(tuple(out), Usage(prefill_tokens=sum(map(len, req.continuations))))
+
+    async def logits(self, req: LogitsRequest) -> LogitsResult:
+        self.calls["logits"] += 1
+        ids = list(req.ids)
+        rows = [self.next_logits(ids[: len(ids) - req.count + 1 + j]) for j in range(req.count)]
+        return LogitsResult(np.stack(rows).astype(np.float32), Usage(prefill_tokens=req.count))
+
+
+@dataclass(slots=True)
+class FakePRM:
+    """Rewards from `script` in order (cycling), or from `fn(question, steps, candidate)`."""
+
+    script: Sequence[float] = (0.9,)
+    fn: Callable[[str, tuple[str, ...], str], float] | None = None
+    num_params: int = 500
+    calls: Counter[str] = field(default_factory=Counter)
+    seen: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = field(default_factory=list)
+
+    def release(self, key: str) -> None:
+        self.calls["release"] += 1
+
+    async def reward(self, req: RewardRequest) -> RewardResult:
+        self.seen.append((req.question, req.steps, req.candidates))
+        rewards = []
+        for cand in req.candidates:
+            if self.fn is not None:
+                rewards.append(self.fn(req.question, req.steps, cand))
+            else:
+                rewards.append(self.script[self.calls["scored"] % len(self.script)])
+            self.calls["scored"] += 1
+        self.calls["reward"] += 1
+        return RewardResult(tuple(rewards), Usage(prefill_tokens=len(req.candidates)))
