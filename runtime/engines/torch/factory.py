@@ -9,6 +9,7 @@ from runtime.config import ModelConfig, PipelineConfig
 from runtime.core.errors import ConfigError
 from runtime.core.methods import Engines
 from runtime.core.segment import StepSegmenter
+from runtime.engines.prm_format import make_prm_format
 from runtime.engines.torch.generator import TorchLM
 from runtime.engines.torch.loading import (
     HFTokenizer,
@@ -19,7 +20,7 @@ from runtime.engines.torch.loading import (
     matmul_params,
     max_positions,
 )
-from runtime.engines.torch.prm import TorchPRM, two_class_format, value_head_format
+from runtime.engines.torch.prm import TorchPRM, make_head
 from runtime.engines.torch.runner import BatchRunner
 from runtime.engines.torch.scheduler import ForwardScheduler
 from runtime.pipeline import Pipeline
@@ -45,15 +46,16 @@ def build_lm(role: str, cfg: ModelConfig, segmenter: StepSegmenter, tok: HFToken
                    max_positions(config, tok.tok), tok.vocab_size)
 
 
-def build_prm(cfg: ModelConfig, max_rows: int) -> TorchPRM:
+def build_prm(cfg: ModelConfig, max_rows: int, with_format: bool = True) -> TorchPRM:
+    """The PRM engine; `with_format=False` for a server sub-model that receives token ids."""
     path = check_folder(cfg.path, "models.prm.path")
     device = resolve_device(cfg.device)
-    tok = load_tokenizer(path, "models.prm.path")
     decoder, _ = load_backbone(path, cfg.dtype, str(device))
-    make = value_head_format if cfg.format == "value_head" else two_class_format
-    fmt = make(path, tok, device, "models.prm")
+    assert cfg.format is not None, "PipelineConfig requires a PRM format"
+    head = make_head(cfg.format, path, device, "models.prm")
+    fmt = make_prm_format(cfg.format, load_tokenizer(path, "models.prm.path"), "models.prm") if with_format else None
     scheduler = ForwardScheduler(BatchRunner(decoder, device, max_rows=max_rows), name="prm")
-    return TorchPRM(scheduler, fmt, matmul_params(decoder, None) + fmt.head_params)
+    return TorchPRM(scheduler, head, matmul_params(decoder, None) + head.params, fmt)
 
 
 def build_pipeline(cfg: PipelineConfig) -> Pipeline:

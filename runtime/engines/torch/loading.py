@@ -1,49 +1,21 @@
 """Loading Hugging Face folders: tokenizers, causal LMs (headless + output head) and PRM heads."""
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from runtime.core.errors import ConfigError
+# Torch-free helpers live in runtime.engines.hf (the Triton BLS uses them); re-exported here.
+from runtime.engines.hf import HFTokenizer, check_folder, load_tokenizer, max_positions
+
+__all__ = ["HFTokenizer", "check_folder", "load_tokenizer", "max_positions", "load_causal_lm", "load_backbone",
+           "load_tensors", "matmul_params", "quiet_transformers"]
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@dataclass(frozen=True, slots=True)
-class HFTokenizer:
-    """Adapts a transformers tokenizer to the core's Tokenizer protocol (no special-token magic:
-    encode adds nothing, decode drops nothing, so ids and text round-trip step by step)."""
-
-    tok: Any
-    eos_ids: frozenset[int]
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.tok)
-
-    @property
-    def bos_id(self) -> int | None:
-        return self.tok.bos_token_id
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tok.encode(text, add_special_tokens=False))
-
-    def decode(self, ids: Any) -> str:
-        return self.tok.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
-    def piece(self, token_id: int) -> str:
-        return self.decode([token_id])
-
-    def token_id(self, text: str) -> int | None:
-        value = self.tok.convert_tokens_to_ids(text)
-        return None if value is None or value == self.tok.unk_token_id else int(value)
 
 
 def quiet_transformers() -> None:
@@ -52,31 +24,6 @@ def quiet_transformers() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-
-
-def check_folder(path: Path, key: str) -> Path:
-    if not path.is_dir():
-        raise ConfigError(key, f"model folder {path} does not exist")
-    if not (path / "config.json").is_file():
-        raise ConfigError(key, f"{path} has no config.json (expected a Hugging Face model folder)")
-    return path
-
-
-def load_tokenizer(path: Path, key: str) -> HFTokenizer:
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(key, f"cannot load a tokenizer from {path}: {exc}") from exc
-    eos = {tok.eos_token_id} if tok.eos_token_id is not None else set()
-    gen_config = path / "generation_config.json"
-    if gen_config.is_file():
-        value = json.loads(gen_config.read_text()).get("eos_token_id")
-        eos |= set(value) if isinstance(value, list) else ({value} if value is not None else set())
-    if not eos:
-        raise ConfigError(key, f"{path}: the tokenizer defines no EOS token")
-    return HFTokenizer(tok, frozenset(int(e) for e in eos))
 
 
 def load_causal_lm(path: Path, dtype: str, device: str) -> tuple[torch.nn.Module, torch.nn.Module, Any]:
@@ -118,9 +65,3 @@ def matmul_params(decoder: torch.nn.Module, head: torch.nn.Module | None) -> int
     embed = decoder.get_input_embeddings()
     total = sum(p.numel() for p in decoder.parameters()) - (embed.weight.numel() if embed is not None else 0)
     return total + (sum(p.numel() for p in head.parameters()) if head is not None else 0)
-
-
-def max_positions(config: Any, tokenizer: Any | None = None) -> int:
-    value = getattr(config, "max_position_embeddings", None) or 4096
-    limit = getattr(tokenizer, "model_max_length", None) if tokenizer is not None else None
-    return int(min(value, limit)) if isinstance(limit, int) and 0 < limit < 10**9 else int(value)

@@ -1,115 +1,139 @@
-"""Process reward models on PyTorch: the two PRM formats, chosen in config.
+"""Process reward models on PyTorch: backbone + reward head, run at given token positions.
 
-value_head (Skywork-o1-Open-PRM): input = [bos] + encode(question + "\\n"), then per step
-  encode(step) + [id("\\n\\n")]; reward = sigmoid(v_head(h)) at the step's separator token, with
-  v_head = `v_head.summary` Linear(hidden, 1) on the final (normed) hidden state.
-two_class (Qwen2.5-Math-PRM): input = ChatML(system, user=question) + assistant steps joined and
-  terminated by <extra_0>; reward = softmax(score(h))[1] at the step's <extra_0>, with
-  score = Linear(h, h) -> ReLU -> Linear(h, 2) (`score.0`, `score.2`).
-Each step is tokenised on its own and the request's PRM ids are kept, so each call runs only the
-new step through the model (the reference re-encoded the whole prefix every step: O(L^2)).
+Input formatting (question and steps to token ids) is torch-free in `runtime.engines.prm_format`;
+here live the two heads, chosen in config:
+value_head (Skywork-o1-Open-PRM): reward = sigmoid(v_head(h)) with v_head = `v_head.summary`
+  Linear(hidden, 1) on the final (normed) hidden state.
+two_class (Qwen2.5-Math-PRM): reward = softmax(score(h))[1] with score = Linear(h, h) -> ReLU ->
+  Linear(h, 2) (`score.0`, `score.2`).
+`TorchPRM.rewards_at` is the ids-level entry point (the Triton PRM sub-model calls it): rows that
+share a prefix reuse the request's KV cache for it, so each call runs only new tokens (the
+reference re-encoded the whole prefix every step: O(L^2)). `reward` formats text then calls it.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from runtime.core.errors import ConfigError
+from runtime.core.errors import ConfigError, EngineError
 from runtime.core.types import RewardRequest, RewardResult, Usage
+from runtime.engines.prm_format import QWEN_PRM_SYSTEM, PrmFormat, PrmHistory
 from runtime.engines.torch.kvcache import SeqCache
-from runtime.engines.torch.loading import HFTokenizer, load_tensors
+from runtime.engines.torch.loading import load_tensors
 from runtime.engines.torch.runner import Row
 from runtime.engines.torch.scheduler import ForwardScheduler
 
-QWEN_PRM_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
-PRM_FORMATS = ("value_head", "two_class")
+__all__ = ["QWEN_PRM_SYSTEM", "PrmHead", "TorchPRM", "make_head", "two_class_head", "value_head"]
 
 
 @dataclass(frozen=True, slots=True)
-class PrmFormat:
-    """How a PRM reads (question, steps) and turns a hidden state into a reward."""
+class PrmHead:
+    """Turns final hidden states into rewards."""
 
-    prefix_ids: Callable[[str], list[int]]
-    step_ids: Callable[[str], list[int]]
-    head: Callable[[torch.Tensor], torch.Tensor]  # [rows, hidden] -> [rows] rewards
-    head_params: int
+    fn: Callable[[torch.Tensor], torch.Tensor]  # [rows, hidden] -> [rows] rewards in [0, 1]
+    params: int
 
 
-def value_head_format(path: Path, tok: HFTokenizer, device: torch.device, key: str) -> PrmFormat:
+def value_head(path: Path, device: torch.device, key: str) -> PrmHead:
     weights = load_tensors(path, "v_head.summary.")
     if "v_head.summary.weight" not in weights:
         raise ConfigError(key, f"{path}: no v_head.summary.weight tensor (value_head PRM format)")
     w = weights["v_head.summary.weight"].float().to(device)  # [1, hidden]
     b = weights.get("v_head.summary.bias", torch.zeros(1)).float().to(device)
-    sep = tok.encode("\n\n")
-    if not sep:
-        raise ConfigError(key, f"{path}: the tokenizer cannot encode the step separator")
-    bos = [tok.bos_id] if tok.bos_id is not None else []
 
     def head(hidden: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(hidden.float() @ w.T + b)[:, 0]
 
-    return PrmFormat(lambda q: bos + tok.encode(q + "\n"), lambda s: tok.encode(s) + [sep[-1]], head, w.numel() + 1)
+    return PrmHead(head, w.numel() + 1)
 
 
-def two_class_format(path: Path, tok: HFTokenizer, device: torch.device, key: str) -> PrmFormat:
+def two_class_head(path: Path, device: torch.device, key: str) -> PrmHead:
     weights = {k: v.float().to(device) for k, v in load_tensors(path, "score.").items()}
     missing = {"score.0.weight", "score.0.bias", "score.2.weight", "score.2.bias"} - set(weights)
     if missing:
         raise ConfigError(key, f"{path}: missing {', '.join(sorted(missing))} (two_class PRM format)")
-    step_token = tok.token_id("<extra_0>")
-    if step_token is None:
-        raise ConfigError(key, f"{path}: the tokenizer has no <extra_0> token (two_class PRM format)")
-
-    def prefix(question: str) -> list[int]:
-        messages = [{"role": "system", "content": QWEN_PRM_SYSTEM}, {"role": "user", "content": question}]
-        return tok.encode(tok.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
     def head(hidden: torch.Tensor) -> torch.Tensor:
         x = torch.relu(hidden.float() @ weights["score.0.weight"].T + weights["score.0.bias"])
         return torch.softmax(x @ weights["score.2.weight"].T + weights["score.2.bias"], -1)[:, 1]
 
-    return PrmFormat(prefix, lambda s: tok.encode(s) + [step_token], head, sum(w.numel() for w in weights.values()))
+    return PrmHead(head, sum(w.numel() for w in weights.values()))
+
+
+def make_head(kind: str, path: Path, device: torch.device, key: str) -> PrmHead:
+    return value_head(path, device, key) if kind == "value_head" else two_class_head(path, device, key)
 
 
 @dataclass(slots=True)
 class TorchPRM:
     scheduler: ForwardScheduler
-    fmt: PrmFormat
+    head: PrmHead
     num_params: int
+    fmt: PrmFormat | None = None  # needed by `reward` (text input) only
     _caches: dict[str, SeqCache] = field(default_factory=dict)
-    _step_ids: dict[str, list[tuple[str, list[int]]]] = field(default_factory=dict)
+    _history: PrmHistory | None = None
 
     def release(self, key: str) -> None:
         self._caches.pop(key, None)
-        self._step_ids.pop(key, None)
+        if self._history is not None:
+            self._history.release(key)
+
+    @property
+    def cached_keys(self) -> int:
+        return len(self._caches)
 
     async def reward(self, req: RewardRequest) -> RewardResult:
-        prefix = self._prefix(req)
-        cache = self._caches.setdefault(req.key, SeqCache())
-        cache.reuse(prefix)
-        fed = len(prefix) - cache.length
-        if fed:
-            await self.scheduler.run([Row(cache, prefix[cache.length:], 0)])
-        cand_ids = [self.fmt.step_ids(text) for text in req.candidates]
-        forks = [cache] if len(cand_ids) == 1 else [cache.fork() for _ in cand_ids]
-        hidden = await self.scheduler.run([Row(c, ids, 1) for c, ids in zip(forks, cand_ids)])
-        with torch.inference_mode():
-            rewards = self.fmt.head(torch.cat(hidden)).cpu().tolist()
-        return RewardResult(tuple(float(r) for r in rewards), Usage(prefill_tokens=fed + sum(map(len, cand_ids))))
+        if self.fmt is None:
+            raise EngineError("this PRM was built without an input format; call rewards_at with token ids")
+        if self._history is None:
+            self._history = PrmHistory(self.fmt)
+        prefix = self._history.prefix(req.key, req.question, req.steps)
+        rows = [prefix + self.fmt.step_ids(text) for text in req.candidates]
+        rewards, usage = await self.rewards_at(req.key, rows, [[len(r) - 1] for r in rows])
+        return RewardResult(tuple(r[0] for r in rewards), usage)
 
-    def _prefix(self, req: RewardRequest) -> list[int]:
-        """Question ids + each accepted step's ids, re-encoding only steps not seen before."""
-        known = self._step_ids.setdefault(req.key, [])
-        if not known or known[0][0] != req.question:
-            known[:] = [(req.question, self.fmt.prefix_ids(req.question))]
-        for i, text in enumerate(req.steps, start=1):
-            if i < len(known) and known[i][0] == text:
-                continue
-            del known[i:]
-            known.append((text, self.fmt.step_ids(text)))
-        del known[len(req.steps) + 1:]
-        return [t for _, ids in known for t in ids]
+    async def rewards_at(self, key: str, rows: Sequence[Sequence[int]], positions: Sequence[Sequence[int]]
+                         ) -> tuple[list[list[float]], Usage]:
+        """Rewards read at `positions[i]` (indices into `rows[i]`) of each token row.
+
+        The request's cache is cropped to what it shares with the rows; one row then runs on it
+        directly, several rows run their common prefix (up to the first position read) on it
+        once and their remainders on forks of it.
+        """
+        if not rows or len(rows) != len(positions):
+            raise EngineError(f"rewards_at needs one position list per row, got {len(rows)} rows, {len(positions)}")
+        for row, pos in zip(rows, positions):
+            if not pos or min(pos) < 0 or max(pos) >= len(row):
+                raise EngineError(f"reward positions {list(pos)} out of range for a row of {len(row)} tokens")
+        cache = self._caches.setdefault(key, SeqCache())
+        outputs = [len(row) - min(pos) for row, pos in zip(rows, positions)]
+        if len(rows) == 1:  # run the row on the request's cache itself: one forward
+            cache.reuse(list(rows[0]), keep_new=outputs[0])
+            fed = len(rows[0]) - cache.length
+            hidden = await self.scheduler.run([Row(cache, list(rows[0][cache.length:]), outputs[0])])
+        else:
+            shared = min(_common_prefix(rows), *(len(row) - n for row, n in zip(rows, outputs)))
+            cache.reuse(list(rows[0][:shared]))
+            fed = shared - cache.length
+            if fed:
+                await self.scheduler.run([Row(cache, list(rows[0][cache.length:shared]), 0)])
+            fed += sum(len(row) - shared for row in rows)
+            hidden = await self.scheduler.run([Row(cache.fork(), list(row[shared:]), n) for row, n in zip(rows, outputs)])
+        rewards = []
+        for row, pos, h in zip(rows, positions, hidden):
+            first = len(row) - h.shape[0]
+            with torch.inference_mode():
+                rewards.append([float(r) for r in self.head.fn(h[[p - first for p in pos]]).cpu().tolist()])
+        return rewards, Usage(prefill_tokens=fed)
+
+
+def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
+    first = rows[0]
+    n = min(len(r) for r in rows)
+    for i in range(n):
+        if any(r[i] != first[i] for r in rows[1:]):
+            return i
+    return n

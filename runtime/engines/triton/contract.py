@@ -1,0 +1,243 @@
+"""The tensor contract between the `rsd` BLS and its sub-models, in numpy (no Triton, no torch).
+
+Draft and target speak TensorRT-LLM's `tensorrt_llm` names and shapes (batch dim first), so the
+BLS cannot tell a `torch` sub-model from a `tensorrt_llm` one:
+  inputs  input_ids INT32 [1, L], input_lengths INT32 [1, 1], request_output_len INT32 [1, 1],
+          end_id / pad_id INT32 [1, 1], stop_words_list INT32 [1, 2, K], temperature FP32 [1, 1],
+          runtime_top_k INT32 [1, 1] (1 = greedy), runtime_top_p FP32 [1, 1],
+          random_seed UINT64 [1, 1], num_return_sequences INT32 [1, 1], and BOOL [1, 1] flags
+          return_log_probs, return_context_logits, return_generation_logits, exclude_input_in_output
+  outputs output_ids INT32 [1, n, len], sequence_length INT32 [1, n], cum_log_probs FP32 [1, n],
+          context_logits FP32 [1, L, V], generation_logits FP32 [1, n, len, V]
+TensorRT-LLM may answer n sequences as n responses tagged `sequence_index`; `parse_lm_reply`
+merges them. The PRM contract is ours (TensorRT-LLM has no reward model type):
+  inputs  input_ids INT32 [B, L] (right-padded), input_lengths INT32 [B],
+          step_positions INT32 [B, P] (indices into each row, padded with -1)
+  outputs step_rewards FP32 [B, P] (NaN where padded)
+Each side builds and parses with the functions here, so the contract lives in one file.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime.core.errors import EngineError
+
+LM_OUTPUTS = ("output_ids", "sequence_length", "cum_log_probs", "context_logits", "generation_logits")
+PRM_OUTPUTS = ("step_rewards",)
+
+
+@dataclass(frozen=True, slots=True)
+class LmCall:
+    ids: tuple[int, ...]
+    output_len: int
+    n: int = 1
+    temperature: float = 0.0  # 0 = greedy (sent as runtime_top_k = 1)
+    top_p: float = 1.0
+    seed: int = 0
+    end_id: int = 0
+    pad_id: int = 0
+    stop_words: tuple[tuple[int, ...], ...] = ()
+    logprobs: bool = False
+    context_logits: bool = False
+    generation_logits: bool = False
+    exclude_input: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class LmReply:
+    sequences: tuple[tuple[int, ...], ...]  # [n][len] (end_id included when the engine ended on it)
+    cum_logprobs: tuple[float, ...] | None = None  # [n]
+    context_logits: np.ndarray | None = None  # [L, V]
+    generation_logits: np.ndarray | None = None  # [n, len, V]
+
+
+@dataclass(frozen=True, slots=True)
+class PrmCall:
+    rows: tuple[tuple[int, ...], ...]  # [B][L_b]
+    positions: tuple[tuple[int, ...], ...]  # [B][P_b]
+
+
+def _scalar(value: float | int | bool, dtype: type) -> np.ndarray:
+    return np.array([[value]], dtype=dtype)
+
+
+def lm_request_tensors(call: LmCall) -> dict[str, np.ndarray]:
+    greedy = call.temperature == 0.0
+    tensors = {
+        "input_ids": np.array([call.ids], dtype=np.int32),
+        "input_lengths": _scalar(len(call.ids), np.int32),
+        "request_output_len": _scalar(call.output_len, np.int32),
+        "end_id": _scalar(call.end_id, np.int32),
+        "pad_id": _scalar(call.pad_id, np.int32),
+        "temperature": _scalar(1.0 if greedy else call.temperature, np.float32),
+        "runtime_top_k": _scalar(1 if greedy else 0, np.int32),
+        "runtime_top_p": _scalar(call.top_p, np.float32),
+        "random_seed": _scalar(call.seed, np.uint64),
+        "num_return_sequences": _scalar(call.n, np.int32),
+        "return_log_probs": _scalar(call.logprobs, bool),
+        "return_context_logits": _scalar(call.context_logits, bool),
+        "return_generation_logits": _scalar(call.generation_logits, bool),
+        "exclude_input_in_output": _scalar(call.exclude_input, bool),
+    }
+    if call.stop_words:
+        tensors["stop_words_list"] = stop_words_tensor(call.stop_words)
+    return tensors
+
+
+def stop_words_tensor(words: Sequence[Sequence[int]]) -> np.ndarray:
+    """TensorRT-LLM's [1, 2, K] format: row 0 the concatenated ids, row 1 cumulative end offsets
+    padded with -1 (as `preprocessing/1/model.py::_to_word_list_format` builds it)."""
+    flat = [t for word in words for t in word]
+    offsets = np.cumsum([len(w) for w in words]).tolist()
+    out = np.zeros((1, 2, max(len(flat), 1)), dtype=np.int32)
+    out[0, 0, :len(flat)] = flat
+    out[0, 1, :] = -1
+    out[0, 1, :len(offsets)] = offsets
+    return out
+
+
+def parse_stop_words(tensor: np.ndarray) -> tuple[tuple[int, ...], ...]:
+    flat, offsets = tensor.reshape(2, -1).tolist()
+    words, start = [], 0
+    for end in offsets:
+        if end < 0:
+            break
+        words.append(tuple(flat[start:end]))
+        start = end
+    return tuple(words)
+
+
+def parse_lm_request(t: Mapping[str, np.ndarray]) -> LmCall:
+    """Sub-model side: validates shapes and values, naming the tensor at fault."""
+    ids = _required(t, "input_ids")
+    if ids.ndim != 2 or ids.shape[0] != 1:
+        raise EngineError(f"input_ids: expected shape [1, L], got {list(ids.shape)} (one sequence per request)")
+    length = _one(t, "input_lengths", int, ids.shape[1])
+    if not 0 < length <= ids.shape[1]:
+        raise EngineError(f"input_lengths: {length} is not in 1..{ids.shape[1]}")
+    top_k = _one(t, "runtime_top_k", int, 0)
+    if top_k not in (0, 1):
+        raise EngineError(f"runtime_top_k: only 0 (off) and 1 (greedy) are supported, got {top_k}")
+    stop = t.get("stop_words_list")
+    return LmCall(
+        ids=tuple(int(x) for x in ids[0, :length]),
+        output_len=_positive(_one(t, "request_output_len", int, None), "request_output_len"),
+        n=_positive(_one(t, "num_return_sequences", int, 1), "num_return_sequences"),
+        temperature=0.0 if top_k == 1 else _one(t, "temperature", float, 1.0),
+        top_p=_one(t, "runtime_top_p", float, 1.0),
+        seed=_one(t, "random_seed", int, 0),
+        end_id=_one(t, "end_id", int, 0),
+        pad_id=_one(t, "pad_id", int, 0),
+        stop_words=parse_stop_words(stop) if stop is not None else (),
+        logprobs=_one(t, "return_log_probs", bool, False),
+        context_logits=_one(t, "return_context_logits", bool, False),
+        generation_logits=_one(t, "return_generation_logits", bool, False),
+        exclude_input=_one(t, "exclude_input_in_output", bool, False),
+    )
+
+
+def lm_reply_tensors(reply: LmReply, pad_id: int) -> dict[str, np.ndarray]:
+    n = len(reply.sequences)
+    width = max((len(s) for s in reply.sequences), default=0)
+    ids = np.full((1, n, max(width, 1)), pad_id, dtype=np.int32)
+    for i, seq in enumerate(reply.sequences):
+        ids[0, i, :len(seq)] = seq
+    out = {"output_ids": ids,
+           "sequence_length": np.array([[len(s) for s in reply.sequences]], dtype=np.int32)}
+    if reply.cum_logprobs is not None:
+        out["cum_log_probs"] = np.array([reply.cum_logprobs], dtype=np.float32)
+    if reply.context_logits is not None:
+        out["context_logits"] = reply.context_logits[None].astype(np.float32)
+    if reply.generation_logits is not None:
+        out["generation_logits"] = reply.generation_logits[None].astype(np.float32)
+    return out
+
+
+def parse_lm_reply(responses: Sequence[Mapping[str, np.ndarray]]) -> LmReply:
+    """BLS side: one response with n sequences, or n responses tagged `sequence_index`."""
+    parts = [r for r in responses if "output_ids" in r]
+    if not parts:
+        raise EngineError("the language model returned no output_ids")
+    parts.sort(key=lambda r: int(np.asarray(r.get("sequence_index", 0)).reshape(-1)[0]))
+    seqs: list[tuple[int, ...]] = []
+    logps: list[float] = []
+    for r in parts:
+        ids = np.asarray(r["output_ids"]).reshape(-1, np.asarray(r["output_ids"]).shape[-1])
+        lengths = np.asarray(r["sequence_length"]).reshape(-1)
+        seqs.extend(tuple(int(x) for x in row[:n]) for row, n in zip(ids, lengths))
+        if "cum_log_probs" in r:
+            logps.extend(float(x) for x in np.asarray(r["cum_log_probs"]).reshape(-1))
+    first = parts[0]
+    context = first.get("context_logits")
+    generation = first.get("generation_logits")
+    return LmReply(tuple(seqs), tuple(logps) if logps else None,
+                   None if context is None else np.asarray(context).reshape(context.shape[-2:]),
+                   None if generation is None else np.asarray(generation)[0])
+
+
+def prm_request_tensors(call: PrmCall) -> dict[str, np.ndarray]:
+    width = max(len(r) for r in call.rows)
+    slots = max(len(p) for p in call.positions)
+    ids = np.zeros((len(call.rows), width), dtype=np.int32)
+    pos = np.full((len(call.rows), slots), -1, dtype=np.int32)
+    for b, (row, p) in enumerate(zip(call.rows, call.positions)):
+        ids[b, :len(row)] = row
+        pos[b, :len(p)] = p
+    return {"input_ids": ids, "input_lengths": np.array([len(r) for r in call.rows], dtype=np.int32),
+            "step_positions": pos}
+
+
+def parse_prm_request(t: Mapping[str, np.ndarray]) -> PrmCall:
+    ids, lengths, pos = _required(t, "input_ids"), _required(t, "input_lengths"), _required(t, "step_positions")
+    if ids.ndim != 2 or pos.ndim != 2 or lengths.reshape(-1).shape[0] != ids.shape[0] or pos.shape[0] != ids.shape[0]:
+        raise EngineError(f"input_ids [B, L], input_lengths [B] and step_positions [B, P] disagree: "
+                          f"{list(ids.shape)}, {list(lengths.shape)}, {list(pos.shape)}")
+    rows = tuple(tuple(int(x) for x in row[:n]) for row, n in zip(ids, lengths.reshape(-1)))
+    positions = tuple(tuple(int(p) for p in row if p >= 0) for row in pos)
+    for row, p in zip(rows, positions):
+        if not p or max(p) >= len(row):
+            raise EngineError(f"step_positions: {list(p)} out of range for a row of {len(row)} tokens")
+    return PrmCall(rows, positions)
+
+
+def prm_reply_tensors(rewards: Sequence[Sequence[float]]) -> dict[str, np.ndarray]:
+    out = np.full((len(rewards), max(len(r) for r in rewards)), np.nan, dtype=np.float32)
+    for b, row in enumerate(rewards):
+        out[b, :len(row)] = row
+    return {"step_rewards": out}
+
+
+def parse_prm_reply(responses: Sequence[Mapping[str, np.ndarray]], call: PrmCall) -> list[list[float]]:
+    found = [r["step_rewards"] for r in responses if "step_rewards" in r]
+    if not found:
+        raise EngineError("the PRM returned no step_rewards")
+    rewards = np.asarray(found[0], dtype=np.float64)
+    if rewards.ndim != 2 or rewards.shape[0] != len(call.rows):
+        raise EngineError(f"the PRM returned step_rewards of shape {list(rewards.shape)} for {len(call.rows)} rows")
+    return [[float(x) for x in rewards[b, :len(p)]] for b, p in enumerate(call.positions)]
+
+
+def _required(t: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+    if name not in t:
+        raise EngineError(f"{name}: required input is missing")
+    return np.asarray(t[name])
+
+
+def _one(t: Mapping[str, np.ndarray], name: str, kind: type, default: object) -> object:
+    if name not in t:
+        if default is None:
+            raise EngineError(f"{name}: required input is missing")
+        return default
+    flat = np.asarray(t[name]).reshape(-1)
+    if flat.shape[0] != 1:
+        raise EngineError(f"{name}: expected one value, got shape {list(np.asarray(t[name]).shape)}")
+    return kind(flat[0].item())
+
+
+def _positive(value: object, name: str) -> int:
+    if not isinstance(value, int) or value < 1:
+        raise EngineError(f"{name}: must be >= 1, got {value!r}")
+    return value

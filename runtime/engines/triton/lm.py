@@ -1,0 +1,137 @@
+"""A draft or target LM behind Triton: StepGenerator + TokenModel over the `tensorrt_llm` contract.
+
+- generate: one request per step with `num_return_sequences = n`, stop words = every token
+  containing the step delimiter (plus the extra EOS ids), end_id = the tokenizer's EOS. The
+  returned ids are cut again with the core's segmenter, so an engine that overshoots a
+  multi-token delimiter, or that includes or omits the end token, still yields the same step.
+- logits (token-level methods): count == 1 reads `generation_logits` of a one-token request
+  (the engine reuses the request's KV cache); count > 1 reads the last rows of `context_logits`.
+- score (GSI): log-probs of each continuation from the `context_logits` of prefix + continuation,
+  one concurrent request per continuation.
+Usage (prefill / decode tokens) is estimated here from the ids sent, assuming the engine
+reuses the longest prefix it saw for the request (what both the torch and TensorRT-LLM
+sub-models do); the sub-models do not report it.
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from runtime.core.errors import EngineError
+from runtime.core.segment import StepSegmenter
+from runtime.core.types import (
+    Finish,
+    GenerateResult,
+    Generation,
+    LogitsRequest,
+    LogitsResult,
+    ScoreRequest,
+    ScoreResult,
+    StepRequest,
+    Usage,
+)
+from runtime.engines.triton.contract import LM_OUTPUTS, LmCall, LmReply, lm_request_tensors, parse_lm_reply
+from runtime.engines.triton.transport import SubModelTransport
+
+
+@dataclass(slots=True)
+class TritonLM:
+    role: str
+    model: str  # sub-model name in the repository
+    transport: SubModelTransport
+    segmenter: StepSegmenter
+    end_id: int
+    pad_id: int
+    stop_words: tuple[tuple[int, ...], ...]
+    num_params: int
+    max_len: int
+    vocab_size: int
+    _seen: dict[str, tuple[int, ...]] = field(default_factory=dict)  # ids the engine holds per request
+
+    def release(self, key: str) -> None:
+        self._seen.pop(key, None)
+
+    async def generate(self, req: StepRequest) -> GenerateResult:
+        call = LmCall(req.prefix, req.max_new_tokens, req.n, req.temperature, req.top_p, req.seed,
+                      self.end_id, self.pad_id, self.stop_words, logprobs=req.want_logprobs)
+        reply = await self._call(req.key, call)
+        if len(reply.sequences) != req.n:
+            raise EngineError(f"{self.model} returned {len(reply.sequences)} sequences, asked for {req.n}")
+        logps = reply.cum_logprobs or (0.0,) * req.n
+        gens = tuple(self._generation(seq, lp, req.max_new_tokens) for seq, lp in zip(reply.sequences, logps))
+        fed = self._feed(req.key, req.prefix, keep_new=1)
+        if req.n == 1 and gens[0].token_ids:  # the engine cached the step too, but for its last token
+            self._seen[req.key] = req.prefix + gens[0].token_ids[:-1]
+        decoded = sum(max(len(g.token_ids) + (g.finish == Finish.EOS) - 1, 0) for g in gens)
+        usage = _usage(fed) + Usage(decode_tokens=decoded, generated_tokens=sum(len(g.token_ids) for g in gens))
+        return GenerateResult(gens, usage)
+
+    async def logits(self, req: LogitsRequest) -> LogitsResult:
+        if req.count == 1:
+            reply = await self._call(req.key, LmCall(req.ids, 1, generation_logits=True, end_id=self.end_id))
+            if reply.generation_logits is None:
+                raise EngineError(f"{self.model} returned no generation_logits")
+            rows = reply.generation_logits.reshape(-1, reply.generation_logits.shape[-1])[:1]
+            return LogitsResult(self._trim(rows), _usage(self._feed(req.key, req.ids, keep_new=1)))
+        rows = await self._context_logits(req.key, req.ids)
+        return LogitsResult(self._trim(rows[-req.count:]), Usage(prefill_tokens=len(req.ids)))
+
+    async def score(self, req: ScoreRequest) -> ScoreResult:
+        scored = [(i, c) for i, c in enumerate(req.continuations) if c]
+        rows = await asyncio.gather(*(self._context_logits(req.key, req.prefix + c) for _, c in scored))
+        logprobs = [0.0] * len(req.continuations)
+        start = len(req.prefix) - 1
+        for (i, cont), logits in zip(scored, rows):
+            logprobs[i] = _logprob_rows(self._trim(logits[start:start + len(cont)]), cont, req.temperature)
+        usage = Usage(prefill_tokens=sum(len(req.prefix) + len(c) for _, c in scored))
+        return ScoreResult(tuple(logprobs), usage)
+
+    async def _context_logits(self, key: str, ids: tuple[int, ...]) -> np.ndarray:
+        reply = await self._call(key, LmCall(ids, 1, context_logits=True, end_id=self.end_id))
+        if reply.context_logits is None or reply.context_logits.shape[0] != len(ids):
+            raise EngineError(f"{self.model} returned no context_logits for {len(ids)} input tokens")
+        return reply.context_logits
+
+    async def _call(self, key: str, call: LmCall) -> LmReply:
+        responses = await self.transport.infer(self.model, lm_request_tensors(call), LM_OUTPUTS, key)
+        return parse_lm_reply(responses)
+
+    def _generation(self, seq: tuple[int, ...], logprob: float, cap: int) -> Generation:
+        ids, end = self.segmenter.cut(seq)
+        if end == "step":
+            finish = Finish.STEP
+        elif end == "eos" or len(ids) < cap:  # stopped early without a delimiter: it hit end_id
+            finish = Finish.EOS
+        else:
+            finish = Finish.LENGTH
+        return Generation(ids[:cap], finish, logprob)
+
+    def _feed(self, key: str, ids: tuple[int, ...], keep_new: int) -> int:
+        """Tokens the engine must run for `ids`, given what it holds for this request."""
+        seen = self._seen.get(key, ())
+        limit = min(len(seen), len(ids) - keep_new)
+        common = 0
+        while common < limit and seen[common] == ids[common]:
+            common += 1
+        self._seen[key] = ids
+        return len(ids) - common
+
+    def _trim(self, rows: np.ndarray) -> np.ndarray:
+        """Engines may pad the vocabulary (TensorRT-LLM does); ids past the tokenizer never occur."""
+        return np.ascontiguousarray(rows[..., : self.vocab_size], dtype=np.float32)
+
+
+def _usage(fed: int) -> Usage:
+    """A pass feeding one token is a decode step; more is a context (prefill) pass."""
+    return Usage(decode_tokens=fed) if fed == 1 else Usage(prefill_tokens=max(fed, 0))
+
+
+def _logprob_rows(logits: np.ndarray, tokens: tuple[int, ...], temperature: float) -> float:
+    """Sum over rows of log softmax(row / T)[token]; T == 0 scores untempered (as the torch engine)."""
+    t = temperature if temperature > 0.0 else 1.0
+    x = logits.astype(np.float64) / t
+    x -= x.max(axis=-1, keepdims=True)
+    logp = x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    return float(logp[np.arange(len(tokens)), list(tokens)].sum())

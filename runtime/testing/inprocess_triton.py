@@ -1,0 +1,26 @@
+"""An in-process SubModelTransport: the BLS engine adapters talk to the torch sub-model handlers
+directly, through the same tensors, without a server (fast contract tests)."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from runtime.core.errors import EngineError
+
+
+@dataclass(slots=True)
+class InProcessTransport:
+    handlers: Mapping[str, Any]  # model name -> object with `async handle(tensors, key)`
+    calls: dict[str, int] = field(default_factory=dict)
+
+    async def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str],
+                    request_id: str) -> list[dict[str, np.ndarray]]:
+        handler = self.handlers.get(model)
+        if handler is None:
+            raise EngineError(f"{model}: model is not loaded")
+        self.calls[model] = self.calls.get(model, 0) + 1
+        reply = await handler.handle({k: np.array(v) for k, v in inputs.items()}, request_id)
+        return [{k: v for k, v in reply.items() if k in outputs}]
