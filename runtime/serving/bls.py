@@ -1,0 +1,87 @@
+"""Serving one `rsd` request: parse, validate, run the step loop, respond. No Triton imports.
+
+The BLS model (`triton_repo/rsd/1/model.py`) hands each request's input tensors and a
+`ResponseSink` to `RsdService.serve`. With `stream` each decided step is sent at once;
+otherwise one response carries the whole text. The last response carries finish_reason and
+stats. The sink is always closed (the final flag is sent), on success, error or cancellation:
+a decoupled request without its final flag hangs its client.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from runtime.core.errors import EngineError, RequestValidationError, RsdError
+from runtime.core.types import StepEvent
+from runtime.pipeline import Pipeline
+from runtime.serving.bls_io import parse_inputs, step_outputs
+from runtime.serving.metrics import RsdMetrics
+
+log = logging.getLogger(__name__)
+
+
+class ResponseSink(Protocol):
+    def send(self, outputs: dict[str, np.ndarray], final: bool) -> None: ...
+
+    def fail(self, exc: RsdError) -> None:
+        """Send an error response with the final flag."""
+        ...
+
+    def close(self) -> None:
+        """Send the final flag if no final response was sent yet."""
+        ...
+
+    def is_cancelled(self) -> bool: ...
+
+
+@dataclass(slots=True)
+class RsdService:
+    pipeline: Pipeline
+    metrics: RsdMetrics | None = None
+
+    async def serve(self, inputs: Mapping[str, np.ndarray], sink: ResponseSink) -> None:
+        """Run one request to its end; the sink is closed whatever happens."""
+        method, outcome = "unknown", "error"
+        if self.metrics:
+            self.metrics.request_started()
+        try:
+            parsed = parse_inputs(inputs)
+            params = self.pipeline.params(parsed.params)
+            method = params.method
+            events = self.pipeline.stream(parsed.prompt, params)
+            outcome = await self._run(events, parsed.stream, method, sink)
+        except RequestValidationError as exc:
+            outcome = "invalid"
+            sink.fail(exc)
+        except RsdError as exc:
+            log.warning("request failed: %s", exc)
+            sink.fail(exc)
+        except Exception as exc:  # a bug must still answer the client, never hang it
+            log.exception("request failed unexpectedly")
+            sink.fail(EngineError(f"internal error: {type(exc).__name__}: {exc}"))
+        finally:
+            sink.close()
+            if self.metrics:
+                self.metrics.request_ended(method, outcome)
+
+    async def _run(self, events: AsyncIterator[StepEvent], stream: bool, method: str, sink: ResponseSink) -> str:
+        done: list[StepEvent] = []
+        try:
+            async for event in events:
+                if self.metrics:
+                    self.metrics.observe_step(method, event)
+                if sink.is_cancelled():  # between steps: no sub-request is in flight here
+                    log.info("request cancelled by the client after %d steps", len(done))
+                    return "cancelled"
+                done.append(event)
+                if stream:
+                    sink.send(step_outputs([event], event.text), final=event.finished)
+            if not stream:
+                sink.send(step_outputs(done, "".join(e.text for e in done)), final=True)
+            return "ok"
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]  # run_request's finally releases caches

@@ -1,0 +1,115 @@
+"""Serving configuration (`configs/triton/*.yaml`): YAML -> a frozen dataclass, strict.
+
+    backend: torch                 # torch | trtllm (trtllm: structure only, see triton_repo/README.md)
+    pipeline: ../default.yaml      # the pipeline config (models, prompt template, defaults)
+    address: 127.0.0.1
+    ports: {http: 8000, grpc: 8001, metrics: 8002}
+    instances: {rsd: 1, draft: 1, target: 1, prm: 1}
+    max_batch_size: 8              # Triton-side batch limit of the draft/target models
+    max_queue_delay_us: 0          # dynamic batching delay of the draft/target models
+    sub_request_timeout_s: 120     # a BLS sub-request gets an error after this, never hangs
+    bls_threads: 64                # concurrent sub-requests of the BLS
+    cache_requests: 64             # per-request KV caches each torch sub-model keeps (LRU)
+    exit_timeout_s: 30             # tritonserver --exit-timeout-secs
+Relative paths resolve against the YAML file's folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from runtime.core.errors import ConfigError
+
+BACKENDS = ("torch", "trtllm")
+ROLES = ("rsd", "draft", "target", "prm")
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    pipeline: Path
+    backend: str = "torch"
+    address: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    instances: tuple[tuple[str, int], ...] = (("rsd", 1), ("draft", 1), ("target", 1), ("prm", 1))
+    max_batch_size: int = 8
+    max_queue_delay_us: int = 0
+    sub_request_timeout_s: float = 120.0
+    bls_threads: int = 64
+    cache_requests: int = 64
+    exit_timeout_s: int = 30
+    source: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError("backend", f"unknown backend {self.backend!r}; expected one of {', '.join(BACKENDS)}")
+        for name in ("http_port", "grpc_port", "metrics_port"):
+            _int_in(name, getattr(self, name), 0, 65535)
+        for role, count in self.instances:
+            _int_in(f"instances.{role}", count, 1, 64)
+        _int_in("max_batch_size", self.max_batch_size, 1, 4096)
+        _int_in("max_queue_delay_us", self.max_queue_delay_us, 0, 10**7)
+        _int_in("bls_threads", self.bls_threads, 1, 4096)
+        _int_in("cache_requests", self.cache_requests, 1, 10**6)
+        _int_in("exit_timeout_s", self.exit_timeout_s, 1, 3600)
+        if not isinstance(self.sub_request_timeout_s, (int, float)) or not self.sub_request_timeout_s > 0:
+            raise ConfigError("sub_request_timeout_s", f"must be a number > 0, got {self.sub_request_timeout_s!r}")
+
+    def instance_count(self, role: str) -> int:
+        return dict(self.instances)[role]
+
+    def with_overrides(self, **values: Any) -> ServeConfig:
+        """CLI overrides (None = keep)."""
+        updates = {k: (Path(v).resolve() if k == "pipeline" else v) for k, v in values.items() if v is not None}
+        return dataclasses.replace(self, **updates)
+
+
+def load_serve_config(path: str | Path) -> ServeConfig:
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError("config", f"serving config {file} does not exist")
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError("config", f"{file} is not valid YAML: {exc}") from exc
+    return parse_serve_config(data, file.resolve().parent, file.resolve())
+
+
+def parse_serve_config(data: Mapping[str, Any], base: Path, source: Path | None = None) -> ServeConfig:
+    _known("", data, {"backend", "pipeline", "address", "ports", "instances", "max_batch_size",
+                      "max_queue_delay_us", "sub_request_timeout_s", "bls_threads", "cache_requests",
+                      "exit_timeout_s"})
+    if "pipeline" not in data:
+        raise ConfigError("pipeline", "required: the pipeline config file")
+    ports = data.get("ports") or {}
+    _known("ports.", ports, {"http", "grpc", "metrics"})
+    instances = data.get("instances") or {}
+    _known("instances.", instances, set(ROLES))
+    pipeline = Path(str(data["pipeline"])).expanduser()
+    scalars = {k: v for k, v in data.items() if k not in ("pipeline", "ports", "instances")}
+    return ServeConfig(
+        pipeline=pipeline if pipeline.is_absolute() else (base / pipeline).resolve(),
+        **{f"{k}_port": v for k, v in ports.items()},
+        instances=tuple((role, instances.get(role, 1)) for role in ROLES),
+        **scalars,
+        source=source,
+    )
+
+
+def _int_in(key: str, value: Any, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(key, f"must be an integer in {lo}..{hi}, got {value!r}")
+
+
+def _known(prefix: str, mapping: Any, allowed: set[str]) -> None:
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(prefix.rstrip(".") or "config", f"expected a mapping, got {type(mapping).__name__}")
+    for key in mapping:
+        if key not in allowed:
+            raise ConfigError(f"{prefix}{key}", f"unknown key; expected one of {', '.join(sorted(allowed))}")

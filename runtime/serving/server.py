@@ -1,0 +1,167 @@
+"""Start and stop a real `tritonserver` on a rendered model repository.
+
+CPU: the Triton 2.51.0 binary bundled in the `nvidia-pytriton` wheel (scripts/setup.sh puts the
+python-backend stub in place). The environment makes the stub's embedded Python this venv's:
+PATH starts with the venv's bin (the stub reads that python's pyvenv.cfg), LD_LIBRARY_PATH has
+the interpreter's LIBDIR (libpython), PYTHONPATH has this checkout (the `runtime` package).
+GPU: the same repository in the NGC container, see `container_command`.
+Each server gets its own python-backend shared-memory prefix so `stop` can remove exactly its
+/dev/shm regions if an unclean exit left them behind.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runtime.config import REPO_ROOT
+from runtime.core.errors import ConfigError, EngineError
+
+log = logging.getLogger(__name__)
+
+NGC_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-pyt-python-py3"  # Triton 2.51 + PyTorch, = the CPU binary
+
+
+@dataclass(frozen=True, slots=True)
+class TritonInstall:
+    binary: Path
+    backends: Path
+    caches: Path
+
+    @classmethod
+    def find(cls) -> TritonInstall:
+        try:
+            import pytriton
+        except ImportError as exc:
+            raise ConfigError("tritonserver", "nvidia-pytriton is not installed; run scripts/setup.sh") from exc
+        root = Path(pytriton.__file__).parent / "tritonserver"
+        install = cls(root / "bin" / "tritonserver", root / "backends", root / "caches")
+        if not install.binary.is_file():
+            raise ConfigError("tritonserver", f"{install.binary} is missing")
+        if not (install.backends / "python" / "triton_python_backend_stub").is_file():
+            raise ConfigError("tritonserver", "the python backend stub is not in place; run scripts/setup.sh")
+        return install
+
+
+@dataclass(slots=True)
+class TritonServer:
+    repo: Path
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    address: str = "127.0.0.1"
+    exit_timeout_s: int = 30
+    log_file: Path | None = None
+    extra_args: tuple[str, ...] = ()
+    proc: subprocess.Popen[bytes] | None = None
+    shm_prefix: str = field(default_factory=lambda: f"rsd{os.getpid()}x{time.monotonic_ns() % 10**6}_")
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}:{self.http_port}"
+
+    def command(self, install: TritonInstall) -> list[str]:
+        return [
+            str(install.binary), f"--model-repository={self.repo}", f"--backend-directory={install.backends}",
+            f"--cache-directory={install.caches}", "--model-control-mode=explicit", "--load-model=*",
+            "--strict-readiness=true", "--exit-on-error=true", f"--exit-timeout-secs={self.exit_timeout_s}",
+            f"--http-address={self.address}", f"--grpc-address={self.address}", f"--metrics-address={self.address}",
+            f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}", f"--metrics-port={self.metrics_port}",
+            "--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}", *self.extra_args,
+        ]
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        venv_bin = str(Path(sys.executable).parent)
+        env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
+        libdir = sysconfig.get_config_var("LIBDIR") or ""
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        return env
+
+    def start(self, ready_timeout_s: float = 180.0) -> None:
+        install = TritonInstall.find()
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        log.info("starting tritonserver on %s (grpc %d, metrics %d), repository %s",
+                 self.url, self.grpc_port, self.metrics_port, self.repo)
+        self.proc = subprocess.Popen(self.command(install), env=self.environment(), stdout=out,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            self.wait_ready(ready_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise EngineError(f"tritonserver exited with code {self.proc.returncode} while starting"
+                                  f"{self._log_hint()}")
+            if self.ready():
+                log.info("tritonserver is ready at %s", self.url)
+                return
+            time.sleep(0.25)
+        raise EngineError(f"tritonserver not ready after {timeout_s:g} s{self._log_hint()}")
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=2) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """SIGTERM, wait (Triton unloads models, up to its exit timeout), then SIGKILL."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout_s if timeout_s is not None else self.exit_timeout_s + 10)
+            except subprocess.TimeoutExpired:
+                log.warning("tritonserver did not exit after SIGTERM; killing it")
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.remove_shm()
+
+    def remove_shm(self) -> None:
+        for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):
+            log.warning("removing leftover shared memory region %s", region)
+            region.unlink(missing_ok=True)
+
+    def _log_hint(self) -> str:
+        if self.log_file is None or not self.log_file.is_file():
+            return ""
+        tail = self.log_file.read_text(errors="replace").splitlines()[-25:]
+        return "; last log lines:\n" + "\n".join(tail)
+
+    def __enter__(self) -> TritonServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def container_command(repo: Path, paths: list[Path], image: str = NGC_IMAGE, http_port: int = 8000,
+                      grpc_port: int = 8001, metrics_port: int = 8002) -> list[str]:
+    """`docker run` for a GPU host: the rendered repository and every path it names (this
+    checkout, the model folders) are mounted at the same absolute paths, so the rendered
+    configs stay valid; the image's Python gets the checkout on PYTHONPATH and needs
+    `transformers` (pip install it in a derived image)."""
+    mounts = [arg for p in sorted({repo, REPO_ROOT, *paths}) for arg in ("-v", f"{p}:{p}:ro")]
+    return ["docker", "run", "--rm", "--gpus=all", "--shm-size=4g", "--ipc=host",
+            "-p", f"127.0.0.1:{http_port}:{http_port}", "-p", f"127.0.0.1:{grpc_port}:{grpc_port}",
+            "-p", f"127.0.0.1:{metrics_port}:{metrics_port}", *mounts, "-e", f"PYTHONPATH={REPO_ROOT}", image,
+            "tritonserver", f"--model-repository={repo}", "--model-control-mode=explicit", "--load-model=*",
+            f"--http-port={http_port}", f"--grpc-port={grpc_port}", f"--metrics-port={metrics_port}"]

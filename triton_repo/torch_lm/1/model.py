@@ -1,0 +1,22 @@
+"""A draft or target LM on the PyTorch engine behind the `tensorrt_llm` tensor contract.
+
+Parse config, build the engine, then answer each request as its own task, so concurrent
+requests meet in the engine's in-flight batcher (runtime.serving.torch_submodels).
+"""
+from runtime.config import load_config
+from runtime.serving import host
+from runtime.serving.torch_submodels import build_lm_submodel
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = host.model_parameters(args)
+        host.configure_logging()
+        cfg = load_config(host.require(params, "pipeline_config"))
+        self.model = build_lm_submodel(cfg, host.require(params, "role"), int(host.require(params, "cache_requests")))
+        self.background = host.Background()
+
+    async def execute(self, requests):
+        for request in requests:
+            self.background.spawn(host.answer(request, self.model.handle))
+        return None

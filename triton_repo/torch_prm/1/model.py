@@ -1,0 +1,21 @@
+"""The process reward model on the PyTorch engine: token rows and positions in, rewards out.
+
+Parse config, build the engine, then answer each request as its own task (runtime.serving.torch_submodels).
+"""
+from runtime.config import load_config
+from runtime.serving import host
+from runtime.serving.torch_submodels import build_prm_submodel
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = host.model_parameters(args)
+        host.configure_logging()
+        cfg = load_config(host.require(params, "pipeline_config"))
+        self.model = build_prm_submodel(cfg, int(host.require(params, "cache_requests")))
+        self.background = host.Background()
+
+    async def execute(self, requests):
+        for request in requests:
+            self.background.spawn(host.answer(request, self.model.handle))
+        return None
