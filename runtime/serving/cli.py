@@ -1,0 +1,139 @@
+"""`rsd serve` (render the repository, run tritonserver) and `rsd client` (send one prompt)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from runtime.config import REPO_ROOT, load_config
+from runtime.serving.client import RsdClient, StepMessage
+
+if TYPE_CHECKING:
+    from runtime.serving.config import ServeConfig
+
+log = logging.getLogger("rsd.serve")
+
+DEFAULT_SERVE_CONFIG = REPO_ROOT / "configs" / "triton" / "torch_cpu.yaml"
+
+
+def add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("serve", help="render the Triton model repository and run tritonserver")
+    p.add_argument("--config", default=str(DEFAULT_SERVE_CONFIG), help="serving YAML (configs/triton/*.yaml)")
+    p.add_argument("--pipeline", help="pipeline YAML (overrides the serving config's `pipeline`)")
+    p.add_argument("--address", help="bind address (default from the config: 127.0.0.1)")
+    p.add_argument("--http-port", type=int)
+    p.add_argument("--grpc-port", type=int)
+    p.add_argument("--metrics-port", type=int)
+    p.add_argument("--repo", help="where to render the repository (default .build/triton_repo/<config name>)")
+    p.add_argument("--log-file", help="tritonserver log (default: <repo>.log)")
+    p.add_argument("--render-only", action="store_true", help="render the repository, print its path and exit")
+    p.add_argument("--container", metavar="IMAGE", nargs="?", const="",
+                   help="GPU host: run the NGC Triton container instead (default image: "
+                        "nvcr.io/nvidia/tritonserver:24.10-pyt-python-py3)")
+    p.set_defaults(run=cmd_serve)
+
+
+def add_client_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from runtime.cli import add_param_flags
+
+    p = sub.add_parser("client", help="send one prompt to a running server and print the steps")
+    p.add_argument("--url", help="host:port (default 127.0.0.1:8001 for grpc, 127.0.0.1:8000 for http)")
+    p.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    p.add_argument("--stream", action="store_true", help="print each step as it is decided")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--model", default="rsd")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for each response")
+    p.add_argument("--json", action="store_true", help="print each response as one JSON line")
+    add_param_flags(p)
+    p.set_defaults(run=cmd_client)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from runtime.serving.config import load_serve_config
+    from runtime.serving.repo import render_repository
+
+    cfg = load_serve_config(args.config).with_overrides(
+        pipeline=args.pipeline, address=args.address, http_port=args.http_port, grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port)
+    repo = render_repository(cfg, Path(args.repo).resolve() if args.repo else None)
+    if args.render_only:
+        print(repo)
+        return 0
+    if args.container is not None:
+        return _run_container(cfg, repo, args.container)
+    return _run_local(cfg, repo, Path(args.log_file) if args.log_file else repo.with_suffix(".log"))
+
+
+def _run_local(cfg: ServeConfig, repo: Path, log_file: Path) -> int:
+    from runtime.serving.server import TritonServer
+
+    server = TritonServer(repo, cfg.http_port, cfg.grpc_port, cfg.metrics_port, cfg.address,
+                          cfg.exit_timeout_s, log_file)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"starting tritonserver (log: {log_file}) ...", flush=True)
+    server.start()
+    print(f"serving: http {server.url}  grpc {cfg.address}:{cfg.grpc_port}  "
+          f"metrics http://{cfg.address}:{cfg.metrics_port}/metrics  (Ctrl-C stops)", flush=True)
+    try:
+        while not stop.wait(1.0):
+            if server.proc is None or server.proc.poll() is not None:
+                print(f"tritonserver exited; see {log_file}", file=sys.stderr)
+                return 1
+    finally:
+        print("stopping tritonserver ...", flush=True)
+        server.stop()
+    return 0
+
+
+def _run_container(cfg: ServeConfig, repo: Path, image: str) -> int:
+    from runtime.serving.server import NGC_IMAGE, container_command
+
+    pipeline = load_config(cfg.pipeline)
+    paths = [cfg.pipeline.parent] + [m.path for m in (pipeline.draft, pipeline.target, pipeline.prm) if m]
+    cmd = container_command(repo, paths, image or NGC_IMAGE, cfg.http_port, cfg.grpc_port, cfg.metrics_port)
+    print(" ".join(cmd), flush=True)
+    return subprocess.call(cmd)
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    from runtime.cli import param_values
+
+    url = args.url or ("127.0.0.1:8001" if args.protocol == "grpc" else "127.0.0.1:8000")
+    client = RsdClient(url, args.protocol, args.model, args.timeout)
+    index = 0
+    for message in client.stream(args.prompt, param_values(args), stream=args.stream):
+        if args.json:
+            print(json.dumps(_as_json(message)), flush=True)
+            continue
+        index = _print_message(message, index, args.stream)
+    return 0
+
+
+def _print_message(message: StepMessage, index: int, stream: bool) -> int:
+    if stream:
+        for source, reward in zip(message.sources, message.rewards):
+            index += 1
+            mark = f" r={reward:.3f}" if reward is not None else ""
+            print(f"--- step {index} [{source}{mark}]\n{message.text.rstrip()}", flush=True)
+    else:
+        rewards = ", ".join("-" if r is None else f"{r:.3f}" for r in message.rewards)
+        print(f"{message.text}\n--- {len(message.sources)} steps: {' '.join(message.sources)}\n    rewards: {rewards}")
+    if message.final:
+        stats = message.stats or {}
+        print(f"=== finished: {message.finish_reason}; {stats.get('steps')} steps, {stats.get('tokens')} tokens, "
+              f"{stats.get('wall_time_s', 0.0):.2f} s; target share {stats.get('target_step_share', 0):.0%} of steps",
+              flush=True)
+    return index
+
+
+def _as_json(message: StepMessage) -> dict[str, object]:
+    return {"text": message.text, "sources": list(message.sources), "rewards": list(message.rewards),
+            "finish_reason": message.finish_reason, "stats": message.stats}
