@@ -234,7 +234,12 @@ def _one(t: Mapping[str, np.ndarray], name: str, kind: type, default: object) ->
     flat = np.asarray(t[name]).reshape(-1)
     if flat.shape[0] != 1:
         raise EngineError(f"{name}: expected one value, got shape {list(np.asarray(t[name]).shape)}")
-    return kind(flat[0].item())
+    value = flat[0]
+    if kind is float and value.dtype == np.float32:
+        # float32 0.7 is 0.699999988; its shortest repr gives back the number the sender meant,
+        # so sampling matches the in-process engine, which uses the float64 value.
+        return float(repr(value))
+    return kind(value.item())
 
 
 def _positive(value: object, name: str) -> int:

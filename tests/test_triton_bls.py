@@ -1,0 +1,141 @@
+"""The BLS without a server: the same pipeline on engines that speak the sub-model tensor
+contract, wired to the torch sub-model handlers in-process (runtime/testing/inprocess_triton.py)."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+
+from runtime.core.errors import EngineError, RequestValidationError
+
+pytestmark = pytest.mark.slow  # real (tiny) models
+
+
+@pytest.fixture(scope="module")
+def pipelines(pipeline_config):
+    from runtime.config import load_config
+    from runtime.engines.torch.factory import build_pipeline
+    from runtime.engines.triton.factory import build_bls_pipeline
+    from runtime.serving.torch_submodels import build_lm_submodel, build_prm_submodel
+    from runtime.testing.inprocess_triton import InProcessTransport
+
+    cfg = load_config(pipeline_config)
+    handlers = {"draft": build_lm_submodel(cfg, "draft", 8), "target": build_lm_submodel(cfg, "target", 8),
+                "prm": build_prm_submodel(cfg, 8)}
+    transport = InProcessTransport(handlers)
+    return build_pipeline(cfg), build_bls_pipeline(cfg, transport), transport
+
+
+@pytest.mark.parametrize("method", ["rsd", "target", "draft", "gsi", "sd", "cos", "bon"])
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_bls_engines_reproduce_the_torch_pipeline(pipelines, method, temperature):
+    torch_pipeline, bls_pipeline, _ = pipelines
+    params = {"method": method, "n": 3, "temperature": temperature, "seed": 5, "threshold": 0.3, "max_tokens": 24}
+    expected = torch_pipeline.generate_sync("1+1=", params)
+    got = bls_pipeline.generate_sync("1+1=", params)
+    assert got.text == expected.text
+    assert [s.source for s in got.steps] == [s.source for s in expected.steps]
+    assert [s.reward for s in got.steps] == pytest.approx([s.reward for s in expected.steps], abs=1e-5)
+
+
+class FakeSink:
+    def __init__(self, cancel_after: int | None = None) -> None:
+        self.sent: list[tuple[dict, bool]] = []
+        self.errors: list[Exception] = []
+        self.closed = 0
+        self.cancel_after = cancel_after
+
+    def send(self, outputs, final):
+        self.sent.append((outputs, final))
+
+    def fail(self, exc):
+        self.errors.append(exc)
+
+    def close(self):
+        self.closed += 1
+
+    def is_cancelled(self):
+        return self.cancel_after is not None and len(self.sent) >= self.cancel_after
+
+
+def _inputs(prompt: str, stream: bool, **params):
+    tensors = {"text_input": np.array([prompt.encode()], dtype=np.object_), "stream": np.array([stream])}
+    for key, value in params.items():
+        tensors[key] = np.array([value.encode() if isinstance(value, str) else value])
+    return tensors
+
+
+def _serve(pipeline, inputs, sink):
+    from runtime.serving.bls import RsdService
+
+    asyncio.run(RsdService(pipeline).serve(inputs, sink))
+    return sink
+
+
+def test_service_streams_steps_then_closes(pipelines):
+    bls = pipelines[1]
+    streamed = _serve(bls, _inputs("2*3=", True, max_tokens=12), FakeSink())
+    whole = _serve(bls, _inputs("2*3=", False, max_tokens=12), FakeSink())
+    assert streamed.closed == whole.closed == 1 and not streamed.errors
+    assert [final for _, final in streamed.sent] == [False] * (len(streamed.sent) - 1) + [True]
+    text = b"".join(out["text_output"][0] for out, _ in streamed.sent)
+    (out, final), = whole.sent
+    assert final and out["text_output"][0] == text and len(out["step_source"]) == len(streamed.sent)
+    assert json.loads(out["stats"][0])["tokens"] <= 12 and out["finish_reason"][0] == b"max_tokens"
+
+
+@pytest.mark.parametrize(("params", "field"), [({"max_tokens": 0}, "max_tokens"), ({"method": "x"}, "method"),
+                                               ({"threshold": float("nan")}, "threshold")])
+def test_service_answers_invalid_requests_with_a_typed_error(pipelines, params, field):
+    sink = _serve(pipelines[1], _inputs("2*3=", True, **params), FakeSink())
+    assert not sink.sent and sink.closed == 1
+    (error,) = sink.errors
+    assert isinstance(error, RequestValidationError) and error.field == field
+
+
+def test_service_cancellation_stops_between_steps_and_releases(pipelines):
+    bls = pipelines[1]
+    sink = _serve(bls, _inputs("2*3=", True, max_tokens=200, max_step_tokens=2, method="target"), FakeSink(1))
+    assert len(sink.sent) == 1 and sink.closed == 1 and not sink.errors
+    assert not bls.engines.target._seen  # the loop's finally released the request
+
+
+def test_service_reports_engine_failures(pipelines):
+    _, bls, transport = pipelines
+    prm = transport.handlers
+    transport.handlers = {k: v for k, v in prm.items() if k != "prm"}
+    try:
+        sink = _serve(bls, _inputs("2*3=", True, max_tokens=8), FakeSink())
+    finally:
+        transport.handlers = prm
+    (error,) = sink.errors
+    assert isinstance(error, EngineError) and "prm" in str(error) and sink.closed == 1
+
+
+def test_service_turns_bugs_into_error_responses(pipelines, monkeypatch):
+    bls = pipelines[1]
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(type(bls), "stream", broken)
+    sink = _serve(bls, _inputs("2*3=", True), FakeSink())
+    (error,) = sink.errors
+    assert isinstance(error, EngineError) and "ZeroDivisionError" in str(error) and sink.closed == 1
+
+
+def test_sub_model_cache_lru_releases_old_requests(pipelines):
+    from runtime.serving.torch_submodels import KeyLru
+
+    released = []
+
+    class Engine:
+        def release(self, key):
+            released.append(key)
+
+    lru = KeyLru(Engine(), 2)
+    for key in ("a", "b", "a", "c", "d"):
+        lru.touch(key)
+    assert released == ["b", "a"] and len(lru) == 2

@@ -1,0 +1,195 @@
+"""Fast tests of the Triton layer without a server: tensor contract, I/O table, rendering,
+serving config, request service, metrics export, import boundaries."""
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime.core.errors import ConfigError, EngineError, RequestValidationError
+from runtime.core.params import RequestParams
+from runtime.core.types import StepEvent
+from runtime.engines.triton import contract
+from runtime.serving import bls_io
+from runtime.serving.config import parse_serve_config
+from runtime.serving.metrics import RsdMetrics
+from runtime.serving.repo import fill, render_repository
+
+
+def test_lm_contract_round_trip():
+    call = contract.LmCall((5, 6, 7), 12, n=2, temperature=0.7, top_p=0.9, seed=42, end_id=2, pad_id=0,
+                           stop_words=((9,), (3, 4)), logprobs=True)
+    tensors = contract.lm_request_tensors(call)
+    assert tensors["input_ids"].shape == (1, 3) and tensors["input_ids"].dtype == np.int32
+    assert tensors["random_seed"].dtype == np.uint64 and tensors["runtime_top_k"][0, 0] == 0
+    assert tensors["stop_words_list"].tolist() == [[[9, 3, 4], [1, 3, -1]]]
+    assert contract.parse_lm_request(tensors) == dataclasses.replace(call, exclude_input=True)
+    greedy = contract.parse_lm_request(contract.lm_request_tensors(dataclasses.replace(call, temperature=0.0)))
+    assert greedy.temperature == 0.0  # sent as runtime_top_k = 1, temperature 1
+
+
+def test_lm_reply_merges_sequences_and_responses():
+    reply = contract.LmReply(((1, 2, 3), (4,)), (-1.5, -0.25))
+    tensors = contract.lm_reply_tensors(reply, pad_id=0)
+    assert tensors["output_ids"].shape == (1, 2, 3) and tensors["sequence_length"].tolist() == [[3, 1]]
+    assert contract.parse_lm_reply([tensors]).sequences == reply.sequences
+    # TensorRT-LLM style: one response per sequence, tagged sequence_index, in any order
+    parts = [{"output_ids": np.array([[[4, 0]]]), "sequence_length": np.array([[1]]), "sequence_index": np.array([1])},
+             {"output_ids": np.array([[[1, 2]]]), "sequence_length": np.array([[2]]), "sequence_index": np.array([0])}]
+    assert contract.parse_lm_reply(parts).sequences == ((1, 2), (4,))
+
+
+def test_lm_request_validation_names_the_tensor():
+    good = contract.lm_request_tensors(contract.LmCall((1, 2), 4))
+    for name, value, field in (("input_ids", np.zeros((2, 3), np.int32), "input_ids"),
+                               ("request_output_len", np.array([[0]], np.int32), "request_output_len"),
+                               ("runtime_top_k", np.array([[5]], np.int32), "runtime_top_k")):
+        with pytest.raises(EngineError, match=field):
+            contract.parse_lm_request({**good, name: value})
+
+
+def test_prm_contract_round_trip():
+    call = contract.PrmCall(((1, 2, 3), (1, 2)), ((2,), (0, 1)))
+    parsed = contract.parse_prm_request(contract.prm_request_tensors(call))
+    assert parsed == call
+    replies = [contract.prm_reply_tensors([[0.5], [0.1, 0.9]])]
+    rewards = contract.parse_prm_reply(replies, call)
+    assert [len(r) for r in rewards] == [1, 2]
+    assert sum(rewards, []) == pytest.approx([0.5, 0.1, 0.9])
+    with pytest.raises(EngineError, match="step_positions"):
+        contract.parse_prm_request(contract.prm_request_tensors(contract.PrmCall(((1, 2),), ((5,),))))
+
+
+def test_io_table_covers_every_request_parameter():
+    served = {s.field for s in bls_io.INPUTS if s.role == "param"}
+    assert served == {f.name for f in dataclasses.fields(RequestParams)}
+    names = [s.name for s in bls_io.INPUTS]
+    assert len(names) == len(set(names))
+    for name in ("text_input", "max_tokens", "stream", "exclude_input_in_output", "min_length", "random_seed"):
+        assert name in names
+
+
+def _t(value, dtype=None):
+    return np.array([value], dtype=dtype or (np.object_ if isinstance(value, bytes) else None))
+
+
+def test_parse_inputs_values_and_errors():
+    parsed = bls_io.parse_inputs({"text_input": _t(b"hi"), "stream": _t(True), "threshold": _t(0.7, np.float32),
+                                  "random_seed": _t(3, np.uint64), "min_length": _t(5, np.int32),
+                                  "bad_words": np.array([b""], dtype=np.object_)})
+    assert parsed.prompt == "hi" and parsed.stream and parsed.params == {"threshold": 0.7, "seed": 3}
+    with pytest.raises(RequestValidationError, match="text_input"):
+        bls_io.parse_inputs({})
+    with pytest.raises(RequestValidationError, match="max_tokens"):
+        bls_io.parse_inputs({"text_input": _t(b"hi"), "max_tokens": np.array([1, 2], np.int32)})
+    with pytest.raises(RequestValidationError, match="stop_words"):
+        bls_io.parse_inputs({"text_input": _t(b"hi"), "stop_words": np.array([b"x"], dtype=np.object_)})
+    with pytest.raises(RequestValidationError, match="text_input"):
+        bls_io.parse_inputs({"text_input": _t(b"\xff\xfe")})
+
+
+def test_fill_rejects_leftover_placeholders_and_unknown_keys():
+    assert fill("a ${x} b ${y}", {"x": "1", "y": "2"}, "t") == "a 1 b 2"
+    with pytest.raises(ConfigError, match=r"\$\{y\}"):
+        fill("a ${x} b ${y}", {"x": "1"}, "t")
+    with pytest.raises(ConfigError, match="z"):
+        fill("a ${x}", {"x": "1", "z": "2"}, "t")
+
+
+def _serve(tmp_path: Path, pipeline: Path, **extra) -> object:
+    return parse_serve_config({"pipeline": str(pipeline), **extra}, tmp_path)
+
+
+def test_serve_config_is_strict(tmp_path):
+    with pytest.raises(ConfigError, match="portz"):
+        _serve(tmp_path, tmp_path / "p.yaml", portz={})
+    with pytest.raises(ConfigError, match="ports.gprc"):
+        _serve(tmp_path, tmp_path / "p.yaml", ports={"gprc": 1})
+    with pytest.raises(ConfigError, match="instances.rsd"):
+        _serve(tmp_path, tmp_path / "p.yaml", instances={"rsd": 0})
+    with pytest.raises(ConfigError, match="backend"):
+        _serve(tmp_path, tmp_path / "p.yaml", backend="onnx")
+    with pytest.raises(ConfigError, match="pipeline"):
+        parse_serve_config({}, tmp_path)
+
+
+def test_render_repository(tmp_path, pipeline_config):
+    cfg = _serve(tmp_path, pipeline_config, instances={"rsd": 2})
+    repo = render_repository(cfg, tmp_path / "repo")
+    assert sorted(p.name for p in repo.iterdir()) == ["draft", "prm", "rsd", "target"]
+    for model in repo.iterdir():
+        text = (model / "config.pbtxt").read_text()
+        assert "${" not in text and f'name: "{model.name}"' in text and (model / "1" / "model.py").is_file()
+    assert "count: 2" in (repo / "rsd" / "config.pbtxt").read_text()
+    assert 'string_value: "target"' in (repo / "target" / "config.pbtxt").read_text()
+    with pytest.raises(ConfigError, match="tensorrt_llm"):  # the trtllm layout: structure only, no templates yet
+        render_repository(_serve(tmp_path, pipeline_config, backend="trtllm"), tmp_path / "trt")
+
+
+def test_torch_free_imports():
+    """The BLS side (adapters, formatting, serving glue) must import without torch or Triton."""
+    code = ("import sys\n"
+            "for name in ('torch', 'triton_python_backend_utils', 'tensorrt_llm'): sys.modules[name] = None\n"
+            "import runtime.engines.triton.factory, runtime.engines.prm_format, runtime.serving.bls\n"
+            "import runtime.serving.host, runtime.serving.repo, runtime.serving.client, runtime.serving.server\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_parameter_estimate_matches_torch(pipeline_config):
+    import torch
+
+    from runtime.config import load_config
+    from runtime.engines.hf import estimate_matmul_params
+    from runtime.engines.torch.loading import load_backbone, load_causal_lm, matmul_params
+    from runtime.engines.torch.prm import make_head
+
+    cfg = load_config(pipeline_config)
+    decoder, head, _ = load_causal_lm(cfg.target.path, "float32", "cpu")
+    assert estimate_matmul_params(cfg.target.path) == matmul_params(decoder, head)
+    backbone, _ = load_backbone(cfg.prm.path, "float32", "cpu")
+    prm_head = make_head(cfg.prm.format, cfg.prm.path, torch.device("cpu"), "models.prm")
+    assert estimate_matmul_params(cfg.prm.path, with_lm_head=False) == matmul_params(backbone, None) + prm_head.params
+
+
+class FakeMetric:
+    def __init__(self):
+        self.value = 0.0
+        self.observed: list[float] = []
+
+    def increment(self, v):
+        self.value += v
+
+    def set(self, v):
+        self.value = v
+
+    def observe(self, v):
+        self.observed.append(v)
+
+
+class FakeFactory:
+    def __init__(self):
+        self.metrics: dict[tuple, FakeMetric] = {}
+
+    def metric(self, name, description, kind, labels, buckets=None):
+        return self.metrics.setdefault((name, tuple(sorted(labels.items()))), FakeMetric())
+
+
+def test_metrics_export_the_request_stats():
+    factory = FakeFactory()
+    metrics = RsdMetrics(factory)
+    metrics.request_started()
+    stats = {"steps": 3, "steps_drafted": 3, "steps_accepted": 2, "target_calls": 1,
+             "tokens_by_source": {"draft": 7, "target": 4}}
+    metrics.observe_step("rsd", StepEvent(0, "a", (1,), "draft", 0.9, True))
+    metrics.observe_step("rsd", StepEvent(1, "b", (2,), "target", 0.1, False, finished=True, stats=stats))
+    metrics.request_ended("rsd", "ok")
+    m = {k[0] + str(dict(k[1])): v for k, v in factory.metrics.items()}
+    assert m["rsd_steps_regenerated_total{'method': 'rsd'}"].value == 1
+    assert m["rsd_tokens_total{'method': 'rsd', 'source': 'draft'}"].value == 7
+    assert m["rsd_prm_reward{'method': 'rsd'}"].observed == [0.9, 0.1]
+    assert m["rsd_requests_total{'method': 'rsd', 'outcome': 'ok'}"].value == 1
+    assert m["rsd_requests_in_flight{}"].value == 0
