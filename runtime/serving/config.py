@@ -10,6 +10,7 @@
     sub_request_timeout_s: 120     # a BLS sub-request gets an error after this, never hangs
     bls_threads: 64                # concurrent sub-requests of the BLS
     cache_requests: 64             # per-request KV caches each torch sub-model keeps (LRU)
+    torch_threads: 1               # intra-op threads per torch sub-model (0: the pipeline's engine.torch_threads)
     exit_timeout_s: 30             # tritonserver --exit-timeout-secs
 Relative paths resolve against the YAML file's folder.
 """
@@ -43,6 +44,9 @@ class ServeConfig:
     sub_request_timeout_s: float = 120.0
     bls_threads: int = 64
     cache_requests: int = 64
+    # Several torch processes share the CPU: one intra-op thread each avoids OpenMP threads
+    # spinning against each other (measured on 2 cores: 12x lower latency than torch's default).
+    torch_threads: int = 1
     exit_timeout_s: int = 30
     source: Path | None = None
 
@@ -57,6 +61,7 @@ class ServeConfig:
         _int_in("max_queue_delay_us", self.max_queue_delay_us, 0, 10**7)
         _int_in("bls_threads", self.bls_threads, 1, 4096)
         _int_in("cache_requests", self.cache_requests, 1, 10**6)
+        _int_in("torch_threads", self.torch_threads, 0, 1024)
         _int_in("exit_timeout_s", self.exit_timeout_s, 1, 3600)
         if not isinstance(self.sub_request_timeout_s, (int, float)) or not self.sub_request_timeout_s > 0:
             raise ConfigError("sub_request_timeout_s", f"must be a number > 0, got {self.sub_request_timeout_s!r}")
@@ -84,7 +89,7 @@ def load_serve_config(path: str | Path) -> ServeConfig:
 def parse_serve_config(data: Mapping[str, Any], base: Path, source: Path | None = None) -> ServeConfig:
     _known("", data, {"backend", "pipeline", "address", "ports", "instances", "max_batch_size",
                       "max_queue_delay_us", "sub_request_timeout_s", "bls_threads", "cache_requests",
-                      "exit_timeout_s"})
+                      "torch_threads", "exit_timeout_s"})
     if "pipeline" not in data:
         raise ConfigError("pipeline", "required: the pipeline config file")
     ports = data.get("ports") or {}

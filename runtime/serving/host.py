@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -115,11 +116,13 @@ class PbTransport:
         request = pb.InferenceRequest(model_name=model, inputs=to_tensors(inputs),
                                       requested_output_names=list(outputs), request_id=request_id)
         loop = asyncio.get_running_loop()
+        started = time.perf_counter()
         try:
             responses = await asyncio.wait_for(
                 loop.run_in_executor(self._pool, lambda: list(request.exec(decoupled=True))), self.timeout_s)
         except asyncio.TimeoutError:
             raise EngineError(f"{model}: no answer within {self.timeout_s:g} s") from None
+        log.debug("%s answered %s in %.1f ms", model, request_id, 1000 * (time.perf_counter() - started))
         return [_outputs(model, r) for r in responses]
 
 

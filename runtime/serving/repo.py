@@ -56,10 +56,10 @@ def model_values(role: str, cfg: ServeConfig, pipeline: PipelineConfig) -> dict[
                       draft_model="draft", target_model="target", prm_model="prm",
                       sub_request_timeout_s=f"{cfg.sub_request_timeout_s:g}", bls_threads=str(cfg.bls_threads))
     elif role in ("draft", "target"):
-        values.update(role=role, max_batch_size=str(cfg.max_batch_size),
-                      max_queue_delay_us=str(cfg.max_queue_delay_us), cache_requests=str(cfg.cache_requests))
+        values.update(role=role, max_batch_size=str(cfg.max_batch_size), max_queue_delay_us=str(cfg.max_queue_delay_us),
+                      cache_requests=str(cfg.cache_requests), torch_threads=str(cfg.torch_threads))
     else:
-        values.update(cache_requests=str(cfg.cache_requests))
+        values.update(cache_requests=str(cfg.cache_requests), torch_threads=str(cfg.torch_threads))
     return values
 
 

@@ -121,33 +121,33 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
     return load_config(Path(path))
 
 
-def build_lm_submodel(cfg: PipelineConfig, role: str, cache_requests: int) -> LmSubModel:
-    """The draft or target engine of a pipeline config, as a sub-model."""
+def build_lm_submodel(cfg: PipelineConfig, role: str, cache_requests: int, threads: int = 0) -> LmSubModel:
+    """The draft or target engine of a pipeline config, as a sub-model (threads 0: the config's)."""
     from runtime.engines.hf import check_folder, load_tokenizer
     from runtime.engines.torch.factory import build_lm
 
     model = getattr(cfg, role, None)
     if model is None:
         raise ConfigError(f"models.{role}", f"the pipeline config has no {role} model")
-    _set_threads(cfg)
+    _set_threads(threads or cfg.engine.torch_threads)
     tok = load_tokenizer(check_folder(model.path, f"models.{role}.path"), f"models.{role}.path")
     segmenter = StepSegmenter(tok.piece, tok.eos_ids, cfg.step_delimiter)
     lm = build_lm(role, model, segmenter, tok, cfg.engine.max_batch_rows)
     return LmSubModel(lm, KeyLru(lm, cache_requests))
 
 
-def build_prm_submodel(cfg: PipelineConfig, cache_requests: int) -> PrmSubModel:
+def build_prm_submodel(cfg: PipelineConfig, cache_requests: int, threads: int = 0) -> PrmSubModel:
     from runtime.engines.torch.factory import build_prm
 
     if cfg.prm is None:
         raise ConfigError("models.prm", "the pipeline config has no PRM")
-    _set_threads(cfg)
+    _set_threads(threads or cfg.engine.torch_threads)
     prm = build_prm(cfg.prm, cfg.engine.max_batch_rows, with_format=False)
     return PrmSubModel(prm, KeyLru(prm, cache_requests))
 
 
-def _set_threads(cfg: PipelineConfig) -> None:
-    if cfg.engine.torch_threads:
+def _set_threads(threads: int) -> None:
+    if threads:
         import torch
 
-        torch.set_num_threads(cfg.engine.torch_threads)
+        torch.set_num_threads(threads)

@@ -13,7 +13,8 @@ class TritonPythonModel:
         params = host.model_parameters(args)
         host.configure_logging()
         cfg = load_config(host.require(params, "pipeline_config"))
-        self.model = build_lm_submodel(cfg, host.require(params, "role"), int(host.require(params, "cache_requests")))
+        self.model = build_lm_submodel(cfg, host.require(params, "role"), int(host.require(params, "cache_requests")),
+                                       int(host.require(params, "torch_threads")))
         self.background = host.Background()
 
     async def execute(self, requests):

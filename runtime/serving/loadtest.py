@@ -1,0 +1,165 @@
+"""Load test: perf_analyzer (2.51.0, from the tritonclient wheel) over gRPC streaming against
+the `rsd` model, once with method=rsd and once with method=target, through the same server.
+
+For each method and concurrency it runs one bounded perf_analyzer measurement (a fixed number
+of requests, `--requests`, so it never fails as "unstable" on a noisy machine), reads its CSV,
+and writes results.csv and results.md
+(throughput, latency percentiles, and the ratio RSD / target-only) to the output folder.
+Requests use stream=false: perf_analyzer times a decoupled model by its first response, which
+is then the whole answer, so latencies are end-to-end. Used by scripts/loadtest.sh.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.config import REPO_ROOT
+
+log = logging.getLogger("rsd.loadtest")
+
+PROMPTS = ("What is 12 + 35?", "Compute 7 * 8 - 5.", "Solve for x: 2x + 3 = 11.", "What is 15% of 80?",
+           "Simplify (3 + 5) * 2 / 4.", "How many minutes are in 3.5 hours?", "What is the sum of 1 to 10?",
+           "A rectangle is 4 by 9. What is its area?")
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    method: str
+    concurrency: int
+    throughput: float  # requests / s
+    tokens: float  # mean output tokens per request (from a sequential pass over the prompts)
+    steps: float  # mean steps per request
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    avg_ms: float
+
+
+def input_data(method: str, max_tokens: int, prompts: tuple[str, ...], extra: dict[str, object]) -> dict[str, object]:
+    rows = [{"text_input": [p], "stream": [False], "method": [method], "max_tokens": [max_tokens],
+             **{k: [v] for k, v in extra.items()}} for p in prompts]
+    return {"data": rows}
+
+
+def run_point(pa: Path, url: str, data: Path, concurrency: int, requests: int, timeout_s: float, out: Path) -> Path:
+    csv_file = out / f"{data.stem}_c{concurrency}.csv"
+    cmd = [str(pa), "-m", "rsd", "-u", url, "-i", "grpc", "--streaming", "--input-data", str(data),
+           "--concurrency-range", f"{concurrency}:{concurrency}", "--request-count", str(max(requests, 4 * concurrency)),
+           "-f", str(csv_file)]
+    log.info("%s", " ".join(cmd))
+    with open(out / f"{data.stem}_c{concurrency}.log", "w") as logf:
+        subprocess.run(cmd, check=True, stdout=logf, stderr=subprocess.STDOUT, timeout=timeout_s)
+    return csv_file
+
+
+def parse_csv(method: str, file: Path) -> Row:
+    with open(file) as f:
+        record = next(csv.DictReader(f))
+
+    def ms(key: str) -> float:
+        return float(record[key]) / 1000.0
+
+    return Row(method, int(record["Concurrency"]), float(record["Inferences/Second"]), 0.0, 0.0,
+               ms("p50 latency"), ms("p90 latency"), ms("p99 latency"),
+               ms("Avg latency") if "Avg latency" in record else float("nan"))
+
+
+def profile(url: str, method: str, max_tokens: int, extra: dict[str, object]) -> tuple[float, float]:
+    """Mean output tokens and steps per request for `method` over the prompts (one pass)."""
+    from runtime.serving.client import RsdClient
+
+    client = RsdClient(url, "grpc", timeout_s=600)
+    stats = [client.generate(p, {"method": method, "max_tokens": max_tokens, **extra}).stats or {} for p in PROMPTS]
+    return (sum(s.get("tokens", 0) for s in stats) / len(stats), sum(s.get("steps", 0) for s in stats) / len(stats))
+
+
+def markdown(rows: list[Row]) -> str:
+    lines = ["| method | concurrency | req/s | tokens/s | tokens/req | steps/req | p50 ms | p90 ms | p99 ms |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r.method} | {r.concurrency} | {r.throughput:.2f} | {r.throughput * r.tokens:.1f} | "
+                     f"{r.tokens:.1f} | {r.steps:.1f} | {r.p50_ms:.0f} | {r.p90_ms:.0f} | {r.p99_ms:.0f} |")
+    lines += ["", "| concurrency | req/s RSD / target | tokens/s RSD / target | p50 latency RSD / target |",
+              "|---:|---:|---:|---:|"]
+    by = {(r.method, r.concurrency): r for r in rows}
+    for c in sorted({r.concurrency for r in rows}):
+        rsd, tgt = by.get(("rsd", c)), by.get(("target", c))
+        if rsd and tgt and tgt.throughput and tgt.p50_ms:
+            tokens = (rsd.throughput * rsd.tokens) / (tgt.throughput * tgt.tokens) if tgt.tokens else float("nan")
+            lines.append(f"| {c} | {rsd.throughput / tgt.throughput:.2f} | {tokens:.2f} | {rsd.p50_ms / tgt.p50_ms:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pipeline", help="pipeline YAML (default: the serving config's)")
+    parser.add_argument("--config", default=str(REPO_ROOT / "configs" / "triton" / "torch_cpu.yaml"))
+    parser.add_argument("--url", help="use a running server (host:grpc_port) instead of starting one")
+    parser.add_argument("--concurrency", default="1,2,4,8")
+    parser.add_argument("--requests", type=int, default=24, help="requests per concurrency point (at least 4 x c)")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds allowed per perf_analyzer run")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--threshold", type=float, help="RSD threshold (default: the pipeline's)")
+    parser.add_argument("--methods", default="rsd,target")
+    parser.add_argument("--out", default=str(REPO_ROOT / "runs" / "loadtest" / time.strftime("%Y%m%d-%H%M%S")))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pa = Path(sys.executable).parent / "pa"
+    if not pa.is_file():
+        raise SystemExit(f"{pa} is missing: run scripts/setup.sh")
+    extra = {} if args.threshold is None else {"threshold": args.threshold}
+    files = {}
+    for method in args.methods.split(","):
+        files[method] = out / f"input_{method}.json"
+        files[method].write_text(json.dumps(input_data(method, args.max_tokens, PROMPTS, extra), indent=1))
+    server = None if args.url else _start_server(args, out)
+    url = args.url or f"127.0.0.1:{server.grpc_port}"
+    try:
+        shape = {method: profile(url, method, args.max_tokens, extra) for method in files}
+        rows = [dataclasses.replace(parse_csv(method, run_point(pa, url, data, int(c), args.requests, args.timeout, out)),
+                                    tokens=shape[method][0], steps=shape[method][1])
+                for c in args.concurrency.split(",") for method, data in files.items()]
+    finally:
+        if server is not None:
+            server.stop()
+    _write(rows, out)
+    print(markdown(rows))
+    print(f"results: {out}/results.md, {out}/results.csv")
+    return 0
+
+
+def _start_server(args: argparse.Namespace, out: Path):  # type: ignore[no-untyped-def]
+    from runtime.serving.config import load_serve_config
+    from runtime.serving.repo import render_repository
+    from runtime.serving.server import TritonServer
+    from runtime.testing.triton_fixture import free_ports
+
+    http, grpc, metrics = free_ports(3)
+    cfg = load_serve_config(args.config).with_overrides(pipeline=args.pipeline, http_port=http, grpc_port=grpc,
+                                                        metrics_port=metrics)
+    repo = render_repository(cfg, out / "repo")
+    server = TritonServer(repo, http, grpc, metrics, cfg.address, cfg.exit_timeout_s, out / "tritonserver.log")
+    server.start(ready_timeout_s=300)
+    return server
+
+
+def _write(rows: list[Row], out: Path) -> None:
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(Row.__slots__)
+        writer.writerows([[getattr(r, k) for k in Row.__slots__] for r in rows])
+    (out / "results.md").write_text(markdown(rows))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
