@@ -121,8 +121,7 @@ def _print_message(message: StepMessage, index: int, stream: bool) -> int:
     if stream:
         for source, reward in zip(message.sources, message.rewards):
             index += 1
-            mark = f" r={reward:.3f}" if reward is not None else ""
-            print(f"--- step {index} [{source}{mark}]\n{message.text.rstrip()}", flush=True)
+            print(f"--- step {index} [{_mark(source, reward)}]\n{message.text.rstrip()}", flush=True)
     else:
         rewards = ", ".join("-" if r is None else f"{r:.3f}" for r in message.rewards)
         print(f"{message.text}\n--- {len(message.sources)} steps: {' '.join(message.sources)}\n    rewards: {rewards}")
@@ -132,6 +131,10 @@ def _print_message(message: StepMessage, index: int, stream: bool) -> int:
               f"{stats.get('wall_time_s', 0.0):.2f} s; target share {stats.get('target_step_share', 0):.0%} of steps",
               flush=True)
     return index
+
+
+def _mark(source: str, reward: float | None) -> str:
+    return source if reward is None else f"{source}, r={reward:.3f}"
 
 
 def _as_json(message: StepMessage) -> dict[str, object]:
