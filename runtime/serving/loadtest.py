@@ -15,6 +15,7 @@ import csv
 import dataclasses
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -123,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         files[method] = out / f"input_{method}.json"
         files[method].write_text(json.dumps(input_data(method, args.max_tokens, PROMPTS, extra), indent=1))
     server = None if args.url else _start_server(args, out)
+    load_before = os.getloadavg()
     url = args.url or f"127.0.0.1:{server.grpc_port}"
     try:
         shape = {method: profile(url, method, args.max_tokens, extra) for method in files}
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server is not None:
             server.stop()
-    _write(rows, out)
+    _write(rows, out, load_before, os.getloadavg())
     print(markdown(rows))
     print(f"results: {out}/results.md, {out}/results.csv")
     return 0
@@ -153,12 +155,14 @@ def _start_server(args: argparse.Namespace, out: Path):  # type: ignore[no-untyp
     return server
 
 
-def _write(rows: list[Row], out: Path) -> None:
+def _write(rows: list[Row], out: Path, load_before: tuple[float, ...], load_after: tuple[float, ...]) -> None:
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(Row.__slots__)
         writer.writerows([[getattr(r, k) for k in Row.__slots__] for r in rows])
-    (out / "results.md").write_text(markdown(rows))
+    note = (f"Load average (1/5/15 min) before: {'/'.join(f'{x:.2f}' for x in load_before)}, "
+            f"after: {'/'.join(f'{x:.2f}' for x in load_after)}; {os.cpu_count()} CPUs.\n\n")
+    (out / "results.md").write_text(note + markdown(rows))
 
 
 if __name__ == "__main__":
