@@ -74,7 +74,9 @@ class ParsedRequest:
 
 def parse_inputs(tensors: Mapping[str, np.ndarray]) -> ParsedRequest:
     """Validate shapes and decode values; RequestParams validates ranges. Errors name the tensor."""
-    prompt, stream, params = None, False, {}
+    prompt: str | None = None
+    stream = False
+    params: dict[str, Any] = {}
     for spec in INPUTS:
         if spec.name not in tensors:
             if not spec.optional:
@@ -92,7 +94,7 @@ def parse_inputs(tensors: Mapping[str, np.ndarray]) -> ParsedRequest:
             prompt = value
         elif spec.role == "stream":
             stream = bool(value)
-        elif spec.role == "param":
+        elif spec.role == "param" and spec.field is not None:
             params[spec.field] = value
     assert prompt is not None, "text_input is required by the table"
     return ParsedRequest(prompt, stream, params)

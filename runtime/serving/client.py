@@ -143,9 +143,10 @@ def _grpc_message(result: Any) -> StepMessage:
 
     rewards = result.as_numpy("step_reward")
     stats = strings("stats")
+    finish = strings("finish_reason")
     return StepMessage("".join(strings("text_output")), tuple(strings("step_source")),
                        tuple(_reward(r) for r in (rewards.reshape(-1) if rewards is not None else [])),
-                       (strings("finish_reason") or [None])[0], json.loads(stats[0]) if stats else None)
+                       finish[0] if finish else None, json.loads(stats[0]) if stats else None)
 
 
 def _json_value(spec: TensorSpec, value: Any) -> Any:

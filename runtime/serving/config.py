@@ -71,7 +71,8 @@ class ServeConfig:
 
     def with_overrides(self, **values: Any) -> ServeConfig:
         """CLI overrides (None = keep)."""
-        updates = {k: (Path(v).resolve() if k == "pipeline" else v) for k, v in values.items() if v is not None}
+        updates: dict[str, Any] = {k: (Path(v).resolve() if k == "pipeline" else v)
+                                   for k, v in values.items() if v is not None}
         return dataclasses.replace(self, **updates)
 
 

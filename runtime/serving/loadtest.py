@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.config import REPO_ROOT
+from runtime.serving.server import TritonServer
 
 log = logging.getLogger("rsd.loadtest")
 
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         files[method].write_text(json.dumps(input_data(method, args.max_tokens, PROMPTS, extra), indent=1))
     server = None if args.url else _start_server(args, out)
     load_before = os.getloadavg()
-    url = args.url or f"127.0.0.1:{server.grpc_port}"
+    url = args.url if server is None else f"127.0.0.1:{server.grpc_port}"
     try:
         shape = {method: profile(url, method, args.max_tokens, extra) for method in files}
         rows = [dataclasses.replace(parse_csv(method, run_point(pa, url, data, int(c), args.requests, args.timeout, out)),
@@ -140,10 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _start_server(args: argparse.Namespace, out: Path):  # type: ignore[no-untyped-def]
+def _start_server(args: argparse.Namespace, out: Path) -> TritonServer:
     from runtime.serving.config import load_serve_config
     from runtime.serving.repo import render_repository
-    from runtime.serving.server import TritonServer
     from runtime.testing.triton_fixture import free_ports
 
     http, grpc, metrics = free_ports(3)

@@ -115,27 +115,27 @@ def parse_lm_request(t: Mapping[str, np.ndarray]) -> LmCall:
     ids = _required(t, "input_ids")
     if ids.ndim != 2 or ids.shape[0] != 1:
         raise EngineError(f"input_ids: expected shape [1, L], got {list(ids.shape)} (one sequence per request)")
-    length = _one(t, "input_lengths", int, ids.shape[1])
+    length = _int(t, "input_lengths", ids.shape[1])
     if not 0 < length <= ids.shape[1]:
         raise EngineError(f"input_lengths: {length} is not in 1..{ids.shape[1]}")
-    top_k = _one(t, "runtime_top_k", int, 0)
+    top_k = _int(t, "runtime_top_k", 0)
     if top_k not in (0, 1):
         raise EngineError(f"runtime_top_k: only 0 (off) and 1 (greedy) are supported, got {top_k}")
     stop = t.get("stop_words_list")
     return LmCall(
         ids=tuple(int(x) for x in ids[0, :length]),
-        output_len=_positive(_one(t, "request_output_len", int, None), "request_output_len"),
-        n=_positive(_one(t, "num_return_sequences", int, 1), "num_return_sequences"),
-        temperature=0.0 if top_k == 1 else _one(t, "temperature", float, 1.0),
-        top_p=_one(t, "runtime_top_p", float, 1.0),
-        seed=_one(t, "random_seed", int, 0),
-        end_id=_one(t, "end_id", int, 0),
-        pad_id=_one(t, "pad_id", int, 0),
+        output_len=_positive(_int(t, "request_output_len", None), "request_output_len"),
+        n=_positive(_int(t, "num_return_sequences", 1), "num_return_sequences"),
+        temperature=0.0 if top_k == 1 else _float(t, "temperature", 1.0),
+        top_p=_float(t, "runtime_top_p", 1.0),
+        seed=_int(t, "random_seed", 0),
+        end_id=_int(t, "end_id", 0),
+        pad_id=_int(t, "pad_id", 0),
         stop_words=parse_stop_words(stop) if stop is not None else (),
-        logprobs=_one(t, "return_log_probs", bool, False),
-        context_logits=_one(t, "return_context_logits", bool, False),
-        generation_logits=_one(t, "return_generation_logits", bool, False),
-        exclude_input=_one(t, "exclude_input_in_output", bool, False),
+        logprobs=_bool(t, "return_log_probs", False),
+        context_logits=_bool(t, "return_context_logits", False),
+        generation_logits=_bool(t, "return_generation_logits", False),
+        exclude_input=_bool(t, "exclude_input_in_output", False),
     )
 
 
@@ -226,23 +226,41 @@ def _required(t: Mapping[str, np.ndarray], name: str) -> np.ndarray:
     return np.asarray(t[name])
 
 
-def _one(t: Mapping[str, np.ndarray], name: str, kind: type, default: object) -> object:
+def _scalar_of(t: Mapping[str, np.ndarray], name: str) -> np.generic | None:
     if name not in t:
-        if default is None:
-            raise EngineError(f"{name}: required input is missing")
-        return default
+        return None
     flat = np.asarray(t[name]).reshape(-1)
     if flat.shape[0] != 1:
         raise EngineError(f"{name}: expected one value, got shape {list(np.asarray(t[name]).shape)}")
-    value = flat[0]
-    if kind is float and value.dtype == np.float32:
+    return flat[0]
+
+
+def _int(t: Mapping[str, np.ndarray], name: str, default: int | None) -> int:
+    value = _scalar_of(t, name)
+    if value is None:
+        if default is None:
+            raise EngineError(f"{name}: required input is missing")
+        return default
+    return int(value.item())
+
+
+def _float(t: Mapping[str, np.ndarray], name: str, default: float) -> float:
+    value = _scalar_of(t, name)
+    if value is None:
+        return default
+    if value.dtype == np.float32:
         # float32 0.7 is 0.699999988; its shortest repr gives back the number the sender meant,
         # so sampling matches the in-process engine, which uses the float64 value.
         return float(repr(value))
-    return kind(value.item())
+    return float(value.item())
 
 
-def _positive(value: object, name: str) -> int:
-    if not isinstance(value, int) or value < 1:
+def _bool(t: Mapping[str, np.ndarray], name: str, default: bool) -> bool:
+    value = _scalar_of(t, name)
+    return default if value is None else bool(value.item())
+
+
+def _positive(value: int, name: str) -> int:
+    if value < 1:
         raise EngineError(f"{name}: must be >= 1, got {value!r}")
     return value
