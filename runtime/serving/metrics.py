@@ -11,6 +11,8 @@ step event) is added to counters; each step's PRM reward feeds a histogram. Defi
   rsd_tokens_total{method, source}         tokens written, by the model that wrote them
   rsd_target_calls_total{method}           calls to the target model (generate/score/logits/verify)
   rsd_prm_reward{method}                   histogram of the reward of each judged step
+  rsd_engine_forwards{model}               forwards the torch sub-model ran (gauge, total so far)
+  rsd_engine_batched_rows{model}           rows in those forwards; rows / forwards > 1 = in-flight batching
 Step acceptance rate = accepted / drafted, as in runtime.core.stats. The factory is injected
 (`runtime.serving.host.PbMetricFactory` in the server) so this module never imports Triton.
 """
@@ -50,6 +52,8 @@ _FAMILIES = {
     "rsd_tokens_total": ("counter", "Tokens written, by source model"),
     "rsd_target_calls_total": ("counter", "Calls to the target model"),
     "rsd_prm_reward": ("histogram", "PRM reward of each judged step"),
+    "rsd_engine_forwards": ("gauge", "Forwards run by a torch sub-model so far"),
+    "rsd_engine_batched_rows": ("gauge", "Rows (sequences) in those forwards so far"),
 }
 
 
@@ -59,7 +63,7 @@ class RsdMetrics:
     _cache: dict[tuple[str, tuple[tuple[str, str], ...]], Metric] = field(default_factory=dict)
     _in_flight: int = 0
 
-    def _get(self, name: str, **labels: str) -> Metric:
+    def metric(self, name: str, **labels: str) -> Metric:
         key = (name, tuple(sorted(labels.items())))
         metric = self._cache.get(key)
         if metric is None:
@@ -70,16 +74,16 @@ class RsdMetrics:
 
     def request_started(self) -> None:
         self._in_flight += 1
-        self._get("rsd_requests_in_flight").set(self._in_flight)
+        self.metric("rsd_requests_in_flight").set(self._in_flight)
 
     def request_ended(self, method: str, outcome: str) -> None:
         self._in_flight -= 1
-        self._get("rsd_requests_in_flight").set(self._in_flight)
-        self._get("rsd_requests_total", method=method, outcome=outcome).increment(1)
+        self.metric("rsd_requests_in_flight").set(self._in_flight)
+        self.metric("rsd_requests_total", method=method, outcome=outcome).increment(1)
 
     def observe_step(self, method: str, event: StepEvent) -> None:
         if event.reward is not None:
-            self._get("rsd_prm_reward", method=method).observe(event.reward)
+            self.metric("rsd_prm_reward", method=method).observe(event.reward)
         if event.stats is not None:
             self.observe_stats(method, event.stats)
 
@@ -91,6 +95,21 @@ class RsdMetrics:
                             ("rsd_steps_accepted_total", accepted),
                             ("rsd_steps_regenerated_total", drafted - accepted),
                             ("rsd_target_calls_total", stats.get("target_calls", 0))):
-            self._get(name, method=method).increment(value)
+            self.metric(name, method=method).increment(value)
         for source, count in (stats.get("tokens_by_source") or {}).items():
-            self._get("rsd_tokens_total", method=method, source=source).increment(count)
+            self.metric("rsd_tokens_total", method=method, source=source).increment(count)
+
+
+@dataclass(slots=True)
+class EngineMetrics:
+    """A torch sub-model's batching counters (read from its ForwardScheduler after each request)."""
+
+    factory: MetricFactory
+    model: str
+    _metrics: RsdMetrics | None = None
+
+    def observe(self, forwards: int, rows: int) -> None:
+        if self._metrics is None:
+            self._metrics = RsdMetrics(self.factory)
+        self._metrics.metric("rsd_engine_forwards", model=self.model).set(forwards)
+        self._metrics.metric("rsd_engine_batched_rows", model=self.model).set(rows)

@@ -62,15 +62,27 @@ class KeyLru:
         return len(self._keys)
 
 
+class _Counters(Protocol):
+    def observe(self, forwards: int, rows: int) -> None: ...
+
+
+def _report(engine: object, counters: _Counters | None) -> None:
+    if counters is not None:
+        scheduler = engine.scheduler  # type: ignore[attr-defined]
+        counters.observe(scheduler.forwards, scheduler.batched_rows)
+
+
 @dataclass(slots=True)
 class LmSubModel:
     lm: object  # runtime.engines.torch.generator.TorchLM (typed loosely: torch imports stay lazy)
     lru: KeyLru
+    counters: _Counters | None = None  # e.g. runtime.serving.metrics.EngineMetrics
 
     async def handle(self, tensors: Mapping[str, np.ndarray], key: str) -> dict[str, np.ndarray]:
         call = parse_lm_request(tensors)
         reply = await (self._logits(call, key) if call.context_logits or call.generation_logits
                        else self._generate(call, key))
+        _report(self.lm, self.counters)
         if not call.exclude_input:
             reply = LmReply(tuple(call.ids + s for s in reply.sequences), reply.cum_logprobs,
                             reply.context_logits, reply.generation_logits)
@@ -109,11 +121,13 @@ class LmSubModel:
 class PrmSubModel:
     prm: object  # runtime.engines.torch.prm.TorchPRM
     lru: KeyLru
+    counters: _Counters | None = None
 
     async def handle(self, tensors: Mapping[str, np.ndarray], key: str) -> dict[str, np.ndarray]:
         call = parse_prm_request(tensors)
         self.lru.touch(key)
         rewards, _ = await self.prm.rewards_at(key, call.rows, call.positions)  # type: ignore[attr-defined]
+        _report(self.prm, self.counters)
         return prm_reply_tensors(rewards)
 
 

@@ -5,6 +5,7 @@ requests meet in the engine's in-flight batcher (runtime.serving.torch_submodels
 """
 from runtime.config import load_config
 from runtime.serving import host
+from runtime.serving.metrics import EngineMetrics
 from runtime.serving.torch_submodels import build_lm_submodel
 
 
@@ -15,6 +16,7 @@ class TritonPythonModel:
         cfg = load_config(host.require(params, "pipeline_config"))
         self.model = build_lm_submodel(cfg, host.require(params, "role"), int(host.require(params, "cache_requests")),
                                        int(host.require(params, "torch_threads")))
+        self.model.counters = EngineMetrics(host.PbMetricFactory(), args["model_name"])
         self.background = host.Background()
 
     async def execute(self, requests):

@@ -4,6 +4,7 @@ Parse config, build the engine, then answer each request as its own task (runtim
 """
 from runtime.config import load_config
 from runtime.serving import host
+from runtime.serving.metrics import EngineMetrics
 from runtime.serving.torch_submodels import build_prm_submodel
 
 
@@ -14,6 +15,7 @@ class TritonPythonModel:
         cfg = load_config(host.require(params, "pipeline_config"))
         self.model = build_prm_submodel(cfg, int(host.require(params, "cache_requests")),
                                         int(host.require(params, "torch_threads")))
+        self.model.counters = EngineMetrics(host.PbMetricFactory(), args["model_name"])
         self.background = host.Background()
 
     async def execute(self, requests):
