@@ -1,9 +1,10 @@
 """Load test: perf_analyzer (2.51.0, from the tritonclient wheel) over gRPC streaming against
 the `rsd` model, once with method=rsd and once with method=target, through the same server.
 
-For each method and concurrency it runs one bounded perf_analyzer measurement (a fixed number
-of requests, `--requests`, so it never fails as "unstable" on a noisy machine), reads its CSV,
-and writes results.csv and results.md
+For each method and concurrency it runs one bounded perf_analyzer measurement: 3 windows of
+`--requests` requests each (count_windows) with the stability check disabled (-s 999), so a
+noisy machine cannot make it fail, and it ends after 3 windows; it reads the CSV, and writes
+results.csv and results.md
 (throughput, latency percentiles, and the ratio RSD / target-only) to the output folder.
 Requests use stream=false: perf_analyzer times a decoupled model by its first response, which
 is then the whole answer, so latencies are end-to-end. Used by scripts/loadtest.sh.
@@ -39,6 +40,7 @@ class Row:
     throughput: float  # requests / s
     tokens: float  # mean output tokens per request (from a sequential pass over the prompts)
     steps: float  # mean steps per request
+    target_share: float  # share of output tokens written by the target (RequestStats.target_token_share)
     p50_ms: float
     p90_ms: float
     p99_ms: float
@@ -54,7 +56,8 @@ def input_data(method: str, max_tokens: int, prompts: tuple[str, ...], extra: di
 def run_point(pa: Path, url: str, data: Path, concurrency: int, requests: int, timeout_s: float, out: Path) -> Path:
     csv_file = out / f"{data.stem}_c{concurrency}.csv"
     cmd = [str(pa), "-m", "rsd", "-u", url, "-i", "grpc", "--streaming", "--input-data", str(data),
-           "--concurrency-range", f"{concurrency}:{concurrency}", "--request-count", str(max(requests, 4 * concurrency)),
+           "--concurrency-range", f"{concurrency}:{concurrency}", "--measurement-mode", "count_windows",
+           "--measurement-request-count", str(max(requests, 2 * concurrency)), "--max-trials", "3", "-s", "999",
            "-f", str(csv_file)]
     log.info("%s", " ".join(cmd))
     with open(out / f"{data.stem}_c{concurrency}.log", "w") as logf:
@@ -69,26 +72,30 @@ def parse_csv(method: str, file: Path) -> Row:
     def ms(key: str) -> float:
         return float(record[key]) / 1000.0
 
-    return Row(method, int(record["Concurrency"]), float(record["Inferences/Second"]), 0.0, 0.0,
+    return Row(method, int(record["Concurrency"]), float(record["Inferences/Second"]), 0.0, 0.0, 0.0,
                ms("p50 latency"), ms("p90 latency"), ms("p99 latency"),
                ms("Avg latency") if "Avg latency" in record else float("nan"))
 
 
-def profile(url: str, method: str, max_tokens: int, extra: dict[str, object]) -> tuple[float, float]:
-    """Mean output tokens and steps per request for `method` over the prompts (one pass)."""
+def profile(url: str, method: str, max_tokens: int, extra: dict[str, object]) -> tuple[float, float, float]:
+    """Mean output tokens, steps and target token share per request for `method` (one pass)."""
     from runtime.serving.client import RsdClient
 
     client = RsdClient(url, "grpc", timeout_s=600)
     stats = [client.generate(p, {"method": method, "max_tokens": max_tokens, **extra}).stats or {} for p in PROMPTS]
-    return (sum(s.get("tokens", 0) for s in stats) / len(stats), sum(s.get("steps", 0) for s in stats) / len(stats))
+    def mean(key: str) -> float:
+        return sum(float(s.get(key) or 0.0) for s in stats) / len(stats)
+
+    return mean("tokens"), mean("steps"), mean("target_token_share")
 
 
 def markdown(rows: list[Row]) -> str:
-    lines = ["| method | concurrency | req/s | tokens/s | tokens/req | steps/req | p50 ms | p90 ms | p99 ms |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| method | concurrency | req/s | tokens/s | tokens/req | steps/req | target tokens | p50 ms | p90 ms | p99 ms |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r.method} | {r.concurrency} | {r.throughput:.2f} | {r.throughput * r.tokens:.1f} | "
-                     f"{r.tokens:.1f} | {r.steps:.1f} | {r.p50_ms:.0f} | {r.p90_ms:.0f} | {r.p99_ms:.0f} |")
+                     f"{r.tokens:.1f} | {r.steps:.1f} | {r.target_share:.0%} | {r.p50_ms:.0f} | {r.p90_ms:.0f} | "
+                     f"{r.p99_ms:.0f} |")
     lines += ["", "| concurrency | req/s RSD / target | tokens/s RSD / target | p50 latency RSD / target |",
               "|---:|---:|---:|---:|"]
     by = {(r.method, r.concurrency): r for r in rows}
@@ -106,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=str(REPO_ROOT / "configs" / "triton" / "torch_cpu.yaml"))
     parser.add_argument("--url", help="use a running server (host:grpc_port) instead of starting one")
     parser.add_argument("--concurrency", default="1,2,4,8")
-    parser.add_argument("--requests", type=int, default=24, help="requests per concurrency point (at least 4 x c)")
+    parser.add_argument("--requests", type=int, default=12,
+                        help="requests per measurement window (3 windows per point, at least 2 x c each)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds allowed per perf_analyzer run")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--threshold", type=float, help="RSD threshold (default: the pipeline's)")
@@ -130,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         shape = {method: profile(url, method, args.max_tokens, extra) for method in files}
         rows = [dataclasses.replace(parse_csv(method, run_point(pa, url, data, int(c), args.requests, args.timeout, out)),
-                                    tokens=shape[method][0], steps=shape[method][1])
+                                    tokens=shape[method][0], steps=shape[method][1], target_share=shape[method][2])
                 for c in args.concurrency.split(",") for method, data in files.items()]
     finally:
         if server is not None:
