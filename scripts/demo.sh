@@ -52,8 +52,10 @@ echo; echo "demo: rsd client --stream (gRPC), prompt: $PROMPT"
 "$RSD" client --url "127.0.0.1:$GRPC" --protocol grpc --stream --prompt "$PROMPT" --max-tokens 128
 
 echo; echo "demo: the same request, unary over HTTP (POST /v2/models/rsd/generate):"
-curl -s -X POST "http://127.0.0.1:$HTTP/v2/models/rsd/generate" \
-  -d "{\"text_input\": \"$PROMPT\", \"max_tokens\": 128}" | "$PY" -c 'import json,sys; d=json.load(sys.stdin); print(json.dumps({k: d[k] for k in ("text_output","step_source","finish_reason") if k in d}, indent=1))'
+BODY=$("$PY" -c 'import json,sys; print(json.dumps({"text_input": sys.argv[1], "max_tokens": 128}))' "$PROMPT")
+curl -s -X POST "http://127.0.0.1:$HTTP/v2/models/rsd/generate" -d "$BODY" \
+  | "$PY" -c 'import collections,json,sys; d=json.load(sys.stdin); src=d.get("step_source") or []; src=[src] if isinstance(src,str) else src
+print(json.dumps({"text_output": d.get("text_output"), "steps_by_source": collections.Counter(src), "finish_reason": d.get("finish_reason"), "error": d.get("error")}))'
 
 echo; echo "demo: server metrics (rsd_*):"
 curl -s "http://127.0.0.1:$METRICS/metrics" | grep -E '^rsd_(requests_total|steps_(drafted|accepted|regenerated)_total|target_calls_total)' || true
