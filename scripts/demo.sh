@@ -21,7 +21,7 @@ if [[ -z $PIPELINE ]]; then
   fi
 fi
 PROMPT=${2:-"What is the sum of the first five positive odd numbers?"}
-read -r HTTP GRPC METRICS < <("$PY" -c 'from runtime.testing.triton_fixture import free_ports; print(*free_ports(3))')
+read -r HTTP GRPC METRICS < <("$PY" -c 'from runtime.serving.server import free_ports; print(*free_ports(3))')
 LOG=$ROOT/.build/demo-serve.log
 mkdir -p "$ROOT/.build"
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.config import REPO_ROOT
-from runtime.serving.server import TritonServer
+from runtime.serving.server import TritonServer, free_ports
 
 log = logging.getLogger("rsd.loadtest")
 
@@ -152,7 +152,6 @@ def main(argv: list[str] | None = None) -> int:
 def _start_server(args: argparse.Namespace, out: Path) -> TritonServer:
     from runtime.serving.config import load_serve_config
     from runtime.serving.repo import render_repository
-    from runtime.testing.triton_fixture import free_ports
 
     http, grpc, metrics = free_ports(3)
     cfg = load_serve_config(args.config).with_overrides(pipeline=args.pipeline, http_port=http, grpc_port=grpc,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -28,6 +29,21 @@ from runtime.core.errors import ConfigError, EngineError
 log = logging.getLogger(__name__)
 
 NGC_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-pyt-python-py3"  # Triton 2.51 + PyTorch, = the CPU binary
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free right now on 127.0.0.1 (for tests and the demo; a race with other processes
+    is possible but harmless there: the server then fails to start, loudly)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 @dataclass(frozen=True, slots=True)

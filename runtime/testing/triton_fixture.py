@@ -7,7 +7,6 @@ RSD_TEST_SERVE_CONFIG picks the serving YAML (default configs/triton/torch_cpu.y
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,19 +14,7 @@ from pathlib import Path
 import pytest
 
 from runtime.config import REPO_ROOT
-
-
-def free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+from runtime.serving.server import free_ports
 
 
 @dataclass(frozen=True, slots=True)
