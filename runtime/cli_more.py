@@ -1,8 +1,11 @@
-"""Subcommands beyond `generate`: registered here so cli.py stays short. Filled in as they land."""
+"""Subcommands beyond `generate`: registered here so cli.py stays short."""
 from __future__ import annotations
 
 import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add eval / serve / client / bench subcommands."""
+    """Add eval (and serve / client, when present) subcommands."""
+    from runtime.eval import cli as eval_cli
+
+    eval_cli.register(sub)

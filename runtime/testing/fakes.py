@@ -162,10 +162,13 @@ class FakePRM:
 @dataclass(slots=True)
 class ScriptedLM:
     """Returns scripted steps in order (cycling): "text" ends with the delimiter or is cut at the
-    cap; a trailing "<eos>" means the step ends with EOS. Counts calls; `prefixes` records inputs."""
+    cap; a trailing "<eos>" means the step ends with EOS. Counts calls; `prefixes` records inputs.
+    With `by_step_index`, the step is chosen by how many delimiters the prefix already holds, so
+    concurrent requests each follow the script from its start."""
 
     tokenizer: FakeTokenizer
     steps: Sequence[str]
+    by_step_index: bool = False
     num_params: int = 1000
     max_len: int = 10_000
     calls: Counter[str] = field(default_factory=Counter)
@@ -176,8 +179,10 @@ class ScriptedLM:
 
     async def generate(self, req: StepRequest) -> GenerateResult:
         gens = []
+        delimiter = self.tokenizer.encode("\n\n")[0]
         for _ in range(req.n):
-            text = self.steps[self.calls["step"] % len(self.steps)]
+            index = req.prefix.count(delimiter) if self.by_step_index else self.calls["step"]
+            text = self.steps[index % len(self.steps)]
             self.calls["step"] += 1
             eos = text.endswith("<eos>")
             ids = self.tokenizer.encode(text.removesuffix("<eos>"))

@@ -76,5 +76,6 @@ def tiny_config_yaml(root: Path) -> Path:
         f"  prm: {{path: {paths['prm']}, format: value_head}}\n"
         "prompt_template: \"Q: {question}\\n\"\n"
         "defaults: {max_tokens: 48, max_step_tokens: 12}\n"
+        "engine: {torch_threads: 1}\n"
     )
     return file
