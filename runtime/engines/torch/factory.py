@@ -1,0 +1,76 @@
+"""Build a Pipeline on the PyTorch engine from a PipelineConfig."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from runtime.config import ModelConfig, PipelineConfig
+from runtime.core.errors import ConfigError
+from runtime.core.methods import Engines
+from runtime.core.segment import StepSegmenter
+from runtime.engines.torch.generator import TorchLM
+from runtime.engines.torch.loading import (
+    HFTokenizer,
+    check_folder,
+    load_backbone,
+    load_causal_lm,
+    load_tokenizer,
+    matmul_params,
+    max_positions,
+)
+from runtime.engines.torch.prm import TorchPRM, two_class_format, value_head_format
+from runtime.engines.torch.runner import BatchRunner
+from runtime.engines.torch.scheduler import ForwardScheduler
+from runtime.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device", f"{name} requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def build_lm(role: str, cfg: ModelConfig, segmenter: StepSegmenter, tok: HFTokenizer, max_rows: int) -> TorchLM:
+    path = check_folder(cfg.path, f"models.{role}.path")
+    device = resolve_device(cfg.device)
+    decoder, head, config = load_causal_lm(path, cfg.dtype, str(device))
+    scheduler = ForwardScheduler(BatchRunner(decoder, device, max_rows=max_rows), name=role)
+    log.info("loaded %s from %s on %s", role, path, device)
+    return TorchLM(role, scheduler, head, segmenter, device, matmul_params(decoder, head),
+                   max_positions(config, tok.tok), tok.vocab_size)
+
+
+def build_prm(cfg: ModelConfig, max_rows: int) -> TorchPRM:
+    path = check_folder(cfg.path, "models.prm.path")
+    device = resolve_device(cfg.device)
+    tok = load_tokenizer(path, "models.prm.path")
+    decoder, _ = load_backbone(path, cfg.dtype, str(device))
+    make = value_head_format if cfg.format == "value_head" else two_class_format
+    fmt = make(path, tok, device, "models.prm")
+    scheduler = ForwardScheduler(BatchRunner(decoder, device, max_rows=max_rows), name="prm")
+    return TorchPRM(scheduler, fmt, matmul_params(decoder, None) + fmt.head_params)
+
+
+def build_pipeline(cfg: PipelineConfig) -> Pipeline:
+    if cfg.engine.torch_threads:
+        torch.set_num_threads(cfg.engine.torch_threads)
+    roles = {role: getattr(cfg, role) for role in ("draft", "target") if getattr(cfg, role) is not None}
+    toks = {role: load_tokenizer(check_folder(m.path, f"models.{role}.path"), f"models.{role}.path")
+            for role, m in roles.items()}
+    tok = next(iter(toks.values()))
+    if len(toks) == 2 and toks["draft"].tok.get_vocab() != toks["target"].tok.get_vocab():
+        raise ConfigError("models", "draft and target must share one tokenizer (their vocabularies differ)")
+    segmenter = StepSegmenter(tok.piece, tok.eos_ids, cfg.step_delimiter)
+    rows = cfg.engine.max_batch_rows
+    lms = {role: build_lm(role, m, segmenter, tok, rows) for role, m in roles.items()}
+    if len(lms) == 2 and lms["draft"].vocab_size != lms["target"].vocab_size:
+        raise ConfigError("models", "draft and target logits have different vocabulary sizes")
+    prm = build_prm(cfg.prm, rows) if cfg.prm is not None else None
+    engines = Engines(draft=lms.get("draft"), target=lms.get("target"), prm=prm)
+    max_len = min(lm.max_len for lm in lms.values())
+    return Pipeline(engines, tok, segmenter, cfg.prompt_template, cfg.defaults, max_len)
