@@ -25,8 +25,8 @@ import numpy as np
 import numpy.typing as npt
 
 from runtime.core.methods.base import Needs, StepContext
-from runtime.core.methods.tokens import TokenStep
 from runtime.core.params import RequestParams
+from runtime.core.segment import TokenStep
 from runtime.core.sampling import combine, process, residual, sample
 from runtime.core.types import StepOutcome
 
