@@ -18,7 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
 DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("cpu", "cuda", "auto")
-PRM_FORMATS = ("value_head", "two_class")
+PRM_FORMATS = ("value_head", "two_class", "likelihood")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +26,7 @@ class ModelConfig:
     path: Path
     dtype: str = "float32"
     device: str = "cpu"
-    format: str | None = None  # PRM only: value_head | two_class
+    format: str | None = None  # PRM only: value_head | two_class | likelihood
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

@@ -5,16 +5,20 @@ is represented by a one-hot distribution, so the same rejection rule covers gree
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 
-Array = np.ndarray
+Array = npt.NDArray[np.float64]
 
 
-def softmax(logits: Array, temperature: float = 1.0) -> Array:
+def softmax(logits: npt.NDArray[np.floating[Any]], temperature: float = 1.0) -> Array:
     z = np.asarray(logits, dtype=np.float64) / temperature
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    out: Array = e / e.sum(axis=-1, keepdims=True)
+    return out
 
 
 def top_p_filter(probs: Array, top_p: float) -> Array:
@@ -27,7 +31,8 @@ def top_p_filter(probs: Array, top_p: float) -> Array:
     keep = cum - sorted_probs < top_p  # a token is kept if the mass before it is below top_p
     out = np.zeros_like(probs)
     out[order[keep]] = sorted_probs[keep]
-    return out / out.sum()
+    normed: Array = out / out.sum()
+    return normed
 
 
 def one_hot(index: int, size: int) -> Array:
@@ -36,7 +41,7 @@ def one_hot(index: int, size: int) -> Array:
     return out
 
 
-def process(logits: Array, temperature: float, top_p: float) -> Array:
+def process(logits: npt.NDArray[np.floating[Any]], temperature: float, top_p: float) -> Array:
     """The distribution a model samples from: greedy one-hot at T=0, else tempered top-p."""
     if temperature == 0.0:
         return one_hot(int(np.argmax(logits)), logits.shape[-1])
@@ -54,7 +59,8 @@ def residual(target: Array, draft: Array) -> Array:
     """norm(max(0, p - q)): where to resample after a rejection. Falls back to p if p == q."""
     diff = np.maximum(target - draft, 0.0)
     total = diff.sum()
-    return target if total <= 0.0 else diff / total
+    out: Array = target if total <= 0.0 else diff / total
+    return out
 
 
 def speculative_verify(
@@ -85,7 +91,7 @@ def speculative_verify(
 
 
 def combine(
-    logits: list[Array],
+    logits: list[npt.NDArray[np.floating[Any]]],
     kind: str,
     weights: tuple[float, ...],
     mu: float,
@@ -109,10 +115,13 @@ def combine(
     else:
         raise ValueError(f"unknown combination {kind!r}")
     r = np.asarray(r, dtype=np.float64)
-    return one_hot(int(np.argmax(r)), r.shape[-1]) if temperature == 0.0 else r / r.sum()
+    if temperature == 0.0:
+        return one_hot(int(np.argmax(r)), r.shape[-1])
+    normed: Array = r / r.sum()
+    return normed
 
 
-def logprob_of(logits: Array, token: int, temperature: float) -> float:
+def logprob_of(logits: npt.NDArray[np.floating[Any]], token: int, temperature: float) -> float:
     """log softmax(logits / T)[token]; T == 0 is scored untempered (T = 1)."""
     t = temperature if temperature > 0.0 else 1.0
     z = np.asarray(logits, dtype=np.float64) / t

@@ -11,6 +11,7 @@ Definitions:
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +75,24 @@ class RequestStats:
         self.draft_tokens_drafted += outcome.drafted_tokens
         self.draft_tokens_accepted += outcome.accepted_draft_tokens
 
+    @classmethod
+    def total(cls, parts: Iterable[RequestStats]) -> RequestStats:
+        """Sum of several requests' stats (wall time is summed; throughput uses the run's clock)."""
+        out = cls(requests=0)
+        for part in parts:
+            out.merge(part)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RequestStats:
+        """Inverse of `to_dict` (derived rates are recomputed, not read)."""
+        models = {role: ModelCounters(**m) for role, m in data.get("models", {}).items()}
+        plain = {name: data[name] for name in ("steps", "tokens", "steps_drafted", "steps_accepted",
+                                               "draft_tokens_drafted", "draft_tokens_accepted",
+                                               "wall_time_s", "requests") if name in data}
+        return cls(models=models, steps_by_source=dict(data.get("steps_by_source", {})),
+                   tokens_by_source=dict(data.get("tokens_by_source", {})), **plain)
+
     def merge(self, other: RequestStats) -> None:
         for role, counters in other.models.items():
             self.models.setdefault(role, ModelCounters()).merge(counters)
@@ -115,6 +134,8 @@ class RequestStats:
             "tokens_by_source": dict(self.tokens_by_source),
             "steps_drafted": self.steps_drafted,
             "steps_accepted": self.steps_accepted,
+            "draft_tokens_drafted": self.draft_tokens_drafted,
+            "draft_tokens_accepted": self.draft_tokens_accepted,
             "step_acceptance_rate": self.step_acceptance_rate,
             "token_acceptance_rate": self.token_acceptance_rate,
             "target_step_share": self.target_step_share,

@@ -157,3 +157,44 @@ class FakePRM:
             self.calls["scored"] += 1
         self.calls["reward"] += 1
         return RewardResult(tuple(rewards), Usage(prefill_tokens=len(req.candidates)))
+
+
+@dataclass(slots=True)
+class ScriptedLM:
+    """Returns scripted steps in order (cycling): "text" ends with the delimiter or is cut at the
+    cap; a trailing "<eos>" means the step ends with EOS. Counts calls; `prefixes` records inputs.
+    With `by_step_index`, the step is chosen by how many delimiters the prefix already holds, so
+    concurrent requests each follow the script from its start."""
+
+    tokenizer: FakeTokenizer
+    steps: Sequence[str]
+    by_step_index: bool = False
+    num_params: int = 1000
+    max_len: int = 10_000
+    calls: Counter[str] = field(default_factory=Counter)
+    prefixes: list[tuple[int, ...]] = field(default_factory=list)
+
+    def release(self, key: str) -> None:
+        self.calls["release"] += 1
+
+    async def generate(self, req: StepRequest) -> GenerateResult:
+        gens = []
+        delimiter = self.tokenizer.encode("\n\n")[0]
+        for _ in range(req.n):
+            index = req.prefix.count(delimiter) if self.by_step_index else self.calls["step"]
+            text = self.steps[index % len(self.steps)]
+            self.calls["step"] += 1
+            eos = text.endswith("<eos>")
+            ids = self.tokenizer.encode(text.removesuffix("<eos>"))
+            finish = Finish.EOS if eos else (Finish.STEP if text.endswith("\n\n") else Finish.LENGTH)
+            if len(ids) > req.max_new_tokens:
+                ids, finish = ids[: req.max_new_tokens], Finish.LENGTH
+            gens.append(Generation(tuple(ids), finish, -float(len(ids))))
+        self.calls["generate"] += 1
+        self.prefixes.append(req.prefix)
+        return GenerateResult(tuple(gens), Usage(prefill_tokens=len(req.prefix),
+                                                 generated_tokens=sum(len(g.token_ids) for g in gens)))
+
+    async def score(self, req: ScoreRequest) -> ScoreResult:
+        self.calls["score"] += 1
+        return ScoreResult(tuple(-float(len(c)) for c in req.continuations), Usage())

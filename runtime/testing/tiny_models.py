@@ -65,16 +65,17 @@ def make_tiny_models(root: Path, seed: int = 0) -> dict[str, Path]:
     return paths
 
 
-def tiny_config_yaml(root: Path) -> Path:
+def tiny_config_yaml(root: Path, device: str = "cpu") -> Path:
     """A pipeline config for the tiny models (written next to them)."""
     paths = make_tiny_models(root)
-    file = root / "tiny.yaml"
+    file = root / f"tiny-{device.replace(':', '')}.yaml"
     file.write_text(
         "models:\n"
-        f"  draft: {{path: {paths['draft']}}}\n"
-        f"  target: {{path: {paths['target']}}}\n"
-        f"  prm: {{path: {paths['prm']}, format: value_head}}\n"
+        f"  draft: {{path: {paths['draft']}, device: {device}}}\n"
+        f"  target: {{path: {paths['target']}, device: {device}}}\n"
+        f"  prm: {{path: {paths['prm']}, format: value_head, device: {device}}}\n"
         "prompt_template: \"Q: {question}\\n\"\n"
         "defaults: {max_tokens: 48, max_step_tokens: 12}\n"
+        "engine: {torch_threads: 1}\n"
     )
     return file

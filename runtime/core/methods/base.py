@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from runtime.core.errors import EngineError, RequestValidationError
 from runtime.core.params import RequestParams
@@ -17,10 +18,13 @@ from runtime.core.protocols import StepGenerator, StepScorer, TokenModel, TokenV
 from runtime.core.segment import StepSegmenter, prm_step_text
 from runtime.core.stats import RequestStats
 from runtime.core.types import (
+    GenerateResult,
     Generation,
     LogitsRequest,
+    LogitsResult,
     RewardRequest,
     ScoreRequest,
+    ScoreResult,
     StepOutcome,
     StepRequest,
     VerifyRequest,
@@ -101,7 +105,7 @@ class StepContext:
         p = self.params
         req = StepRequest(self.key, self.prefix, n, p.temperature, p.top_p, self.max_new_tokens,
                           self.next_seed(), logprobs)
-        result = await engine.generate(req)
+        result: GenerateResult = await engine.generate(req)
         self._record(role, engine, result.usage)
         if len(result.generations) != n:
             raise EngineError(f"{role} returned {len(result.generations)} generations, asked for {n}")
@@ -109,7 +113,7 @@ class StepContext:
 
     async def score(self, role: str, continuations: tuple[tuple[int, ...], ...], temperature: float) -> tuple[float, ...]:
         engine = self.engines.role(role)
-        result = await engine.score(ScoreRequest(self.key, self.prefix, continuations, temperature))
+        result: ScoreResult = await engine.score(ScoreRequest(self.key, self.prefix, continuations, temperature))
         self._record(role, engine, result.usage)
         return result.logprobs
 
@@ -123,13 +127,15 @@ class StepContext:
             raise EngineError(f"prm returned {len(result.rewards)} rewards for {len(candidates)} steps")
         return result.rewards
 
-    async def logits(self, role: str, ids: tuple[int, ...], count: int) -> np.ndarray:
+    async def logits(self, role: str, ids: tuple[int, ...], count: int) -> npt.NDArray[np.float32]:
         engine = self.engines.role(role)
-        result = await engine.logits(LogitsRequest(self.key, ids, count))
+        result: LogitsResult = await engine.logits(LogitsRequest(self.key, ids, count))
         self._record(role, engine, result.usage)
-        return result.logits
+        rows: npt.NDArray[np.float32] = result.logits
+        return rows
 
-    async def verify(self, role: str, prefix: tuple[int, ...], tokens: tuple[int, ...], probs: np.ndarray) -> tuple[tuple[int, ...], int]:
+    async def verify(self, role: str, prefix: tuple[int, ...], tokens: tuple[int, ...],
+                     probs: npt.NDArray[np.float64]) -> tuple[tuple[int, ...], int]:
         from runtime.core.verify import ReferenceVerifier  # local: verify imports this module's types
 
         engine = self.engines.role(role)

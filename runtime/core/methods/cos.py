@@ -19,17 +19,19 @@ Models are scored in the fixed order [draft, target] whatever the proposer (bug 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
+import numpy.typing as npt
 
 from runtime.core.methods.base import Needs, StepContext
-from runtime.core.methods.tokens import TokenStep
 from runtime.core.params import RequestParams
+from runtime.core.segment import TokenStep
 from runtime.core.sampling import combine, process, residual, sample
 from runtime.core.types import StepOutcome
 
 ROLES = ("draft", "target")
+Logits = npt.NDArray[np.floating[Any]]  # one model's raw logits at one position
 
 
 @dataclass(slots=True)
@@ -37,8 +39,8 @@ class _Speculation:
     """Unverified proposal tokens and each model's logits rows at those positions."""
 
     tokens: list[int] = field(default_factory=list)
-    proposer_q: list[np.ndarray] = field(default_factory=list)  # [len(tokens)] proposer distributions
-    rows: dict[str, list[np.ndarray]] = field(default_factory=lambda: {r: [] for r in ROLES})
+    proposer_q: list[npt.NDArray[np.float64]] = field(default_factory=list)  # [len(tokens)] proposer distributions
+    rows: dict[str, list[Logits]] = field(default_factory=lambda: {r: [] for r in ROLES})
 
     def pop_front(self) -> None:
         self.tokens.pop(0)
@@ -79,16 +81,17 @@ class CollaborativeSpeculation:
     def _gamma(self, ctx: StepContext, role: str) -> int:
         return ctx.params.gamma if role == "draft" else ctx.params.cos_gamma_target
 
-    async def _score(self, ctx: StepContext, step: TokenStep, spec: _Speculation, role: str) -> np.ndarray:
+    async def _score(self, ctx: StepContext, step: TokenStep, spec: _Speculation, role: str) -> Logits:
         """One pass of `role` over the proposal positions it has not seen, plus one more."""
         seen = len(spec.rows[role])
         ids = ctx.prefix + tuple(step.out) + tuple(spec.tokens)
         logits = await ctx.logits(role, ids, len(spec.tokens) - seen + 1)
         spec.rows[role].extend(logits[:-1])
-        return logits[-1]
+        bonus: Logits = logits[-1]
+        return bonus
 
     async def _draft(self, ctx: StepContext, step: TokenStep, spec: _Speculation, role: str,
-                     first_row: np.ndarray | None, gamma: int) -> None:
+                     first_row: Logits | None, gamma: int) -> None:
         """`role` proposes up to gamma tokens; `first_row` is its already-computed next row."""
         p = ctx.params
         row = first_row

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+import numpy.typing as npt
 
 from runtime.core.methods.base import Needs, StepContext
-from runtime.core.methods.tokens import TokenStep
 from runtime.core.params import RequestParams
+from runtime.core.segment import TokenStep
 from runtime.core.sampling import process, sample
 from runtime.core.types import StepOutcome
 
@@ -48,10 +49,10 @@ class SpeculativeDecoding:
                            accepted_draft_tokens=accepted)
 
     async def _propose(self, ctx: StepContext, step: TokenStep, base: tuple[int, ...], gamma: int
-                       ) -> tuple[list[int], np.ndarray]:
+                       ) -> tuple[list[int], npt.NDArray[np.float64]]:
         p = ctx.params
         tokens: list[int] = []
-        probs: list[np.ndarray] = []
+        probs: list[npt.NDArray[np.float64]] = []
         for _ in range(max(gamma, 0)):
             row = (await ctx.logits("draft", base + tuple(tokens), 1))[0]
             q = process(row, p.temperature, p.top_p)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 
@@ -11,6 +12,7 @@ from runtime.core.methods import Engines
 from runtime.core.segment import StepSegmenter
 from runtime.engines.prm_format import make_prm_format
 from runtime.engines.torch.generator import TorchLM
+from runtime.engines.torch.likelihood_prm import LikelihoodPRM
 from runtime.engines.torch.loading import (
     HFTokenizer,
     check_folder,
@@ -72,7 +74,27 @@ def build_pipeline(cfg: PipelineConfig) -> Pipeline:
     lms = {role: build_lm(role, m, segmenter, tok, rows) for role, m in roles.items()}
     if len(lms) == 2 and lms["draft"].vocab_size != lms["target"].vocab_size:
         raise ConfigError("models", "draft and target logits have different vocabulary sizes")
-    prm = build_prm(cfg.prm, rows) if cfg.prm is not None else None
+    prm: Any = None
+    if cfg.prm is not None and cfg.prm.format == "likelihood":
+        prm = LikelihoodPRM(_verifier(cfg, lms, segmenter, tok, rows), tok, cfg.prompt_template, cfg.step_delimiter)
+    elif cfg.prm is not None:
+        prm = build_prm(cfg.prm, rows)
     engines = Engines(draft=lms.get("draft"), target=lms.get("target"), prm=prm)
     max_len = min(lm.max_len for lm in lms.values())
     return Pipeline(engines, tok, segmenter, cfg.prompt_template, cfg.defaults, max_len)
+
+
+def _verifier(cfg: PipelineConfig, lms: dict[str, TorchLM], segmenter: StepSegmenter, tok: HFTokenizer,
+              rows: int) -> TorchLM:
+    """The likelihood PRM's LM: a generator already loaded from the same weights, or a new one
+    (which must share the generators' vocabulary: it scores their token ids' text)."""
+    assert cfg.prm is not None
+    key = (cfg.prm.path, cfg.prm.dtype, cfg.prm.device)
+    for role, lm in lms.items():
+        model = getattr(cfg, role)
+        if (model.path, model.dtype, model.device) == key:
+            return lm
+    own = load_tokenizer(check_folder(cfg.prm.path, "models.prm.path"), "models.prm.path")
+    if own.tok.get_vocab() != tok.tok.get_vocab():
+        raise ConfigError("models.prm", "a likelihood PRM must share the generators' tokenizer")
+    return build_lm("prm", cfg.prm, segmenter, tok, rows)

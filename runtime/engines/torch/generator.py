@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from runtime.core.segment import StepSegmenter
+from runtime.core.segment import StepSegmenter, TokenStep
 from runtime.core.types import (
     Finish,
     GenerateResult,
@@ -32,10 +32,8 @@ from runtime.engines.torch.scheduler import ForwardScheduler
 class _Candidate:
     cache: SeqCache
     generator: torch.Generator
-    tokens: list[int] = field(default_factory=list)
+    step: TokenStep
     logprob: float = 0.0
-    tail: str = ""
-    finish: Finish | None = None
 
 
 @dataclass(slots=True)
@@ -58,17 +56,18 @@ class TorchLM:
         fed = len(req.prefix) - cache.length
         (hidden,) = await self.scheduler.run([Row(cache, list(req.prefix[cache.length:]), 1)])
         first = self._logits(hidden)[0]
-        cands = [_Candidate(cache if req.n == 1 else cache.fork(), self._generator(req.seed, i)) for i in range(req.n)]
+        cands = [_Candidate(cache if req.n == 1 else cache.fork(), self._generator(req.seed, i),
+                            TokenStep(self.segmenter, req.max_new_tokens)) for i in range(req.n)]
         for cand in cands:
             self._push(cand, first, req)
         decoded = 0
-        while active := [c for c in cands if c.finish is None]:
-            hidden_rows = await self.scheduler.run([Row(c.cache, [c.tokens[-1]], 1) for c in active])
+        while active := [c for c in cands if c.step.finish is None]:
+            hidden_rows = await self.scheduler.run([Row(c.cache, [c.step.out[-1]], 1) for c in active])
             logits = self._logits(torch.cat(hidden_rows))
             decoded += len(active)
             for cand, row in zip(active, logits):
                 self._push(cand, row, req)
-        gens = tuple(Generation(tuple(c.tokens), c.finish or Finish.LENGTH, c.logprob) for c in cands)
+        gens = tuple(Generation(tuple(c.step.out), c.step.finish or Finish.LENGTH, c.logprob) for c in cands)
         usage = _usage(fed) + Usage(decode_tokens=decoded, generated_tokens=sum(len(g.token_ids) for g in gens))
         return GenerateResult(gens, usage)
 
@@ -107,17 +106,9 @@ class TorchLM:
 
     def _push(self, cand: _Candidate, logits: torch.Tensor, req: StepRequest) -> None:
         token, logprob = sample_token(logits, req.temperature, req.top_p, cand.generator)
-        if token in self.segmenter.eos_ids:  # EOS is not part of the step, nor of its log-prob
-            cand.finish = Finish.EOS
-            return
-        cand.logprob += logprob
-        cand.tokens.append(token)
-        ended, cand.tail = self.segmenter.advance(cand.tail, token)
-        if ended:
-            cand.finish = Finish.STEP
-        elif len(cand.tokens) >= req.max_new_tokens:
-            cand.finish = Finish.LENGTH
-
+        if token not in self.segmenter.eos_ids:  # EOS is not part of the step, nor of its log-prob
+            cand.logprob += logprob
+        cand.step.push(token)
 
 def _usage(fed: int) -> Usage:
     """A pass feeding one token is a decode step; more is a context (prefill) pass."""

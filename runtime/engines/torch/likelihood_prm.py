@@ -1,0 +1,40 @@
+"""A likelihood verifier as PRM, for models that ship no trained reward head.
+
+reward(step) = exp(mean_t log p_V(token_t | question prompt, accepted steps, step_<t)): the geometric
+mean probability the verifier LM V assigns to the step's tokens. It needs no training; the
+research behind this project measured the target's own likelihood of draft steps at AUROC 0.92
+on the synthetic task (a trained value head is better where one exists). V shares the generators'
+tokenizer; the question goes through the same prompt template.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from runtime.core.protocols import Tokenizer
+from runtime.core.types import RewardRequest, RewardResult, ScoreRequest
+from runtime.engines.torch.generator import TorchLM
+
+
+@dataclass(slots=True)
+class LikelihoodPRM:
+    verifier: TorchLM  # may be the target itself; its caches are keyed apart
+    tokenizer: Tokenizer
+    prompt_template: str
+    delimiter: str
+
+    @property
+    def num_params(self) -> int:
+        return self.verifier.num_params
+
+    def release(self, key: str) -> None:
+        self.verifier.release(key + "#prm")
+
+    async def reward(self, req: RewardRequest) -> RewardResult:
+        prompt = self.prompt_template.replace("{question}", req.question)
+        history = "".join(step + self.delimiter for step in req.steps)
+        prefix = tuple(self.tokenizer.encode(prompt + history))
+        conts = tuple(tuple(self.tokenizer.encode(text)) for text in req.candidates)
+        scored = await self.verifier.score(ScoreRequest(req.key + "#prm", prefix, conts, temperature=1.0))
+        rewards = tuple(math.exp(lp / len(c)) if c else 0.0 for lp, c in zip(scored.logprobs, conts))
+        return RewardResult(rewards, scored.usage)

@@ -1,0 +1,56 @@
+"""Writing an evaluation: results.json, samples.jsonl and the accuracy-vs-FLOPs plot."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from runtime.eval.runner import ProblemOutcome, RunSummary
+
+
+def write_results(out: Path, meta: dict[str, Any], runs: Sequence[tuple[RunSummary, list[ProblemOutcome]]]) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    results = {**meta, "runs": [summary.to_dict() for summary, _ in runs]}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    with (out / "samples.jsonl").open("w") as f:
+        for summary, outcomes in runs:
+            for o in outcomes:
+                f.write(json.dumps({"run": summary.label, **dataclasses.asdict(o)}) + "\n")
+    return out / "results.json"
+
+
+def plot_accuracy_vs_flops(out: Path, summaries: Sequence[RunSummary], title: str) -> Path:
+    """One point per method; the threshold sweep of a method as a labelled curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    swept: dict[str, list[RunSummary]] = {}
+    for s in summaries:
+        if s.threshold is not None:
+            swept.setdefault(s.method, []).append(s)
+            continue
+        ax.scatter(s.flops_per_problem, 100 * s.accuracy, s=50, zorder=3)
+        ax.annotate(s.label, (s.flops_per_problem, 100 * s.accuracy), textcoords="offset points", xytext=(5, 4))
+    for method, points in swept.items():
+        points.sort(key=lambda s: s.threshold or 0.0)
+        xs, ys = [p.flops_per_problem for p in points], [100 * p.accuracy for p in points]
+        ax.plot(xs, ys, marker="o", zorder=2, label=f"{method} (threshold sweep)")
+        for p, x, y in zip(points, xs, ys):
+            ax.annotate(f"{p.threshold:g}", (x, y), textcoords="offset points", xytext=(4, -11), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("estimated FLOPs per problem (2 x params x processed tokens, all models)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if swept:
+        ax.legend(loc="lower right")
+    fig.tight_layout()
+    path = out / "accuracy_vs_flops.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
