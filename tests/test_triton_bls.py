@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,3 +140,38 @@ def test_sub_model_cache_lru_releases_old_requests(pipelines):
     for key in ("a", "b", "a", "c", "d"):
         lru.touch(key)
     assert released == ["b", "a"] and len(lru) == 2
+
+
+def likelihood_config(tmp: Path, pipeline_config: Path, verifier: str) -> Path:
+    """The tiny pipeline with a likelihood PRM on `verifier` (a role's folder, or the PRM folder)."""
+    from runtime.config import load_config
+
+    cfg = load_config(pipeline_config)
+    path = {"target": cfg.target.path, "prm": cfg.prm.path}[verifier]
+    file = tmp / f"likelihood-{verifier}.yaml"
+    file.write_text(f"models:\n  draft: {{path: {cfg.draft.path}}}\n  target: {{path: {cfg.target.path}}}\n"
+                    f"  prm: {{path: {path}, format: likelihood}}\n"
+                    "prompt_template: \"Q: {question}\\n\"\ndefaults: {max_tokens: 24, max_step_tokens: 8}\n")
+    return file
+
+
+@pytest.mark.parametrize("verifier", ["target", "prm"])
+def test_likelihood_prm_through_the_contract(tmp_path, pipeline_config, verifier):
+    from runtime.config import load_config
+    from runtime.engines.torch.factory import build_pipeline
+    from runtime.engines.triton.factory import build_bls_pipeline, shared_verifier
+    from runtime.serving.torch_submodels import build_lm_submodel
+    from runtime.testing.inprocess_triton import InProcessTransport
+
+    cfg = load_config(likelihood_config(tmp_path, pipeline_config, verifier))
+    assert shared_verifier(cfg) == ("target" if verifier == "target" else None)
+    handlers = {role: build_lm_submodel(cfg, role, 8) for role in ("draft", "target")}
+    if verifier == "prm":
+        handlers["prm"] = build_lm_submodel(cfg, "prm", 8)  # served like draft and target
+    transport = InProcessTransport(handlers)
+    bls, local = build_bls_pipeline(cfg, transport), build_pipeline(cfg)
+    params = {"method": "rsd", "threshold": 0.05}
+    expected, got = local.generate_sync("1+1=", params), bls.generate_sync("1+1=", params)
+    assert got.text == expected.text
+    assert [s.reward for s in got.steps] == pytest.approx([s.reward for s in expected.steps], rel=1e-4)
+    assert ("prm" in transport.calls) == (verifier == "prm")

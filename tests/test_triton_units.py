@@ -193,3 +193,17 @@ def test_metrics_export_the_request_stats():
     assert m["rsd_prm_reward{'method': 'rsd'}"].observed == [0.9, 0.1]
     assert m["rsd_requests_total{'method': 'rsd', 'outcome': 'ok'}"].value == 1
     assert m["rsd_requests_in_flight{}"].value == 0
+
+
+def test_render_likelihood_prm(tmp_path, pipeline_config):
+    from runtime.config import load_config
+
+    cfg = load_config(pipeline_config)
+    for verifier, served in ((cfg.target.path, False), (cfg.prm.path, True)):
+        pipeline = tmp_path / f"p{served}.yaml"
+        pipeline.write_text(f"models:\n  draft: {{path: {cfg.draft.path}}}\n  target: {{path: {cfg.target.path}}}\n"
+                            f"  prm: {{path: {verifier}, format: likelihood}}\n")
+        repo = render_repository(_serve(tmp_path, pipeline), tmp_path / f"repo{served}")
+        assert (repo / "prm").exists() == served
+        if served:  # the verifier is a language model: served from the torch_lm template
+            assert 'key: "role" value: { string_value: "prm" }' in (repo / "prm" / "config.pbtxt").read_text()

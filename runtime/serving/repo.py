@@ -18,6 +18,7 @@ from pathlib import Path
 
 from runtime.config import REPO_ROOT, PipelineConfig, load_config
 from runtime.core.errors import ConfigError
+from runtime.engines.triton.factory import shared_verifier
 from runtime.serving import bls_io
 from runtime.serving.config import ServeConfig
 
@@ -46,16 +47,16 @@ def fill(template: str, values: Mapping[str, str], where: str) -> str:
     return PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
 
 
-def model_values(role: str, cfg: ServeConfig, pipeline: PipelineConfig) -> dict[str, str]:
+def model_values(role: str, template: str, cfg: ServeConfig, pipeline: PipelineConfig) -> dict[str, str]:
     """The placeholder values of one role's template."""
     values = {"name": role, "instance_count": str(cfg.instance_count(role)),
               "pipeline_config": str(pipeline.source or cfg.pipeline)}
-    if role == "rsd":
+    if template == "rsd":
         values.update(inputs=bls_io.config_entries(bls_io.INPUTS, with_optional=True),
                       outputs=bls_io.config_entries(bls_io.OUTPUTS, with_optional=False),
                       draft_model="draft", target_model="target", prm_model="prm",
                       sub_request_timeout_s=f"{cfg.sub_request_timeout_s:g}", bls_threads=str(cfg.bls_threads))
-    elif role in ("draft", "target"):
+    elif template in ("torch_lm", "tensorrt_llm"):
         values.update(role=role, max_batch_size=str(cfg.max_batch_size), max_queue_delay_us=str(cfg.max_queue_delay_us),
                       cache_requests=str(cfg.cache_requests), torch_threads=str(cfg.torch_threads))
     else:
@@ -64,22 +65,31 @@ def model_values(role: str, cfg: ServeConfig, pipeline: PipelineConfig) -> dict[
 
 
 def roles_served(pipeline: PipelineConfig) -> list[str]:
-    return ["rsd"] + [role for role in ("draft", "target", "prm") if getattr(pipeline, role) is not None]
+    """The models to serve: a likelihood PRM sharing a generator's weights needs no model of its own."""
+    roles = [role for role in ("draft", "target", "prm") if getattr(pipeline, role) is not None]
+    return ["rsd"] + [r for r in roles if not (r == "prm" and shared_verifier(pipeline) is not None)]
+
+
+def template_of(role: str, backend: str, pipeline: PipelineConfig) -> str:
+    """A likelihood PRM is a language model: it is served like draft and target."""
+    if role == "prm" and pipeline.prm is not None and pipeline.prm.format == "likelihood":
+        return LAYOUTS[backend]["target"]
+    return LAYOUTS[backend][role]
 
 
 def render_repository(cfg: ServeConfig, out: Path | None = None, templates: Path = TEMPLATES) -> Path:
     """Render the model repository for `cfg` into `out` (default .build/triton_repo/<config name>)."""
     pipeline = load_config(cfg.pipeline)
-    layout = LAYOUTS[cfg.backend]
     out = out or BUILD_ROOT / (cfg.source.stem if cfg.source else "default")
     staging = Path(tempfile.mkdtemp(prefix=".render-", dir=_parent(out)))
     try:
         for role in roles_served(pipeline):
-            src = templates / layout[role]
+            template = template_of(role, cfg.backend, pipeline)
+            src = templates / template
             if not (src / "config.pbtxt").is_file():
                 raise ConfigError("backend", f"{cfg.backend}: no template {src.name!r} for the {role} model "
                                              f"(see triton_repo/README.md)")
-            _render_model(src, staging / role, model_values(role, cfg, pipeline))
+            _render_model(src, staging / role, model_values(role, template, cfg, pipeline))
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)

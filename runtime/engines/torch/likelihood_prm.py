@@ -11,14 +11,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from runtime.core.protocols import Tokenizer
+from runtime.core.protocols import StepGenerator, Tokenizer
 from runtime.core.types import RewardRequest, RewardResult, ScoreRequest
-from runtime.engines.torch.generator import TorchLM
 
 
 @dataclass(slots=True)
 class LikelihoodPRM:
-    verifier: TorchLM  # may be the target itself; its caches are keyed apart
+    verifier: StepGenerator  # may be the target itself; its caches are keyed apart (torch or Triton engine)
     tokenizer: Tokenizer
     prompt_template: str
     delimiter: str

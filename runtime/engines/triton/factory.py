@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runtime.config import PipelineConfig
+from runtime.config import ModelConfig, PipelineConfig
 from runtime.core.errors import ConfigError
 from runtime.core.methods import Engines
 from runtime.core.segment import StepSegmenter, delimiter_token_ids
 from runtime.engines.hf import HFTokenizer, check_folder, estimate_matmul_params, folder_max_positions, load_tokenizer
 from runtime.engines.prm_format import make_prm_format
+from runtime.engines.torch.likelihood_prm import LikelihoodPRM  # torch-free despite its package
 from runtime.engines.triton.lm import TritonLM
 from runtime.engines.triton.prm import TritonPRM
 from runtime.engines.triton.transport import SubModelTransport
@@ -36,6 +37,19 @@ def stop_words(tok: HFTokenizer, delimiter: str, end_id: int) -> tuple[tuple[int
     return tuple((i,) for i in sorted(ids))
 
 
+def shared_verifier(cfg: PipelineConfig) -> str | None:
+    """For a likelihood PRM: the generator role loaded from the same weights (no `prm` sub-model
+    is then needed), else None (the PRM is served as an LM sub-model of its own)."""
+    if cfg.prm is None or cfg.prm.format != "likelihood":
+        return None
+    key = (cfg.prm.path, cfg.prm.dtype, cfg.prm.device)
+    for role in ("target", "draft"):
+        model: ModelConfig | None = getattr(cfg, role)
+        if model is not None and (model.path, model.dtype, model.device) == key:
+            return role
+    return None
+
+
 def build_bls_pipeline(cfg: PipelineConfig, transport: SubModelTransport, names: SubModels = SubModels()) -> Pipeline:
     roles = {role: getattr(cfg, role) for role in ("draft", "target") if getattr(cfg, role) is not None}
     paths = {role: check_folder(m.path, f"models.{role}.path") for role, m in roles.items()}
@@ -50,12 +64,27 @@ def build_bls_pipeline(cfg: PipelineConfig, transport: SubModelTransport, names:
     lms = {role: TritonLM(role, getattr(names, role), transport, segmenter, end_id, pad_id, words,
                           estimate_matmul_params(path), folder_max_positions(path, tok), tok.vocab_size)
            for role, path in paths.items()}
-    prm = None
-    if cfg.prm is not None:
-        prm_path = check_folder(cfg.prm.path, "models.prm.path")
-        assert cfg.prm.format is not None, "PipelineConfig requires a PRM format"
-        fmt = make_prm_format(cfg.prm.format, load_tokenizer(prm_path, "models.prm.path"), "models.prm")
-        prm = TritonPRM(names.prm, transport, fmt, estimate_matmul_params(prm_path, with_lm_head=False))
+    prm = _prm(cfg, transport, names, lms, tok) if cfg.prm is not None else None
     engines = Engines(draft=lms.get("draft"), target=lms.get("target"), prm=prm)
     max_len = min(lm.max_len for lm in lms.values())
     return Pipeline(engines, tok, segmenter, cfg.prompt_template, cfg.defaults, max_len)
+
+
+def _prm(cfg: PipelineConfig, transport: SubModelTransport, names: SubModels, lms: dict[str, TritonLM],
+         tok: HFTokenizer) -> TritonPRM | LikelihoodPRM:
+    assert cfg.prm is not None and cfg.prm.format is not None, "PipelineConfig requires a PRM format"
+    path = check_folder(cfg.prm.path, "models.prm.path")
+    own_tok = load_tokenizer(path, "models.prm.path")
+    if cfg.prm.format != "likelihood":
+        fmt = make_prm_format(cfg.prm.format, own_tok, "models.prm")
+        return TritonPRM(names.prm, transport, fmt, estimate_matmul_params(path, with_lm_head=False))
+    role = shared_verifier(cfg)
+    if role is not None:
+        verifier = lms[role]
+    else:
+        if own_tok.tok.get_vocab() != tok.tok.get_vocab():
+            raise ConfigError("models.prm", "a likelihood PRM must share the generators' tokenizer")
+        some = next(iter(lms.values()))
+        verifier = TritonLM("prm", names.prm, transport, some.segmenter, some.end_id, some.pad_id, some.stop_words,
+                            estimate_matmul_params(path), folder_max_positions(path, tok), tok.vocab_size)
+    return LikelihoodPRM(verifier, tok, cfg.prompt_template, cfg.step_delimiter)
