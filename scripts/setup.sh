@@ -17,7 +17,7 @@ if [[ ! -x $VENV/bin/python ]]; then
 else
   say "venv $VENV exists"
 fi
-PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q --no-warn-script-location)
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 
 # torch first, pinned: the CPU wheel lies in /opt/wheels (pip's find-links); an unpinned `torch`
 # requirement could pull a multi-GB CUDA build.
@@ -25,7 +25,7 @@ if "$VENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.__version__.sta
   say "torch $TORCH_VERSION already installed"
 else
   say "installing torch==$TORCH_VERSION"
-  "${PIP[@]}" install "torch==$TORCH_VERSION"
+  "${PIP[@]}" install --no-warn-script-location "torch==$TORCH_VERSION"
 fi
 
 # The editable install records this checkout; reinstall when pyproject.toml changed since.
@@ -35,7 +35,7 @@ if [[ -f $STAMP && $STAMP -nt pyproject.toml ]] && "$VENV/bin/python" -c "import
   say "project already installed (editable, $ROOT)"
 else
   say "installing the project: pip install -e '.[torch,serve,eval,dev]'"
-  "${PIP[@]}" install -e ".[torch,serve,eval,dev]"
+  "${PIP[@]}" install --no-warn-script-location -e ".[torch,serve,eval,dev]"
   touch "$STAMP"
 fi
 
