@@ -9,13 +9,13 @@
       batch_scheduler_policy: guaranteed_no_evict   # or max_utilization
       max_queue_size: 0                # Triton queue bound of each tensorrt_llm model (0: unbounded)
       native_verify: false             # sd verifies draft tokens in the target (needs max_draft_len > 0)
-      orchestrator: true               # TRTLLM_ORCHESTRATOR=1: one executor process per engine
       image: nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3
 
 Per engine: `engine_dir` (overrides engine_root), `gpu_device_ids`, `max_tokens_in_paged_kv_cache`
 (required: a fixed KV budget, so engines sharing a GPU split it deterministically),
 `kv_cache_free_gpu_mem_fraction` (a cap; TensorRT-LLM uses the smaller of the two budgets) and
-`enable_kv_cache_reuse`. Relative paths resolve against the YAML file's folder.
+`enable_kv_cache_reuse`. Relative paths resolve against the YAML file's folder. Several
+`tensorrtllm` models in one server always run in orchestrator mode (runtime/serving/trtllm_launch.py).
 """
 from __future__ import annotations
 
@@ -32,8 +32,7 @@ POLICIES = ("guaranteed_no_evict", "max_utilization")
 TRTLLM_IMAGE = "nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3"
 _ENGINE_KEYS = {"engine_dir", "gpu_device_ids", "max_tokens_in_paged_kv_cache", "kv_cache_free_gpu_mem_fraction",
                 "enable_kv_cache_reuse"}
-_TOP_KEYS = {"engine_root", "engines", "batch_scheduler_policy", "max_queue_size", "native_verify", "orchestrator",
-             "image"}
+_TOP_KEYS = {"engine_root", "engines", "batch_scheduler_policy", "max_queue_size", "native_verify", "image"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +67,6 @@ class TrtllmConfig:
     batch_scheduler_policy: str = "guaranteed_no_evict"
     max_queue_size: int = 0
     native_verify: bool = False
-    orchestrator: bool = True
     image: str = TRTLLM_IMAGE
 
     def __post_init__(self) -> None:
@@ -77,7 +75,6 @@ class TrtllmConfig:
                               f"must be one of {', '.join(POLICIES)}, got {self.batch_scheduler_policy!r}")
         _int_in("trtllm.max_queue_size", self.max_queue_size, 0, 10**6)
         _bool("trtllm.native_verify", self.native_verify)
-        _bool("trtllm.orchestrator", self.orchestrator)
         if not isinstance(self.image, str) or not self.image:
             raise ConfigError("trtllm.image", "must be a container image name")
 
