@@ -91,7 +91,7 @@ def lm_request_tensors(call: LmCall) -> dict[str, np.ndarray]:
 def draft_tensors(draft: Sequence[int], draft_logits: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Native verification (an engine built with draft_tokens_external): the draft tokens as
     draft_input_ids [1, G] and, when sampling, their distributions as draft_logits [1, G, V]."""
-    out = {"draft_input_ids": np.array([list(draft)], dtype=np.int32)}
+    out: dict[str, np.ndarray] = {"draft_input_ids": np.array([list(draft)], dtype=np.int32)}
     if draft_logits is not None:
         out["draft_logits"] = np.asarray(draft_logits, dtype=np.float32)[None]
     return out
