@@ -229,3 +229,23 @@ def test_orchestrator_launch(fake_cfg, monkeypatch, tmp_path):
     command = local.command(install)
     assert command[:5] == [*launch.launcher, str(root / "bin" / "tritonserver")]
     assert local.environment()["TRTLLM_ORCHESTRATOR"] == "1"
+
+
+@pytest.mark.parametrize(("prm_role", "models"), [("target", ["draft", "rsd", "target"]),
+                                                  ("prm", ["draft", "prm", "rsd", "target"])])
+def test_likelihood_prm_is_served_as_an_lm_engine(tmp_path, tiny_config, prm_role, models):
+    """A likelihood PRM sharing the target's weights needs no model; one of its own is a
+    `tensorrt_llm` model on the prm engine (no trtllm_prm wrapper, no prm_engine)."""
+    from runtime.config import load_config
+
+    base = load_config(tiny_config)
+    paths = {"target": base.target.path, "prm": base.prm.path}
+    pipeline = tmp_path / "likelihood.yaml"
+    pipeline.write_text(f"models:\n  draft: {{path: {base.draft.path}}}\n  target: {{path: {base.target.path}}}\n"
+                        f"  prm: {{path: {paths[prm_role]}, format: likelihood}}\nprompt_template: \"Q: {{question}}\\n\"\n")
+    cfg = fake_serve_config(tmp_path, tiny_config)
+    repo = render_repository(dataclasses.replace(cfg, pipeline=pipeline), tmp_path / "repo")
+    assert sorted(p.name for p in repo.iterdir()) == models
+    if prm_role == "prm":
+        prm = parse(repo / "prm" / "config.pbtxt")
+        assert prm.backend == "tensorrtllm" and params(prm)["gpt_model_path"] == str(cfg.trtllm.engine_dir("prm"))
