@@ -25,7 +25,7 @@ def test_lm_contract_round_trip():
                            stop_words=((9,), (3, 4)), logprobs=True)
     tensors = contract.lm_request_tensors(call)
     assert tensors["input_ids"].shape == (1, 3) and tensors["input_ids"].dtype == np.int32
-    assert tensors["random_seed"].dtype == np.uint64 and tensors["runtime_top_k"][0, 0] == 0
+    assert tensors["seed"].dtype == np.uint64 and tensors["runtime_top_k"][0, 0] == 0
     assert tensors["stop_words_list"].tolist() == [[[9, 3, 4], [1, 3, -1]]]
     assert contract.parse_lm_request(tensors) == dataclasses.replace(call, exclude_input=True)
     greedy = contract.parse_lm_request(contract.lm_request_tensors(dataclasses.replace(call, temperature=0.0)))
@@ -126,7 +126,7 @@ def test_render_repository(tmp_path, pipeline_config):
         assert "${" not in text and f'name: "{model.name}"' in text and (model / "1" / "model.py").is_file()
     assert "count: 2" in (repo / "rsd" / "config.pbtxt").read_text()
     assert 'string_value: "target"' in (repo / "target" / "config.pbtxt").read_text()
-    with pytest.raises(ConfigError, match="tensorrt_llm"):  # the trtllm layout: structure only, no templates yet
+    with pytest.raises(ConfigError, match="trtllm"):  # the trtllm layout needs its `trtllm` section
         render_repository(_serve(tmp_path, pipeline_config, backend="trtllm"), tmp_path / "trt")
 
 

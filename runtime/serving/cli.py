@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import signal
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runtime.config import REPO_ROOT, load_config
+from runtime.core.errors import ConfigError
 from runtime.serving.client import RsdClient, StepMessage
 
 if TYPE_CHECKING:
@@ -30,12 +32,14 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("--http-port", type=int)
     p.add_argument("--grpc-port", type=int)
     p.add_argument("--metrics-port", type=int)
+    p.add_argument("--engines", help="trtllm: the engine-set output root of `python -m build_engines` "
+                                     "(overrides trtllm.engine_root)")
     p.add_argument("--repo", help="where to render the repository (default .build/triton_repo/<config name>)")
     p.add_argument("--log-file", help="tritonserver log (default: <repo>.log)")
     p.add_argument("--render-only", action="store_true", help="render the repository, print its path and exit")
     p.add_argument("--container", metavar="IMAGE", nargs="?", const="",
                    help="GPU host: run the NGC Triton container instead (default image: "
-                        "nvcr.io/nvidia/tritonserver:24.10-pyt-python-py3)")
+                        "nvcr.io/nvidia/tritonserver:24.10-pyt-python-py3; trtllm: the config's trtllm.image)")
     p.set_defaults(run=cmd_serve)
 
 
@@ -61,6 +65,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = load_serve_config(args.config).with_overrides(
         pipeline=args.pipeline, address=args.address, http_port=args.http_port, grpc_port=args.grpc_port,
         metrics_port=args.metrics_port)
+    if args.engines:
+        if cfg.trtllm is None:
+            raise ConfigError("--engines", "only for a serving config with backend trtllm")
+        cfg = dataclasses.replace(cfg, trtllm=cfg.trtllm.with_engine_root(Path(args.engines)))
     repo = render_repository(cfg, Path(args.repo).resolve() if args.repo else None)
     if args.render_only:
         print(repo)
@@ -72,14 +80,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _run_local(cfg: ServeConfig, repo: Path, log_file: Path) -> int:
     from runtime.serving.server import TritonServer
+    from runtime.serving.trtllm_launch import launch_for
 
+    launch = launch_for(cfg)
     server = TritonServer(repo, cfg.http_port, cfg.grpc_port, cfg.metrics_port, cfg.address,
-                          cfg.exit_timeout_s, log_file)
+                          cfg.exit_timeout_s, log_file, launch.args, launch.launcher, launch.env)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     print(f"starting tritonserver (log: {log_file}) ...", flush=True)
-    server.start()
+    server.start(launch.ready_timeout_s)
     print(f"serving: http {server.url}  grpc {cfg.address}:{cfg.grpc_port}  "
           f"metrics http://{cfg.address}:{cfg.metrics_port}/metrics  (Ctrl-C stops)", flush=True)
     try:
@@ -95,10 +105,12 @@ def _run_local(cfg: ServeConfig, repo: Path, log_file: Path) -> int:
 
 def _run_container(cfg: ServeConfig, repo: Path, image: str) -> int:
     from runtime.serving.server import NGC_IMAGE, container_command
+    from runtime.serving.trtllm_launch import container_image, launch_for, mounted_paths
 
-    pipeline = load_config(cfg.pipeline)
-    paths = [cfg.pipeline.parent] + [m.path for m in (pipeline.draft, pipeline.target, pipeline.prm) if m]
-    cmd = container_command(repo, paths, image or NGC_IMAGE, cfg.http_port, cfg.grpc_port, cfg.metrics_port)
+    launch = launch_for(cfg)
+    cmd = container_command(repo, mounted_paths(cfg, load_config(cfg.pipeline)), image or container_image(cfg, NGC_IMAGE),
+                            cfg.http_port, cfg.grpc_port, cfg.metrics_port, env=launch.env, launcher=launch.launcher,
+                            extra_args=launch.args, docker_args=launch.docker_args)
     print(" ".join(cmd), flush=True)
     return subprocess.call(cmd)
 

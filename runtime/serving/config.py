@@ -1,6 +1,6 @@
 """Serving configuration (`configs/triton/*.yaml`): YAML -> a frozen dataclass, strict.
 
-    backend: torch                 # torch | trtllm (trtllm: structure only, see triton_repo/README.md)
+    backend: torch                 # torch | trtllm (trtllm: the `trtllm` section, runtime/serving/trtllm_config.py)
     pipeline: ../default.yaml      # the pipeline config (models, prompt template, defaults)
     address: 127.0.0.1
     ports: {http: 8000, grpc: 8001, metrics: 8002}
@@ -12,6 +12,7 @@
     cache_requests: 64             # per-request KV caches each torch sub-model keeps (LRU)
     torch_threads: 1               # intra-op threads per torch sub-model (0: the pipeline's engine.torch_threads)
     exit_timeout_s: 30             # tritonserver --exit-timeout-secs
+    trtllm: {...}                  # backend trtllm only: engines, GPUs, KV budgets (trtllm_config.py)
 Relative paths resolve against the YAML file's folder.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import yaml
 
 from runtime.core.errors import ConfigError
+from runtime.serving.trtllm_config import TrtllmConfig, parse_trtllm
 
 BACKENDS = ("torch", "trtllm")
 ROLES = ("rsd", "draft", "target", "prm")
@@ -48,6 +50,7 @@ class ServeConfig:
     # spinning against each other (measured on 2 cores: 12x lower latency than torch's default).
     torch_threads: int = 1
     exit_timeout_s: int = 30
+    trtllm: TrtllmConfig | None = None
     source: Path | None = None
 
     def __post_init__(self) -> None:
@@ -65,6 +68,12 @@ class ServeConfig:
         _int_in("exit_timeout_s", self.exit_timeout_s, 1, 3600)
         if not isinstance(self.sub_request_timeout_s, (int, float)) or not self.sub_request_timeout_s > 0:
             raise ConfigError("sub_request_timeout_s", f"must be a number > 0, got {self.sub_request_timeout_s!r}")
+        if (self.backend == "trtllm") != (self.trtllm is not None):
+            raise ConfigError("trtllm", "required for backend trtllm, and only allowed with it")
+        if self.backend == "trtllm":
+            for role in ("draft", "target"):  # one executor per engine; it batches in flight
+                if self.instance_count(role) != 1:
+                    raise ConfigError(f"instances.{role}", "a tensorrt_llm model runs exactly one instance")
 
     def instance_count(self, role: str) -> int:
         return dict(self.instances)[role]
@@ -90,7 +99,7 @@ def load_serve_config(path: str | Path) -> ServeConfig:
 def parse_serve_config(data: Mapping[str, Any], base: Path, source: Path | None = None) -> ServeConfig:
     _known("", data, {"backend", "pipeline", "address", "ports", "instances", "max_batch_size",
                       "max_queue_delay_us", "sub_request_timeout_s", "bls_threads", "cache_requests",
-                      "torch_threads", "exit_timeout_s"})
+                      "torch_threads", "exit_timeout_s", "trtllm"})
     if "pipeline" not in data:
         raise ConfigError("pipeline", "required: the pipeline config file")
     ports = data.get("ports") or {}
@@ -98,12 +107,14 @@ def parse_serve_config(data: Mapping[str, Any], base: Path, source: Path | None 
     instances = data.get("instances") or {}
     _known("instances.", instances, set(ROLES))
     pipeline = Path(str(data["pipeline"])).expanduser()
-    scalars = {k: v for k, v in data.items() if k not in ("pipeline", "ports", "instances")}
+    scalars = {k: v for k, v in data.items() if k not in ("pipeline", "ports", "instances", "trtllm")}
+    trtllm = parse_trtllm(data["trtllm"], base) if data.get("trtllm") is not None else None
     return ServeConfig(
         pipeline=pipeline if pipeline.is_absolute() else (base / pipeline).resolve(),
         **{f"{k}_port": v for k, v in ports.items()},
         instances=tuple((role, instances.get(role, 1)) for role in ROLES),
         **scalars,
+        trtllm=trtllm,
         source=source,
     )
 

@@ -4,7 +4,9 @@ CPU: the Triton 2.51.0 binary bundled in the `nvidia-pytriton` wheel (scripts/se
 python-backend stub in place). The environment makes the stub's embedded Python this venv's:
 PATH starts with the venv's bin (the stub reads that python's pyvenv.cfg), LD_LIBRARY_PATH has
 the interpreter's LIBDIR (libpython), PYTHONPATH has this checkout (the `runtime` package).
-GPU: the same repository in the NGC container, see `container_command`.
+GPU: the same repository in the NGC container, see `container_command`; inside an NGC container
+(no pytriton) the container's own /opt/tritonserver is used. The `trtllm` layout adds a launcher
+prefix, environment and flags for TensorRT-LLM's orchestrator mode (runtime/serving/trtllm_launch.py).
 Each server gets its own python-backend shared-memory prefix so `stop` can remove exactly its
 /dev/shm regions if an unclean exit left them behind.
 """
@@ -20,6 +22,7 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +32,7 @@ from runtime.core.errors import ConfigError, EngineError
 log = logging.getLogger(__name__)
 
 NGC_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-pyt-python-py3"  # Triton 2.51 + PyTorch, = the CPU binary
+SYSTEM_TRITON = Path("/opt/tritonserver")  # where the NGC containers install Triton
 
 
 def free_ports(count: int) -> list[int]:
@@ -54,6 +58,10 @@ class TritonInstall:
 
     @classmethod
     def find(cls) -> TritonInstall:
+        """The NGC container's Triton when there is one (it has the GPU backends), else pytriton's."""
+        system = cls(SYSTEM_TRITON / "bin" / "tritonserver", SYSTEM_TRITON / "backends", SYSTEM_TRITON / "caches")
+        if system.binary.is_file():
+            return system
         try:
             import pytriton
         except ImportError as exc:
@@ -77,6 +85,8 @@ class TritonServer:
     exit_timeout_s: int = 30
     log_file: Path | None = None
     extra_args: tuple[str, ...] = ()
+    launcher: tuple[str, ...] = ()  # e.g. mpirun -n 1 (TensorRT-LLM orchestrator mode)
+    extra_env: tuple[tuple[str, str], ...] = ()
     proc: subprocess.Popen[bytes] | None = None
     shm_prefix: str = field(default_factory=lambda: f"rsd{os.getpid()}x{time.monotonic_ns() % 10**6}_")
 
@@ -86,7 +96,7 @@ class TritonServer:
 
     def command(self, install: TritonInstall) -> list[str]:
         return [
-            str(install.binary), f"--model-repository={self.repo}", f"--backend-directory={install.backends}",
+            *self.launcher, str(install.binary), f"--model-repository={self.repo}", f"--backend-directory={install.backends}",
             f"--cache-directory={install.caches}", "--model-control-mode=explicit", "--load-model=*",
             "--strict-readiness=true", "--exit-on-error=true", f"--exit-timeout-secs={self.exit_timeout_s}",
             f"--http-address={self.address}", f"--grpc-address={self.address}", f"--metrics-address={self.address}",
@@ -103,6 +113,7 @@ class TritonServer:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        env.update(self.extra_env)
         return env
 
     def start(self, ready_timeout_s: float = 180.0) -> None:
@@ -170,14 +181,18 @@ class TritonServer:
 
 
 def container_command(repo: Path, paths: list[Path], image: str = NGC_IMAGE, http_port: int = 8000,
-                      grpc_port: int = 8001, metrics_port: int = 8002) -> list[str]:
+                      grpc_port: int = 8001, metrics_port: int = 8002, *, env: Sequence[tuple[str, str]] = (),
+                      launcher: Sequence[str] = (), extra_args: Sequence[str] = (),
+                      docker_args: Sequence[str] = ()) -> list[str]:
     """`docker run` for a GPU host: the rendered repository and every path it names (this
-    checkout, the model folders) are mounted at the same absolute paths, so the rendered
-    configs stay valid; the image's Python gets the checkout on PYTHONPATH and needs
-    `transformers` (pip install it in a derived image)."""
+    checkout, the model folders, engine folders) are mounted at the same absolute paths, so the
+    rendered configs stay valid; the image's Python gets the checkout on PYTHONPATH and needs
+    `transformers` (pip install it in a derived image; the trtllm image has it)."""
     mounts = [arg for p in sorted({repo, REPO_ROOT, *paths}) for arg in ("-v", f"{p}:{p}:ro")]
-    return ["docker", "run", "--rm", "--gpus=all", "--shm-size=4g", "--ipc=host",
+    env_args = [arg for name, value in env for arg in ("-e", f"{name}={value}")]
+    return ["docker", "run", "--rm", "--gpus=all", "--shm-size=4g", "--ipc=host", *docker_args,
             "-p", f"127.0.0.1:{http_port}:{http_port}", "-p", f"127.0.0.1:{grpc_port}:{grpc_port}",
-            "-p", f"127.0.0.1:{metrics_port}:{metrics_port}", *mounts, "-e", f"PYTHONPATH={REPO_ROOT}", image,
-            "tritonserver", f"--model-repository={repo}", "--model-control-mode=explicit", "--load-model=*",
-            f"--http-port={http_port}", f"--grpc-port={grpc_port}", f"--metrics-port={metrics_port}"]
+            "-p", f"127.0.0.1:{metrics_port}:{metrics_port}", *mounts, "-e", f"PYTHONPATH={REPO_ROOT}", *env_args,
+            image, *launcher, "tritonserver", f"--model-repository={repo}", "--model-control-mode=explicit",
+            "--load-model=*", f"--http-port={http_port}", f"--grpc-port={grpc_port}", f"--metrics-port={metrics_port}",
+            *extra_args]

@@ -24,7 +24,8 @@ def make_tokenizer(out: Path) -> None:
     fast.save_pretrained(str(out))
 
 
-def make_lm(out: Path, hidden: int, layers: int, seed: int, step_bias: float = 3.0) -> None:
+def make_lm(out: Path, hidden: int, layers: int, seed: int, step_bias: float = 3.0, heads: int = 4,
+            max_positions: int = 512) -> None:
     import torch
     from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -32,8 +33,8 @@ def make_lm(out: Path, hidden: int, layers: int, seed: int, step_bias: float = 3
     tok = AutoTokenizer.from_pretrained(str(out))
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, bos_token_id=tok.bos_token_id,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads // 2,
+                         max_position_embeddings=max_positions, bos_token_id=tok.bos_token_id,
                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
     model = LlamaForCausalLM(config)
     with torch.no_grad():
@@ -43,11 +44,11 @@ def make_lm(out: Path, hidden: int, layers: int, seed: int, step_bias: float = 3
     GenerationConfig(eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id).save_pretrained(str(out))
 
 
-def make_value_head_prm(out: Path, hidden: int, layers: int, seed: int) -> None:
+def make_value_head_prm(out: Path, hidden: int, layers: int, seed: int, **shape: int) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    make_lm(out, hidden, layers, seed)
+    make_lm(out, hidden, layers, seed, **shape)
     weights = load_file(str(out / "model.safetensors"))
     gen = torch.Generator().manual_seed(seed)
     weights["v_head.summary.weight"] = torch.randn(1, hidden, generator=gen) * 0.5

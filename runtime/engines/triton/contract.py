@@ -5,10 +5,11 @@ BLS cannot tell a `torch` sub-model from a `tensorrt_llm` one:
   inputs  input_ids INT32 [1, L], input_lengths INT32 [1, 1], request_output_len INT32 [1, 1],
           end_id / pad_id INT32 [1, 1], stop_words_list INT32 [1, 2, K], temperature FP32 [1, 1],
           runtime_top_k INT32 [1, 1] (1 = greedy), runtime_top_p FP32 [1, 1],
-          random_seed UINT64 [1, 1], num_return_sequences INT32 [1, 1], and BOOL [1, 1] flags
-          return_log_probs, return_context_logits, return_generation_logits, exclude_input_in_output
+          seed UINT64 [1, 1], num_return_sequences INT32 [1, 1], and BOOL [1, 1] flags
+          return_log_probs, return_context_logits, return_generation_logits, exclude_input_in_output;
+          for native verification draft_input_ids INT32 [1, G] (+ draft_logits FP32 [1, G, V])
   outputs output_ids INT32 [1, n, len], sequence_length INT32 [1, n], cum_log_probs FP32 [1, n],
-          context_logits FP32 [1, L, V], generation_logits FP32 [1, n, len, V]
+          context_logits FP32 [1, L, V], generation_logits FP32 [1, n, len, V], sequence_index INT32 [1, 1]
 TensorRT-LLM may answer n sequences as n responses tagged `sequence_index`; `parse_lm_reply`
 merges them. The PRM contract is ours (TensorRT-LLM has no reward model type):
   inputs  input_ids INT32 [B, L] (right-padded), input_lengths INT32 [B],
@@ -75,7 +76,7 @@ def lm_request_tensors(call: LmCall) -> dict[str, np.ndarray]:
         "temperature": _scalar(1.0 if greedy else call.temperature, np.float32),
         "runtime_top_k": _scalar(1 if greedy else 0, np.int32),
         "runtime_top_p": _scalar(call.top_p, np.float32),
-        "random_seed": _scalar(call.seed, np.uint64),
+        "seed": _scalar(call.seed, np.uint64),
         "num_return_sequences": _scalar(call.n, np.int32),
         "return_log_probs": _scalar(call.logprobs, bool),
         "return_context_logits": _scalar(call.context_logits, bool),
@@ -85,6 +86,15 @@ def lm_request_tensors(call: LmCall) -> dict[str, np.ndarray]:
     if call.stop_words:
         tensors["stop_words_list"] = stop_words_tensor(call.stop_words)
     return tensors
+
+
+def draft_tensors(draft: Sequence[int], draft_logits: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Native verification (an engine built with draft_tokens_external): the draft tokens as
+    draft_input_ids [1, G] and, when sampling, their distributions as draft_logits [1, G, V]."""
+    out: dict[str, np.ndarray] = {"draft_input_ids": np.array([list(draft)], dtype=np.int32)}
+    if draft_logits is not None:
+        out["draft_logits"] = np.asarray(draft_logits, dtype=np.float32)[None]
+    return out
 
 
 def stop_words_tensor(words: Sequence[Sequence[int]]) -> np.ndarray:
@@ -128,7 +138,7 @@ def parse_lm_request(t: Mapping[str, np.ndarray]) -> LmCall:
         n=_positive(_int(t, "num_return_sequences", 1), "num_return_sequences"),
         temperature=0.0 if top_k == 1 else _float(t, "temperature", 1.0),
         top_p=_float(t, "runtime_top_p", 1.0),
-        seed=_int(t, "random_seed", 0),
+        seed=_int(t, "seed", 0),
         end_id=_int(t, "end_id", 0),
         pad_id=_int(t, "pad_id", 0),
         stop_words=parse_stop_words(stop) if stop is not None else (),

@@ -48,6 +48,7 @@ class TritonLM:
     num_params: int
     max_len: int
     vocab_size: int
+    outputs: tuple[str, ...] = LM_OUTPUTS  # trtllm adds sequence_index (n sequences as n responses)
     _seen: dict[str, tuple[int, ...]] = field(default_factory=dict)  # ids the engine holds per request
 
     def release(self, key: str) -> None:
@@ -95,7 +96,7 @@ class TritonLM:
         return reply.context_logits
 
     async def _call(self, key: str, call: LmCall) -> LmReply:
-        responses = await self.transport.infer(self.model, lm_request_tensors(call), LM_OUTPUTS, key)
+        responses = await self.transport.infer(self.model, lm_request_tensors(call), self.outputs, key)
         return parse_lm_reply(responses)
 
     def _generation(self, seq: tuple[int, ...], logprob: float, cap: int) -> Generation:

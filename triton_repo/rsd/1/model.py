@@ -16,7 +16,8 @@ class TritonPythonModel:
         host.configure_logging()
         transport = host.PbTransport(float(host.require(params, "sub_request_timeout_s")),
                                      int(host.require(params, "bls_threads")))
-        names = SubModels(params["draft_model"], params["target_model"], params["prm_model"])
+        names = SubModels(params["draft_model"], params["target_model"], params["prm_model"],
+                          host.require(params, "submodel_backend"), int(host.require(params, "max_draft_len")))
         pipeline = build_bls_pipeline(load_config(host.require(params, "pipeline_config")), transport, names)
         self.service = RsdService(pipeline, RsdMetrics(host.PbMetricFactory()))
         self.background = host.Background()

@@ -1,0 +1,140 @@
+"""The `trtllm` layout on a real tritonserver, with fake engines in place of TensorRT-LLM.
+
+The repository is rendered from the shipped configs/triton/trtllm.yaml exactly as for a GPU; only
+the three `tensorrtllm` models are switched to the python backend running the fake engine
+(tests/fake_trtllm/model.py), which validates every request against TensorRT-LLM's real tensor
+contract. The real `rsd` BLS and the real `trtllm_prm` wrapper run unchanged. Native verification
+is on (the fake target has max_draft_len 8) and the PRM engine reuses its KV cache, so suffix-only
+context logits are exercised through Triton.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from runtime.serving.client import RsdClient, ServerError
+from runtime.serving.repo import render_repository
+from runtime.serving.server import TritonServer, free_ports
+from runtime.testing.fake_trtllm_repo import substitute_fakes
+from trtllm_helpers import fake_serve_config, in_process
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+TIMEOUT = 60.0
+PROMPTS = ["1+1=", "what is 7-2?", "abc", "(4+4)/2"]
+
+
+@pytest.fixture(scope="module")
+def trt_server(tmp_path_factory, tiny_config):
+    root = tmp_path_factory.mktemp("trtllm_server")
+    http, grpc, metrics = free_ports(3)
+    cfg = fake_serve_config(root, tiny_config, prm_reuse=True, http_port=http, grpc_port=grpc, metrics_port=metrics,
+                            sub_request_timeout_s=60.0)
+    repo = render_repository(cfg, root / "repo")
+    assert substitute_fakes(repo) == ["draft", "prm_engine", "target"]
+    server = TritonServer(repo, http, grpc, metrics, cfg.address, exit_timeout_s=10, log_file=root / "tritonserver.log")
+    server.start(ready_timeout_s=300)
+    try:
+        yield cfg
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def reference(trt_server):
+    """The same BLS pipeline on the same fakes, in process."""
+    pipeline, _ = in_process(trt_server)
+    return pipeline
+
+
+def client(cfg, protocol: str = "grpc") -> RsdClient:
+    port = cfg.grpc_port if protocol == "grpc" else cfg.http_port
+    return RsdClient(f"127.0.0.1:{port}", protocol, timeout_s=TIMEOUT)
+
+
+@pytest.mark.parametrize("method", ["rsd", "target", "sd", "draft"])
+def test_greedy_requests_equal_the_in_process_pipeline(trt_server, reference, method):
+    params = {"method": method, "max_tokens": 32, "threshold": 0.5}
+    for prompt in PROMPTS[:2]:
+        got = client(trt_server).generate(prompt, params)
+        want = asyncio.run(reference.generate(prompt, params))
+        assert got.final and got.text == want.text and got.finish_reason == want.finish_reason
+        assert list(got.sources) == [s.source for s in want.steps]
+        assert got.rewards == pytest.approx([s.reward for s in want.steps], abs=1e-5, nan_ok=True)
+
+
+def test_rsd_uses_draft_and_target_steps(trt_server):
+    sources = set()
+    for prompt in PROMPTS:
+        sources |= set(client(trt_server).generate(prompt, {"max_tokens": 48, "threshold": 0.5}).sources)
+    assert sources == {"draft", "target"}
+
+
+def test_stream_concatenates_to_unary(trt_server):
+    params = {"max_tokens": 40, "threshold": 0.5}
+    steps = list(client(trt_server).stream(PROMPTS[1], params))
+    whole = client(trt_server, "http").generate(PROMPTS[1], params)
+    assert len(steps) >= 2 and "".join(s.text for s in steps) == whole.text
+    assert [s.sources[0] for s in steps] == list(whole.sources) and steps[-1].final
+
+
+def test_sd_at_temperature_0_equals_target_greedy_with_native_verification(trt_server):
+    for prompt in PROMPTS:
+        sd = client(trt_server).generate(prompt, {"method": "sd", "max_tokens": 32, "temperature": 0.0})
+        target = client(trt_server).generate(prompt, {"method": "target", "max_tokens": 32, "temperature": 0.0})
+        assert sd.text == target.text
+        assert sd.stats["draft_tokens_drafted"] > 0  # verified through draft_input_ids ...
+    # ... since the fake target (like a draft_tokens_external engine) has no context logits:
+    with pytest.raises(ServerError, match="gather_context_logits"):
+        client(trt_server).generate(PROMPTS[0], {"method": "gsi", "max_tokens": 8})
+
+
+def test_sampled_candidates_merge_sequence_responses(trt_server, reference):
+    params = {"method": "rsd", "n": 3, "temperature": 0.7, "seed": 11, "max_tokens": 32, "threshold": 0.5}
+    got = client(trt_server).generate(PROMPTS[2], params)
+    want = asyncio.run(reference.generate(PROMPTS[2], params))
+    assert got.text == want.text and list(got.sources) == [s.source for s in want.steps]
+
+
+def _prm_request(cfg, call):
+    """One request to the `prm` model (the PRM contract), over gRPC streaming: (rewards, error)."""
+    import tritonclient.grpc as grpcclient
+
+    from runtime.engines.triton.contract import prm_request_tensors
+
+    grpc_client = grpcclient.InferenceServerClient(f"127.0.0.1:{cfg.grpc_port}")
+    results: list = []
+    try:
+        grpc_client.start_stream(callback=lambda result, error: results.append((result, error)))
+        inputs = []
+        for name, value in prm_request_tensors(call).items():
+            tensor = grpcclient.InferInput(name, list(value.shape), "INT32")
+            tensor.set_data_from_numpy(value)
+            inputs.append(tensor)
+        grpc_client.async_stream_infer("prm", inputs, request_id="prm-test")
+        grpc_client.stop_stream()  # waits for the outstanding responses
+    finally:
+        grpc_client.close()
+    result, error = results[0]
+    return (None if result is None else result.as_numpy("step_rewards")), error
+
+
+def test_prm_model_contract_and_reuse(trt_server):
+    from runtime.engines.triton.contract import PrmCall
+    from runtime.testing.fake_trtllm_repo import load_fake_engine
+
+    net = load_fake_engine(trt_server.trtllm.engine_dir("prm")).net
+
+    def want(row, p):
+        return 1 / (1 + math.exp(-(net.context_rows(row)[p, 0] - 0.5)))
+
+    rows = ((9, 8, 7, 6, 5, 4, 3, 10, 11, 12), (9, 8, 7, 6, 5, 4, 3, 10, 13))
+    rewards, error = _prm_request(trt_server, PrmCall(rows[:1], ((2, 9),)))  # nothing cached yet
+    assert error is None and rewards[0].tolist() == pytest.approx([want(rows[0], 2), want(rows[0], 9)], abs=1e-5)
+    # now 8 tokens of both rows are cached: the engine returns suffix rows, aligned from the end
+    rewards, error = _prm_request(trt_server, PrmCall(rows, ((9,), (8,))))
+    assert error is None and rewards[:, 0].tolist() == pytest.approx([want(rows[0], 9), want(rows[1], 8)], abs=1e-5)
+    _, error = _prm_request(trt_server, PrmCall(rows[:1], ((2,),)))  # inside the reused prefix
+    assert error is not None and "step_positions: position 2" in str(error.message())

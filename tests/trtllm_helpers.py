@@ -1,0 +1,43 @@
+"""Shared setup of the trtllm tests: the shipped configs/triton/trtllm.yaml pointed at fake engines
+(runtime/testing/fake_trtllm_repo.py) for the tiny models, and the same fakes in process."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from runtime.config import REPO_ROOT, load_config
+from runtime.engines.triton.factory import SubModels, build_bls_pipeline
+from runtime.pipeline import Pipeline
+from runtime.serving.config import ServeConfig, load_serve_config
+from runtime.serving.engine_prm import ENGINE_MANIFEST, build_engine_prm
+from runtime.serving.trtllm_repo import max_draft_len
+from runtime.testing.fake_trtllm_repo import FakeTransport, load_fake_engine, write_fake_engines
+
+TRTLLM_YAML = REPO_ROOT / "configs" / "triton" / "trtllm.yaml"
+
+
+def fake_serve_config(tmp: Path, pipeline: Path, native_verify: bool = True, prm_reuse: bool = False,
+                      **overrides: object) -> ServeConfig:
+    """The shipped trtllm serving YAML on fake engines built for `pipeline`'s models."""
+    models = load_config(pipeline)
+    root = write_fake_engines(tmp / "engines", {"draft": models.draft.path, "target": models.target.path,
+                                                "prm": models.prm.path})
+    base = load_serve_config(TRTLLM_YAML)
+    assert base.trtllm is not None
+    engines = tuple(dataclasses.replace(e, enable_kv_cache_reuse=prm_reuse) if e.role == "prm" else e
+                    for e in base.trtllm.engines)
+    trtllm = dataclasses.replace(base.trtllm, engine_root=root, native_verify=native_verify, engines=engines)
+    return dataclasses.replace(base, pipeline=pipeline, trtllm=trtllm, **overrides)
+
+
+def in_process(cfg: ServeConfig) -> tuple[Pipeline, FakeTransport]:
+    """The BLS pipeline of `cfg` on the same fakes, without Triton."""
+    assert cfg.trtllm is not None
+    trt = cfg.trtllm
+    transport = FakeTransport({"draft": load_fake_engine(trt.engine_dir("draft")),
+                               "target": load_fake_engine(trt.engine_dir("target")),
+                               "prm_engine": load_fake_engine(trt.engine_dir("prm"),
+                                                              reuse=trt.engine("prm").enable_kv_cache_reuse)})
+    transport.handlers["prm"] = build_engine_prm(transport, "prm_engine", trt.engine_dir("prm") / ENGINE_MANIFEST)
+    names = SubModels(backend="trtllm", max_draft_len=max_draft_len(cfg))
+    return build_bls_pipeline(load_config(cfg.pipeline), transport, names), transport
