@@ -56,7 +56,7 @@ class Pipeline:
         if not isinstance(question, str) or not question.strip():
             raise RequestValidationError("text_input", "must be a non-empty string")
         prompt = self.prompt_template.replace("{question}", question)
-        return Request(request_id or uuid.uuid4().hex, question, tuple(self.tokenizer.encode(prompt)),
+        return Request(request_id or uuid.uuid4().hex, question, tuple(self.tokenizer.encode_prompt(prompt)),
                        self.params(params))
 
     def stream(self, question: str, params: RequestParams | Mapping[str, Any] | None = None,

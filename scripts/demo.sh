@@ -20,7 +20,7 @@ if [[ -z $PIPELINE ]]; then
     PIPELINE=$("$PY" -c 'from pathlib import Path; from runtime.testing.tiny_models import tiny_config_yaml; print(tiny_config_yaml(Path(".cache/tiny_models").resolve()))' 2>/dev/null)
   fi
 fi
-PROMPT=${2:-"What is the sum of the first five positive odd numbers?"}
+PROMPT=${2:-"What is 47+8-3+9-6?"}
 read -r HTTP GRPC METRICS < <("$PY" -c 'from runtime.serving.server import free_ports; print(*free_ports(3))')
 LOG=$ROOT/.build/demo-serve.log
 mkdir -p "$ROOT/.build"

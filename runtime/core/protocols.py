@@ -36,6 +36,10 @@ class Tokenizer(Protocol):
 
     def encode(self, text: str) -> list[int]: ...
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """Ids of a request's prompt, with the special tokens the model expects first (BOS)."""
+        ...
+
     def decode(self, ids: Sequence[int]) -> str: ...
 
     def piece(self, token_id: int) -> str:

@@ -32,6 +32,10 @@ class HFTokenizer:
     def encode(self, text: str) -> list[int]:
         return list(self.tok.encode(text, add_special_tokens=False))
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """The tokenizer's own special tokens (e.g. Llama's BOS; none for Qwen), then the text."""
+        return list(self.tok.encode(text, add_special_tokens=True))
+
     def decode(self, ids: Any) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 

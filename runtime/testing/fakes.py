@@ -58,6 +58,10 @@ class FakeTokenizer:
                 raise ValueError(f"cannot encode {text[i]!r}")
         return out
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """No special tokens: the fake vocabulary has no BOS."""
+        return self.encode(text)
+
     def decode(self, ids: Sequence[int]) -> str:
         return "".join(self.pieces[i] for i in ids)
 

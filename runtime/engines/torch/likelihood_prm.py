@@ -32,7 +32,7 @@ class LikelihoodPRM:
     async def reward(self, req: RewardRequest) -> RewardResult:
         prompt = self.prompt_template.replace("{question}", req.question)
         history = "".join(step + self.delimiter for step in req.steps)
-        prefix = tuple(self.tokenizer.encode(prompt + history))
+        prefix = tuple(self.tokenizer.encode_prompt(prompt + history))
         conts = tuple(tuple(self.tokenizer.encode(text)) for text in req.candidates)
         scored = await self.verifier.score(ScoreRequest(req.key + "#prm", prefix, conts, temperature=1.0))
         rewards = tuple(math.exp(lp / len(c)) if c else 0.0 for lp, c in zip(scored.logprobs, conts))

@@ -1,0 +1,139 @@
+"""Training and sampling loops for the tiny generator LMs (draft and target).
+
+Batches are right-padded, so no attention mask is needed: causal attention never looks at the pads
+after a sequence, and their labels are ignored.
+"""
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from runtime.task import Problem, grade
+from tinylm import BOS_ID, EOS_ID, PAD_ID, encode, pad_batch
+
+Example = tuple[list[int], int]  # (token ids, number of leading prompt tokens excluded from the loss)
+
+
+@dataclass(frozen=True, slots=True)
+class LmSpec:
+    """Architecture and schedule of one tiny Llama LM."""
+
+    hidden: int
+    layers: int
+    heads: int
+    ffn: int
+    steps: int
+    lr: float
+    batch: int = 64
+
+
+def lm_examples(tokenizer: object, problems: Sequence[Problem]) -> list[Example]:
+    """[bos] + prompt + gold solution + eos, with the prompt masked out of the loss."""
+    prompts = tokenizer([p.prompt for p in problems], add_special_tokens=False)["input_ids"]
+    texts = tokenizer([p.prompt + p.solution for p in problems], add_special_tokens=False)["input_ids"]
+    return [([BOS_ID, *text, EOS_ID], 1 + len(prompt)) for prompt, text in zip(prompts, texts)]
+
+
+def lm_batch(examples: Sequence[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input ids and labels (-100 on prompt and padding) for a causal-LM loss."""
+    ids = pad_batch([ids for ids, _ in examples])
+    labels = ids.clone()
+    labels[ids == PAD_ID] = -100
+    for row, (_, prompt_len) in enumerate(examples):
+        labels[row, :prompt_len] = -100
+    return ids, labels
+
+
+def cosine_lr(step: int, total: int, peak: float, warmup: int = 50) -> float:
+    """Linear warm-up then cosine decay to 5% of peak: the usual recipe, robust for short runs."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def run_training(
+    params: list[torch.nn.Parameter] | list[dict],
+    loss_fn: Callable[[int], torch.Tensor],
+    steps: int,
+    lr: float,
+    desc: str,
+    after_step: Callable[[int], None] | None = None,
+) -> float:
+    """AdamW loop with clipping and a tqdm bar; ``loss_fn(step)`` builds and scores one batch.
+
+    ``params`` may be parameter groups with an ``lr_scale`` each (new layers can learn faster).
+    ``after_step(step)`` runs after each update (the draft is picked from checkpoints this way).
+    """
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    every = [p for group in optimizer.param_groups for p in group["params"]]
+    smooth = float("nan")
+    bar = tqdm(range(steps), desc=desc, dynamic_ncols=True, mininterval=2.0)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(step, steps, lr) * group.get("lr_scale", 1.0)
+        loss = loss_fn(step)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(every, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        smooth = loss.item() if math.isnan(smooth) else 0.95 * smooth + 0.05 * loss.item()
+        bar.set_postfix(loss=f"{smooth:.4f}", refresh=False)
+        if after_step is not None:
+            after_step(step + 1)
+    return smooth
+
+
+def train_lm(
+    model: torch.nn.Module, examples: Sequence[Example], spec: LmSpec, seed: int, desc: str,
+    after_step: Callable[[int], None] | None = None,
+) -> float:
+    """Train a causal LM on random batches of ``examples``; returns the smoothed final loss."""
+    rng = random.Random(seed)
+    model.train()
+
+    def loss_fn(_: int) -> torch.Tensor:
+        ids, labels = lm_batch(rng.sample(examples, spec.batch))
+        return model(input_ids=ids, labels=labels).loss
+
+    loss = run_training(list(model.parameters()), loss_fn, spec.steps, spec.lr, desc, after_step)
+    model.eval()
+    return loss
+
+
+@torch.no_grad()
+def sample(
+    model: torch.nn.Module, tokenizer: object, prompts: Sequence[str], temperature: float,
+    batch: int = 256, max_new: int = 64, desc: str | None = "sampling",
+) -> list[str]:
+    """Completions of [bos] + prompt until eos (KV-cached, left-padded); greedy when temperature is 0."""
+    outputs: list[str] = []
+    starts = range(0, len(prompts), batch)
+    for start in tqdm(starts, desc=desc, dynamic_ncols=True, mininterval=2.0) if desc else starts:
+        rows = [[BOS_ID, *encode(tokenizer, p)] for p in prompts[start:start + batch]]
+        width = max(map(len, rows))
+        ids = torch.tensor([[PAD_ID] * (width - len(r)) + r for r in rows])
+        extra = {"do_sample": True, "temperature": temperature, "top_k": None, "top_p": None} \
+            if temperature > 0 else {"do_sample": False}
+        out = model.generate(
+            input_ids=ids, attention_mask=(ids != PAD_ID).long(), max_new_tokens=max_new,
+            eos_token_id=EOS_ID, pad_token_id=PAD_ID, **extra,
+        )
+        for row in out[:, width:].tolist():
+            row = row[: row.index(EOS_ID)] if EOS_ID in row else row
+            outputs.append(tokenizer.decode([t for t in row if t != PAD_ID]))
+    return outputs
+
+
+def greedy_accuracy(model: torch.nn.Module, tokenizer: object, problems: Sequence[Problem]) -> float:
+    """Share of problems whose greedy completion grades correct."""
+    was_training = model.training
+    model.eval()
+    outputs = sample(model, tokenizer, [p.prompt for p in problems], 0.0, desc=None)
+    model.train(was_training)
+    return sum(grade(p, out) for p, out in zip(problems, outputs)) / len(problems)
