@@ -77,12 +77,28 @@ def parse_csv(method: str, file: Path) -> Row:
                ms("Avg latency") if "Avg latency" in record else float("nan"))
 
 
-def profile(url: str, method: str, max_tokens: int, extra: dict[str, object]) -> tuple[float, float, float]:
+def load_prompts(spec: str | None) -> tuple[str, ...]:
+    """The request prompts: built-in math questions, `embedded` (held-out task questions), or a
+    text file with one prompt per line."""
+    if spec is None:
+        return PROMPTS
+    if spec == "embedded":
+        from runtime.task import heldout_problems
+
+        return tuple(p.question for p in heldout_problems(len(PROMPTS)))
+    lines = tuple(line.strip() for line in Path(spec).read_text().splitlines() if line.strip())
+    if not lines:
+        raise SystemExit(f"--prompts {spec}: no prompts in the file")
+    return lines
+
+
+def profile(url: str, method: str, max_tokens: int, extra: dict[str, object],
+            prompts: tuple[str, ...] = PROMPTS) -> tuple[float, float, float]:
     """Mean output tokens, steps and target token share per request for `method` (one pass)."""
     from runtime.serving.client import RsdClient
 
     client = RsdClient(url, "grpc", timeout_s=600)
-    stats = [client.generate(p, {"method": method, "max_tokens": max_tokens, **extra}).stats or {} for p in PROMPTS]
+    stats = [client.generate(p, {"method": method, "max_tokens": max_tokens, **extra}).stats or {} for p in prompts]
     def mean(key: str) -> float:
         return sum(float(s.get(key) or 0.0) for s in stats) / len(stats)
 
@@ -119,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--threshold", type=float, help="RSD threshold (default: the pipeline's)")
     parser.add_argument("--methods", default="rsd,target")
+    parser.add_argument("--prompts", help="'embedded' (held-out task questions) or a file, one prompt per line")
     parser.add_argument("--out", default=str(REPO_ROOT / "runs" / "loadtest" / time.strftime("%Y%m%d-%H%M%S")))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -128,15 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     if not pa.is_file():
         raise SystemExit(f"{pa} is missing: run scripts/setup.sh")
     extra = {} if args.threshold is None else {"threshold": args.threshold}
+    prompts = load_prompts(args.prompts)
     files = {}
     for method in args.methods.split(","):
         files[method] = out / f"input_{method}.json"
-        files[method].write_text(json.dumps(input_data(method, args.max_tokens, PROMPTS, extra), indent=1))
+        files[method].write_text(json.dumps(input_data(method, args.max_tokens, prompts, extra), indent=1))
     server = None if args.url else _start_server(args, out)
     load_before = os.getloadavg()
     url = args.url if server is None else f"127.0.0.1:{server.grpc_port}"
     try:
-        shape = {method: profile(url, method, args.max_tokens, extra) for method in files}
+        shape = {method: profile(url, method, args.max_tokens, extra, prompts) for method in files}
         rows = [dataclasses.replace(parse_csv(method, run_point(pa, url, data, int(c), args.requests, args.timeout, out)),
                                     tokens=shape[method][0], steps=shape[method][1], target_share=shape[method][2])
                 for c in args.concurrency.split(",") for method, data in files.items()]
