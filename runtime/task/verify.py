@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+from runtime.eval.extract import last_boxed
 from runtime.task.problems import (
     STEP_SEPARATOR,
     Problem,
@@ -50,19 +51,8 @@ def check_step(question: Problem | str, previous_steps: Sequence[str], step: str
 
 
 def extract_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (balanced braces), or None when there is none."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, begin = 0, start + len("\\boxed{")
-    for pos in range(begin, len(text)):
-        if text[pos] == "{":
-            depth += 1
-        elif text[pos] == "}":
-            if depth == 0:
-                return text[begin:pos]
-            depth -= 1
-    return None
+    """Content of the last ``\\boxed{...}`` (braces matched, stripped), or None: the eval extractor."""
+    return last_boxed(text)
 
 
 def grade(question: Problem | str, completion: str) -> bool:
