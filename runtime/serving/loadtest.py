@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pa = Path(sys.executable).parent / "pa"
+    pa = Path(sys.executable).parent / "perf_analyzer"  # runnable as is after scripts/setup.sh (RPATH)
     if not pa.is_file():
         raise SystemExit(f"{pa} is missing: run scripts/setup.sh")
     extra = {} if args.threshold is None else {"threshold": args.threshold}
