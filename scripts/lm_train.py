@@ -32,6 +32,33 @@ class LmSpec:
     batch: int = 64
 
 
+def grow_interleaved(lm: torch.nn.Module) -> torch.nn.Module:
+    """The trained LM with every decoder layer followed by a new identity-initialised copy of it.
+
+    The copies have zeroed output projections (attention o_proj, MLP down_proj), so the deeper
+    model computes exactly what the trained one did; a short fine-tune then puts the new layers
+    to use. This buys a deep target (decode time on a CPU grows with depth, not width) for about
+    half the training cost of training it from scratch.
+    """
+    import copy
+
+    from transformers import LlamaForCausalLM
+
+    config = copy.deepcopy(lm.config)
+    config.num_hidden_layers = 2 * lm.config.num_hidden_layers
+    deeper = LlamaForCausalLM(config)
+    deeper.model.embed_tokens.load_state_dict(lm.model.embed_tokens.state_dict())
+    deeper.model.norm.load_state_dict(lm.model.norm.state_dict())
+    deeper.lm_head.load_state_dict(lm.lm_head.state_dict())
+    for index, layer in enumerate(lm.model.layers):
+        deeper.model.layers[2 * index].load_state_dict(layer.state_dict())
+        fresh = deeper.model.layers[2 * index + 1]
+        fresh.load_state_dict(layer.state_dict())
+        torch.nn.init.zeros_(fresh.self_attn.o_proj.weight)
+        torch.nn.init.zeros_(fresh.mlp.down_proj.weight)
+    return deeper
+
+
 def lm_examples(tokenizer: object, problems: Sequence[Problem]) -> list[Example]:
     """[bos] + prompt + gold solution + eos, with the prompt masked out of the loss."""
     prompts = tokenizer([p.prompt for p in problems], add_special_tokens=False)["input_ids"]

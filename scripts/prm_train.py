@@ -1,14 +1,22 @@
 """The process reward model: a tiny Llama backbone plus a Skywork-style value head.
 
 Reward of a step = sigmoid(v_head.summary(h)) at the step's separator token, h being the backbone's
-final hidden state (after the final RMSNorm). Training mixes a BCE loss at every separator with a
-causal-LM loss on gold steps, so the backbone keeps learning the arithmetic it has to verify.
+final hidden state (after the final RMSNorm). Training losses, all on the same forward:
+- BCE at every separator (the step's check_step label) and at every step token (is the step still
+  on the gold path after this token);
+- a training-only "gold-token" head (hidden -> vocabulary): at each step token it predicts the gold
+  token that belongs at that position given the correct text before it. The draft's mistakes are
+  mostly off-by-one results, which only an exact recomputation catches; this head makes the
+  backbone recompute each result where it is written, so the value head can compare the two;
+- a causal-LM loss on correct steps (through ``lm_head``) that keeps the arithmetic in the backbone.
+Both heads are dropped when saving: the folder is a standard value-head PRM.
 """
 from __future__ import annotations
 
 import copy
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,9 +24,19 @@ from safetensors.torch import save_file
 
 from lm_train import LmSpec, run_training
 from runtime.task import Problem, check_step, perturb_step, problem_from_question, split_steps
-from tinylm import VOCAB, encode, pad_batch, param_count, prm_ids, save_tokenizer
+from tinylm import SEP_ID, VOCAB, encode, pad_batch, param_count, prm_ids, save_tokenizer
 
 Labelled = tuple[str, list[str], list[bool]]  # (question, steps, per-step correctness)
+
+
+@dataclass(frozen=True, slots=True)
+class PrmLoss:
+    """Weights of the PRM training losses (see the module docstring)."""
+
+    dense: float = 1.0  # per-token on-gold-path BCE, relative to the separator BCE (weight 1)
+    negative: float = 2.0  # BCE weight of label-0 targets: keeps wrong steps well under threshold
+    gold_token: float = 1.0
+    lm: float = 0.2
 
 
 class ValueHead(torch.nn.Module):
@@ -30,30 +48,29 @@ class ValueHead(torch.nn.Module):
 
 
 class PrmModel(torch.nn.Module):
-    """LlamaForCausalLM (backbone ``model.*`` + ``lm_head``) with a value head."""
+    """LlamaForCausalLM (backbone ``model.*`` + ``lm_head``), a value head and the gold-token head."""
 
     def __init__(self, lm: torch.nn.Module) -> None:
         super().__init__()
         self.lm = lm
         self.v_head = ValueHead(lm.config.hidden_size)
+        self.gold_head = torch.nn.Linear(lm.config.hidden_size, lm.config.vocab_size)
 
-    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token value logits [batch, seq] and LM logits [batch, seq, vocab]."""
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Value logits [B, T], LM logits [B, T, V], gold-token logits [B, T, V]."""
         hidden = self.lm.model(input_ids=ids).last_hidden_state
-        return self.v_head.summary(hidden).squeeze(-1), self.lm.lm_head(hidden)
+        return self.v_head.summary(hidden).squeeze(-1), self.lm.lm_head(hidden), self.gold_head(hidden)
 
     def num_params(self) -> int:
-        return param_count(self)
+        """What scoring runs: the backbone and the value head (no lm_head, no gold head)."""
+        return param_count(self.lm.model) + param_count(self.v_head)
 
 
 def deepen(lm: torch.nn.Module, extra_layers: int, copy_from: int = -1) -> torch.nn.Module:
     """The trained LM with ``extra_layers`` new decoder layers on top that start as the identity.
 
-    A PRM must compare each step token with what the LM predicted for it, and an LM of the draft's
-    depth spends all its layers on the prediction; a layer on top can read the previous position's
-    prediction and flag a mismatch. New layers copy layer ``copy_from`` (its attention patterns,
-    e.g. previous-token heads, are a head start) with zeroed output projections, so the deeper
-    model computes exactly what the LM did until training moves it.
+    New layers copy layer ``copy_from`` (its attention patterns are a head start) with zeroed
+    output projections, so the deeper model computes exactly what the LM did until training moves it.
     """
     from transformers import LlamaForCausalLM
 
@@ -70,10 +87,14 @@ def deepen(lm: torch.nn.Module, extra_layers: int, copy_from: int = -1) -> torch
     return deeper
 
 
-def label_completion(problem: Problem, completion: str) -> Labelled:
-    """Steps of a sampled completion with their exact check_step labels."""
-    steps = split_steps(completion)
+def label_steps(problem: Problem, steps: list[str]) -> Labelled:
+    """Steps with their exact check_step labels."""
     return problem.question, steps, [check_step(problem, steps[:i], s) for i, s in enumerate(steps)]
+
+
+def label_completion(problem: Problem, completion: str, prefix: Sequence[str] = ()) -> Labelled:
+    """Gold ``prefix`` steps + the steps of a sampled completion, labelled by check_step."""
+    return label_steps(problem, [*prefix, *split_steps(completion)])
 
 
 def perturbed_examples(problems: Sequence[Problem], rng: random.Random) -> list[Labelled]:
@@ -91,85 +112,89 @@ def gold_examples(problems: Sequence[Problem]) -> list[Labelled]:
     return [(p.question, list(p.steps), [True] * len(p.steps)) for p in problems]
 
 
-def _token_targets(step_ids: list[int], gold: str | None, ok_so_far: bool) -> list[float]:
-    """1.0 while the step text up to this token is still a prefix of the gold step, else 0.0."""
-    text, out = "", []
+def _step_targets(step_ids: list[int], gold: str | None, ok_before: bool) -> tuple[list[float], list[int]]:
+    """Per token of a step (its separator included): on-gold-path target and gold-token label.
+
+    The on-gold-path target is 1.0 while the text up to and including the token is a prefix of
+    the gold step. The gold-token label is the gold token at that position when the text before
+    it is still on the gold path (the separator's gold token is the separator once the step is
+    complete), else -100.
+    """
+    text, dense, gold_tokens = "", [], []
     for token in step_ids:
-        text += VOCAB[token]
-        out.append(float(ok_so_far and gold is not None and gold.startswith(text)))
-    return out
+        on_path = ok_before and gold is not None and gold.startswith(text)
+        if on_path:
+            gold_tokens.append(VOCAB.index(gold[len(text)]) if len(text) < len(gold) else SEP_ID)
+        else:
+            gold_tokens.append(-100)
+        text += "" if token == SEP_ID else VOCAB[token]
+        dense.append(float(on_path and gold.startswith(text) and (token != SEP_ID or text == gold)))
+    return dense, gold_tokens
 
 
 def prm_batch(tokenizer: object, rows: Sequence[Labelled], dense_weight: float) -> tuple[torch.Tensor, ...]:
-    """ids, value targets, target weights and LM labels, all [B,T].
+    """ids, value targets, target weights, LM labels and gold-token labels, all [B, T].
 
-    Targets sit at every separator (the check_step label, weight 1) and, with ``dense_weight``, at
-    every step token (is the step still on the gold path after this token). The dense labels teach
-    the backbone to flag the first wrong digit where it appears, which the separator then reads.
-    LM labels cover the step tokens up to the last correct step.
+    Value targets sit at every separator (the check_step label, weight 1) and at every step token
+    (``dense_weight``). LM labels cover the tokens of correct steps (after a correct prefix).
     """
     encoded = [prm_ids(tokenizer, q, steps) for q, steps, _ in rows]
     ids = pad_batch([e[0] for e in encoded])
     targets, weights = torch.zeros(ids.shape), torch.zeros(ids.shape)
     lm_labels = torch.full(ids.shape, -100, dtype=torch.long)
+    gold_labels = torch.full(ids.shape, -100, dtype=torch.long)
     for row, ((question, steps, labels), (_, seps)) in enumerate(zip(rows, encoded)):
         gold = problem_from_question(question).steps
         start = seps[0] - len(encode(tokenizer, steps[0]))
         for index, (sep, label) in enumerate(zip(seps, labels)):
             ok_before = all(labels[:index])
-            step_ids = ids[row, start:sep].tolist()
-            dense = _token_targets(step_ids, gold[index] if index < len(gold) else None, ok_before)
-            targets[row, start:sep] = torch.tensor(dense)
+            step_ids = ids[row, start:sep + 1].tolist()
+            dense, gold_tokens = _step_targets(step_ids, gold[index] if index < len(gold) else None, ok_before)
+            targets[row, start:sep + 1] = torch.tensor(dense)
             weights[row, start:sep] = dense_weight
+            gold_labels[row, start:sep + 1] = torch.tensor(gold_tokens)
             targets[row, sep], weights[row, sep] = float(label), 1.0
             if label:
                 lm_labels[row, start:sep + 1] = ids[row, start:sep + 1]
             start = sep + 1
-    return ids, targets, weights, lm_labels
+    return ids, targets, weights, lm_labels, gold_labels
 
 
-def train_prm(
-    prm: PrmModel, tokenizer: object, data: Sequence[Labelled], spec: LmSpec, seed: int,
-    lm_weight: float, negative_weight: float, dense_weight: float, frozen_layers: int = 0,
-    new_layers: int = 0, new_lr_scale: float = 1.0,
-) -> float:
-    """Weighted BCE (wrong labels weighted up) + weighted LM loss; returns the smoothed final loss.
+def prm_loss(prm: PrmModel, batch: tuple[torch.Tensor, ...], loss: PrmLoss) -> torch.Tensor:
+    """The weighted sum of the PRM losses on one batch."""
+    ids, targets, weights, lm_labels, gold_labels = batch
+    values, logits, gold_logits = prm(ids)
+    weights = weights * (1.0 + (loss.negative - 1.0) * (targets == 0).float())
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(values, targets, weight=weights, reduction="sum")
+    vocab = logits.shape[-1]
+    lm = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, vocab), lm_labels[:, 1:].reshape(-1))
+    gold = torch.nn.functional.cross_entropy(gold_logits.reshape(-1, vocab), gold_labels.reshape(-1))
+    return bce / weights.sum() + loss.lm * lm + loss.gold_token * gold
 
-    ``frozen_layers`` > 0 freezes the embeddings and the first decoder layers (the trained LM), so
-    only the layers on top and the value head learn: they read the LM's own predictions.
-    """
+
+def train_prm(prm: PrmModel, tokenizer: object, data: Sequence[Labelled], spec: LmSpec, seed: int,
+              loss: PrmLoss) -> float:
+    """Train every PRM parameter on random batches of ``data``; returns the smoothed final loss."""
     rng = random.Random(seed)
     prm.train()
-    frozen = ("lm.model.embed_tokens.", "lm.lm_head.", *(f"lm.model.layers.{i}." for i in range(frozen_layers)))
-    layers = prm.lm.config.num_hidden_layers
-    fresh = ("v_head.", *(f"lm.model.layers.{i}." for i in range(layers - new_layers, layers)))
-    old, new = [], []
-    for name, param in prm.named_parameters():
-        param.requires_grad_(not (frozen_layers and name.startswith(frozen)))
-        if param.requires_grad:
-            (new if name.startswith(fresh) else old).append(param)
-    params = [{"params": old, "lr_scale": 1.0}, {"params": new, "lr_scale": new_lr_scale}]
 
     def loss_fn(_: int) -> torch.Tensor:
-        ids, targets, weights, lm_labels = prm_batch(tokenizer, rng.sample(data, spec.batch), dense_weight)
-        values, logits = prm(ids)
-        weights = weights * (1.0 + (negative_weight - 1.0) * (targets == 0).float())
-        bce = torch.nn.functional.binary_cross_entropy_with_logits(values, targets, weight=weights, reduction="sum")
-        lm = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), lm_labels[:, 1:].reshape(-1))
-        return bce / weights.sum() + lm_weight * lm
+        return prm_loss(prm, prm_batch(tokenizer, rng.sample(data, spec.batch), loss.dense), loss)
 
-    loss = run_training(params, loss_fn, spec.steps, spec.lr, "train prm")
+    final = run_training(list(prm.parameters()), loss_fn, spec.steps, spec.lr, "train prm")
     prm.eval()
-    return loss
+    return final
 
 
 def save_prm(prm: PrmModel, tokenizer: object, folder: Path) -> None:
-    """Skywork value-head folder: config.json (LlamaConfig) + model.safetensors + tokenizer."""
+    """Skywork value-head folder: config.json (LlamaConfig), backbone ``model.*`` + ``v_head.summary.*``.
+
+    lm_head and the gold-token head are training-only and not saved.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     prm.lm.config.architectures = ["LlamaForCausalLM"]
     prm.lm.config.save_pretrained(folder)
-    state = {f"{k}": v.detach().contiguous() for k, v in prm.lm.state_dict().items()}
+    state = {f"model.{k}": v.detach().contiguous() for k, v in prm.lm.model.state_dict().items()}
     state["v_head.summary.weight"] = prm.v_head.summary.weight.detach().contiguous()
     state["v_head.summary.bias"] = prm.v_head.summary.bias.detach().contiguous()
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})

@@ -1,47 +1,52 @@
 """Train the embedded default models (draft, target, PRM) on the synthetic arithmetic task.
 
-    PYTHONPATH=. python scripts/train_models.py --out models/embedded [--seed 0]
+    PYTHONPATH=scripts:. python scripts/train_models.py --out models/embedded [--seed 0] [--reuse]
 
-Stages: target LM, draft LM (smaller, trained less, so it slips on some steps), labelled PRM data
-(gold steps, perturbed gold steps and the draft's own temperature-1 samples, labelled by the exact
-verifier), PRM (the trained target plus one new decoder layer on top and a value head, fine-tuned
-with BCE at every separator, dense per-token targets and an LM loss), save, then measure on held-out
-problems with scripts/check_models.py.
+Stages (each saved as a Hugging Face folder under --cache, so one stage can be re-run alone):
+- target: an 8-layer LM, trained, then grown to 16 layers (identity-initialised layers interleaved)
+  and fine-tuned: deep, because on a CPU per-token decode time grows with depth, not width;
+- draft: a small LM run; its checkpoint nearest DRAFT_GOAL validation accuracy (train split) is the
+  draft, its final state (about 100% validation accuracy) the PRM's starting point;
+- prm: labelled data from the exact draft checkpoint (its greedy and temperature-1 continuations
+  after gold prefixes, its rollouts, gold solutions with one corrupted step, gold solutions, all
+  labelled by the exact checker), then the small LM + 2 layers + value head, trained with the
+  losses of prm_train.py.
+The target stage runs in a child process (one torch thread each), in parallel with draft and PRM.
+Then the folders are copied to --out and scripts/check_models.py measures them on held-out problems.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from lm_train import LmSpec, greedy_accuracy, lm_examples, sample, train_lm
-from prm_train import PrmModel, deepen, gold_examples, label_completion, perturbed_examples, save_prm, train_prm
+from lm_train import LmSpec, greedy_accuracy, grow_interleaved, lm_examples, sample, train_lm
+from prm_train import PrmLoss, PrmModel, deepen, gold_examples, label_completion, perturbed_examples, save_prm, train_prm
 from runtime.task import generate_problems
-from tinylm import build_tokenizer, llama_config, param_count, save_generator
+from tinylm import SEP, build_tokenizer, llama_config, save_generator
 
-TARGET = LmSpec(hidden=96, layers=3, heads=3, ffn=256, steps=700, lr=3e-3)
-# The draft is an early checkpoint of a small LM run, picked on validation accuracy.
-SMALL = LmSpec(hidden=64, layers=2, heads=4, ffn=96, steps=1000, lr=5e-3)
-# The PRM starts from the trained target (it must know the arithmetic it checks) with one extra
-# layer on top that can compare each token with the previous position's prediction.
-PRM = LmSpec(hidden=96, layers=3, heads=3, ffn=256, steps=400, lr=1e-3)  # dims must equal TARGET
-PRM_EXTRA_LAYERS = 1
-PRM_DENSE_WEIGHT = 0.3
-DRAFT_GOAL = 0.65  # greedy accuracy on validation problems (train split) the draft is picked for
+TARGET_BASE = LmSpec(hidden=64, layers=8, heads=4, ffn=128, steps=750, lr=3e-3)
+TARGET_TUNE = LmSpec(hidden=64, layers=16, heads=4, ffn=128, steps=80, lr=2e-4)  # after growing
+SMALL = LmSpec(hidden=48, layers=2, heads=4, ffn=96, steps=1000, lr=5e-3)
+PRM = LmSpec(hidden=48, layers=4, heads=4, ffn=96, steps=1600, lr=3e-3)  # hidden must equal SMALL's
+PRM_EXTRA_LAYERS = 2
+PRM_LOSS = PrmLoss(dense=1.0, negative=2.0, gold_token=1.0, lm=0.2)
+DRAFT_GOAL = 0.70  # greedy accuracy on validation problems (train split) the draft is picked for
 VALIDATE_EVERY = 25
 VALIDATE_FROM = 300  # the small LM is far from the goal before this step
 VALIDATION_PROBLEMS = 100
 TRAIN_PROBLEMS = 60_000
-DRAFT_SAMPLES = 6_000  # temperature-1 draft completions
-DRAFT_GREEDY = 2_000  # greedy draft completions
-PERTURBED = 6_000
-GOLD = 2_000
-PRM_LM_WEIGHT = 0.5
-PRM_NEGATIVE_WEIGHT = 3.0  # BCE weight of wrong steps: pushes wrong-step rewards well under 0.7
+# PRM data: draft continuations after a gold prefix of random length (the RSD situation), draft
+# rollouts from the question, corrupted gold solutions, gold solutions.
+NEXT_SAMPLED, NEXT_GREEDY, ROLLOUTS, PERTURBED, GOLD = 8_000, 4_000, 3_000, 4_000, 1_000
+STAGES = ("target", "draft", "prm")
 
 
 class DraftPicker:
@@ -68,6 +73,7 @@ class DraftPicker:
             self.best = (distance, step, accuracy, state)
         self.done = accuracy >= 0.97  # past the goal for good: stop paying for validation
 
+
 def build_lm(spec: LmSpec, seed: int) -> torch.nn.Module:
     """A freshly initialised tiny Llama, seeded so each model's init is reproducible on its own."""
     from transformers import LlamaForCausalLM
@@ -76,70 +82,127 @@ def build_lm(spec: LmSpec, seed: int) -> torch.nn.Module:
     return LlamaForCausalLM(llama_config(spec.hidden, spec.layers, spec.heads, spec.ffn))
 
 
+def load_lm(folder: Path) -> torch.nn.Module:
+    from transformers import LlamaForCausalLM
+
+    return LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+def validation(model: torch.nn.Module, tokenizer: object, seed: int) -> float:
+    return greedy_accuracy(model, tokenizer, generate_problems(VALIDATION_PROBLEMS, seed + 100, "train"))
+
+
+def train_target(tokenizer: object, examples: list, seed: int, cache: Path) -> None:
+    target = build_lm(TARGET_BASE, seed + 1)
+    train_lm(target, examples, TARGET_BASE, seed + 1, f"target {TARGET_BASE.layers} layers")
+    print(f"target {TARGET_BASE.layers} layers: validation accuracy {validation(target, tokenizer, seed):.3f}")
+    target = grow_interleaved(target)
+    train_lm(target, examples, TARGET_TUNE, seed + 5, f"target grown to {TARGET_TUNE.layers} layers")
+    print(f"target {TARGET_TUNE.layers} layers: validation accuracy {validation(target, tokenizer, seed):.3f}")
+    save_generator(target, tokenizer, cache / "target")
+
+
+def train_draft(tokenizer: object, examples: list, seed: int, cache: Path) -> None:
+    """One small LM run: the checkpoint nearest DRAFT_GOAL is the draft, the final state the PRM init."""
+    small = build_lm(SMALL, seed + 2)
+    picker = DraftPicker(small, tokenizer, seed)
+    train_lm(small, examples, SMALL, seed + 2, "small LM (draft, PRM init)", after_step=picker)
+    assert picker.best is not None, "no validation checkpoint"
+    _, step, accuracy, state = picker.best
+    print(f"draft = small LM at step {step}/{SMALL.steps} (validation accuracy {accuracy:.2f}); "
+          f"final validation accuracy {validation(small, tokenizer, seed):.3f}")
+    save_generator(small, tokenizer, cache / "small")
+    small.load_state_dict(state)
+    save_generator(small, tokenizer, cache / "draft")
+
+
 def prm_data(problems: list, draft: torch.nn.Module, tokenizer: object, seed: int) -> list:
-    """Labelled PRM sequences: the draft's own completions (T=1 and greedy), perturbed and gold steps."""
+    """Labelled PRM sequences from the exact draft checkpoint, plus corrupted and gold solutions."""
     rng = random.Random(seed)
-    picked = rng.sample(problems, DRAFT_SAMPLES + DRAFT_GREEDY + PERTURBED + GOLD)
-    sampled, rest = picked[:DRAFT_SAMPLES], picked[DRAFT_SAMPLES:]
-    greedy, rest = rest[:DRAFT_GREEDY], rest[DRAFT_GREEDY:]
+    picked = rng.sample(problems, NEXT_SAMPLED + NEXT_GREEDY + ROLLOUTS + PERTURBED + GOLD)
+    drafted, rest = picked[:NEXT_SAMPLED + NEXT_GREEDY + ROLLOUTS], picked[NEXT_SAMPLED + NEXT_GREEDY + ROLLOUTS:]
+    prefixes = [list(p.steps[:rng.randrange(len(p.steps))]) for p in drafted[:NEXT_SAMPLED + NEXT_GREEDY]]
+    prefixes += [[] for _ in range(ROLLOUTS)]
+    prompts = [p.prompt + "".join(s + SEP for s in prefix) for p, prefix in zip(drafted, prefixes)]
+    greedy = set(range(NEXT_SAMPLED, NEXT_SAMPLED + NEXT_GREEDY))
     torch.manual_seed(seed)
-    completions = sample(draft, tokenizer, [p.prompt for p in sampled], 1.0, desc="sample draft T=1")
-    completions += sample(draft, tokenizer, [p.prompt for p in greedy], 0.0, desc="sample draft T=0")
-    data = [label_completion(p, c) for p, c in zip(sampled + greedy, completions)]
+    completions = [""] * len(prompts)
+    for temperature, rows in ((1.0, [i for i in range(len(prompts)) if i not in greedy]), (0.0, sorted(greedy))):
+        outs = sample(draft, tokenizer, [prompts[i] for i in rows], temperature, desc=f"draft samples T={temperature:g}")
+        for i, out in zip(rows, outs):
+            completions[i] = out
+    data = [label_completion(p, c, prefix) for p, c, prefix in zip(drafted, completions, prefixes)]
     data = [row for row in data if row[1]]
     wrong = sum(not all(labels) for _, _, labels in data)
-    print(f"draft completions: {len(data)}, with a wrong step: {wrong}")
+    print(f"draft sequences: {len(data)}, with a wrong step: {wrong}")
     return data + perturbed_examples(rest[:PERTURBED], rng) + gold_examples(rest[PERTURBED:])
 
 
-def train_generators(args: argparse.Namespace, tokenizer: object, examples: list) -> tuple:
-    """Target, then the small LM run that yields the draft checkpoint."""
-    target = build_lm(TARGET, args.seed + 1)
-    train_lm(target, examples, TARGET, args.seed + 1, "train target")
-    save_generator(target, tokenizer, args.out / "target")
-    small = build_lm(SMALL, args.seed + 2)
-    picker = DraftPicker(small, tokenizer, args.seed)
-    train_lm(small, examples, SMALL, args.seed + 2, "train draft LM", after_step=picker)
-    assert picker.best is not None, "no validation checkpoint"
-    _, step, accuracy, state = picker.best
-    print(f"draft = small LM at step {step}/{SMALL.steps} (validation accuracy {accuracy:.2f})")
-    draft = build_lm(SMALL, args.seed + 2)
-    draft.load_state_dict(state)
-    draft.eval()
-    save_generator(draft, tokenizer, args.out / "draft")
-    return target, draft, small
+def train_prm_stage(tokenizer: object, problems: list, seed: int, cache: Path) -> None:
+    data = prm_data(problems, load_lm(cache / "draft"), tokenizer, seed + 3)
+    prm = PrmModel(deepen(load_lm(cache / "small"), PRM_EXTRA_LAYERS, copy_from=SMALL.layers - 1))
+    torch.manual_seed(seed + 4)
+    torch.nn.init.normal_(prm.v_head.summary.weight, std=0.02)
+    torch.nn.init.zeros_(prm.v_head.summary.bias)
+    train_prm(prm, tokenizer, data, PRM, seed + 4, PRM_LOSS)
+    save_prm(prm, tokenizer, cache / "prm")
+    print(f"prm: {prm.num_params()} parameters (backbone + value head)")
+
+
+def run_stage(stage: str, seed: int, cache: Path) -> None:
+    tokenizer = build_tokenizer()
+    problems = generate_problems(TRAIN_PROBLEMS, seed, "train", unique=False)
+    if stage == "prm":
+        train_prm_stage(tokenizer, problems, seed, cache)
+        return
+    examples = lm_examples(tokenizer, problems)
+    (train_target if stage == "target" else train_draft)(tokenizer, examples, seed, cache)
+
+
+def run_all(args: argparse.Namespace) -> None:
+    """Target in a child process, draft then PRM here; stages already in the cache are kept with --reuse."""
+    todo = [s for s in STAGES if not (args.reuse and (args.cache / s / "config.json").is_file())]
+    print(f"stages to run: {todo or 'none (all cached)'}; cache {args.cache}")
+    child = None
+    if "target" in todo:
+        command = [sys.executable, __file__, "--stage", "target", "--cache", str(args.cache), "--seed", str(args.seed)]
+        root = str(Path(__file__).resolve().parents[1])
+        path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+        child = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": path})
+    for stage in ("draft", "prm"):
+        if stage in todo or (stage == "prm" and "draft" in todo):
+            run_stage(stage, args.seed, args.cache)
+    if child is not None and child.wait() != 0:
+        raise SystemExit(f"target stage failed (exit code {child.returncode})")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=Path("models/embedded"))
+    parser.add_argument("--cache", type=Path, default=Path(".cache/train_models"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--stage", choices=("all", *STAGES), default="all")
+    parser.add_argument("--reuse", action="store_true", help="keep stages already saved in --cache")
     parser.add_argument("--no-check", action="store_true", help="skip the held-out measurement")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    start = time.time()
-    tokenizer = build_tokenizer()
-    problems = generate_problems(TRAIN_PROBLEMS, args.seed, "train", unique=False)
-    target, draft, small = train_generators(args, tokenizer, lm_examples(tokenizer, problems))
-    data = prm_data(problems, draft, tokenizer, args.seed + 3)
-    prm = PrmModel(deepen(target, PRM_EXTRA_LAYERS, copy_from=TARGET.layers - 1))
-    torch.manual_seed(args.seed + 4)
-    torch.nn.init.normal_(prm.v_head.summary.weight, std=0.02)
-    torch.nn.init.zeros_(prm.v_head.summary.bias)
-    train_prm(prm, tokenizer, data, PRM, args.seed + 4, PRM_LM_WEIGHT, PRM_NEGATIVE_WEIGHT,
-              PRM_DENSE_WEIGHT, new_layers=PRM_EXTRA_LAYERS)
-    save_prm(prm, tokenizer, args.out / "prm")
+    args.cache = args.cache / f"seed{args.seed}"
+    torch.set_num_threads(1)  # tiny models: two 1-thread processes beat one 2-thread process
+    start, load = time.time(), os.getloadavg()
+    if args.stage != "all":
+        run_stage(args.stage, args.seed, args.cache)
+        return 0
+    run_all(args)
+    for name in ("draft", "target", "prm"):
+        shutil.rmtree(args.out / name, ignore_errors=True)
+        shutil.copytree(args.cache / name, args.out / name)
     train_time = time.time() - start
-    sizes = {"draft": param_count(draft), "target": param_count(target), "prm": prm.num_params()}
-    print(f"params: {sizes}; training time {train_time:.0f} s")
+    print(f"training time {train_time:.0f} s wall; load average before {load[0]:.2f}, "
+          f"after {os.getloadavg()[0]:.2f} (1 min)")
     if args.no_check:
         return 0
     import check_models
 
-    code = check_models.main(["--models", str(args.out)])
-    print(f"training time {train_time:.0f} s, total with check {time.time() - start:.0f} s")
-    return code
+    return check_models.main(["--models", str(args.out)])
 
 
 if __name__ == "__main__":
