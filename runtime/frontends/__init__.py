@@ -1,0 +1,1 @@
+"""Clients and fronts that talk to a running Triton server (never imported by tritonserver)."""

@@ -1,0 +1,95 @@
+"""The OpenAI front's request mapping, stop strings and error classification (no server)."""
+from __future__ import annotations
+
+import pytest
+
+from runtime.frontends.openai_protocol import (
+    ChatRequest,
+    CompletionRequest,
+    OpenAIError,
+    StopScanner,
+    chat_question,
+    generation,
+)
+from runtime.frontends.triton_backend import ModelSpec, classify, tensor_names
+
+INPUTS = {"text_input": "BYTES", "stream": "BOOL", "max_tokens": "INT32", "temperature": "FP32", "top_p": "FP32",
+          "random_seed": "UINT64", "method": "BYTES", "threshold": "FP32", "n": "INT32", "min_length": "INT32"}
+
+
+def gen(**body):
+    req = CompletionRequest(model="rsd", prompt="q", **body)
+    return generation(req, "q", INPUTS, tensor_names())
+
+
+def test_openai_and_extension_parameters_map_to_inputs():
+    g = gen(max_tokens=8, temperature=0, seed=3, stop="\n\n", rsd={"method": "target", "n": 4}, threshold=0.5,
+            stream=True, stream_options={"include_usage": True}, user="someone")
+    assert g.values == {"max_tokens": 8, "temperature": 0.0, "random_seed": 3, "method": "target", "n": 4,
+                        "threshold": 0.5}
+    assert g.stop == ("\n\n",) and g.stream and g.include_usage
+    assert gen(min_tokens=5).values == {"min_length": 5}  # sent only because the model has min_length
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"n": 2}, "n"),
+    ({"presence_penalty": 0.5}, "presence_penalty"),  # no such input: only the neutral value
+    ({"logprobs": 3}, "logprobs"),
+    ({"echo": True}, "echo"),
+    ({"bogus": 1}, "bogus"),
+    ({"rsd": {"bogus": 1}}, "rsd.bogus"),
+    ({"rsd": {"seed": 1}, "seed": 2}, "rsd.seed"),
+    ({"rsd": {"threshold": -1}}, "threshold"),
+    ({"temperature": -1}, "temperature"),
+    ({"stop": ["a", ""]}, "stop"),
+])
+def test_what_would_change_the_output_is_a_400_naming_it(body, param):
+    with pytest.raises(OpenAIError) as err:
+        gen(**body)
+    assert err.value.status == 400 and err.value.param == param
+    assert err.value.body()["error"]["type"] == "invalid_request_error"
+
+
+def test_chat_is_system_messages_then_one_question():
+    req = ChatRequest(model="rsd", messages=[{"role": "system", "content": "Be brief."},
+                                             {"role": "user", "content": [{"type": "text", "text": "2+2?"}]}])
+    assert chat_question(req) == "Be brief.\n\n2+2?"
+    turns = ChatRequest(model="rsd", messages=[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                                               {"role": "user", "content": "c"}])
+    with pytest.raises(OpenAIError, match="multi-turn"):
+        chat_question(turns)
+    both = ChatRequest(model="rsd", messages=[{"role": "user", "content": "a"}], max_tokens=4, max_completion_tokens=5)
+    with pytest.raises(OpenAIError, match="max_completion_tokens"):
+        generation(both, "a", INPUTS, tensor_names())
+
+
+def test_stop_strings_are_found_across_steps_and_held_back_meanwhile():
+    scan = StopScanner(["END"])
+    assert scan.feed("abc E") == ("abc", False)  # " E" could start END
+    assert scan.feed("ND more") == (" ", True)
+    plain = StopScanner([])
+    assert plain.feed("x") == ("x", False) and plain.flush() == ""
+    late = StopScanner(["zz"])
+    assert late.feed("abz") == ("ab", False) and late.flush() == "z"
+
+
+def test_stream_errors_are_classified_by_their_form():
+    spec = ModelSpec("rsd", False, INPUTS)
+    cases = {
+        "text_input: must be a non-empty string": (400, "text_input"),
+        "[request id: 7] unexpected shape for input 'max_tokens' for model 'rsd'": (400, "max_tokens"),
+        "prm: no answer within 60 s": (503, None),
+        "draft: CUDA out of memory": (503, None),
+        "Request for unknown model: 'rsd' is not found": (503, None),
+        "internal error: KeyError: 'x'": (500, None),
+    }
+    for message, (status, param) in cases.items():
+        err = classify(message, spec)
+        assert (err.status, err.param) == (status, param), message
+
+
+def test_batched_models_are_detected_from_metadata():
+    meta = {"name": "rsd", "inputs": [{"name": "text_input", "datatype": "BYTES", "shape": ["-1", "1"]}]}
+    assert ModelSpec.from_metadata(meta).batched
+    meta["inputs"][0]["shape"] = ["1"]
+    assert not ModelSpec.from_metadata(meta).batched
