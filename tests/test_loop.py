@@ -173,10 +173,16 @@ def test_empty_and_too_long_prompts() -> None:
     assert err.value.field == "text_input" and "at most 4" in str(err.value)
 
 
-def test_flops_are_two_params_per_processed_token() -> None:
+def test_usage_and_flops_are_counted_per_model_call() -> None:
+    """Hand-counted: the prompt "ab" is 2 tokens; both RSD steps are rejected, so the draft and then
+    the target each start step 1 from 2 tokens and step 2 from 2 + 3 (the target's "11\\n\\n").
+    Scripted LMs report prefill = prefix length (1000 parameters), the PRM one token per candidate
+    (500 parameters); FLOPs = 2 x parameters x processed tokens."""
     draft, target, prm, p = scripted(rewards=(0.2,))
     stats = p.generate_sync("b", {"method": "rsd", "max_steps": 2}).stats
-    for role, engine in (("draft", draft), ("target", target), ("prm", prm)):
-        m = stats["models"][role]
-        assert m["flops"] == 2 * engine.num_params * (m["prefill_tokens"] + m["decode_tokens"])
-    assert stats["total_flops"] == sum(m["flops"] for m in stats["models"].values())
+    m = stats["models"]
+    for role in ("draft", "target"):
+        assert (m[role]["calls"], m[role]["prefill_tokens"], m[role]["generated_tokens"]) == (2, 2 + 5, 3 + 3)
+        assert m[role]["flops"] == 2 * 1000 * 7
+    assert (m["prm"]["calls"], m["prm"]["prefill_tokens"], m["prm"]["flops"]) == (2, 2, 2 * 500 * 2)
+    assert stats["total_flops"] == 14000 + 14000 + 2000 and stats["target_calls"] == 2
