@@ -15,22 +15,30 @@ from collections.abc import Sequence
 from typing import Any
 
 from runtime.core.errors import RsdError
-from runtime.core.params import RequestParams
+from runtime.core.params import BON_MODELS, COMBINES, METHOD_NAMES, OMEGAS, RequestParams
 from runtime.core.types import StepEvent
 
 log = logging.getLogger("rsd")
 
 
+_CHOICES = {"method": METHOD_NAMES, "omega": OMEGAS, "cos_combine": COMBINES, "bon_model": BON_MODELS}
+
+
 def add_param_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per RequestParams field: --max-step-tokens sets max_step_tokens, and so on."""
-    group = parser.add_argument_group("request parameters (default: the config's defaults)")
+    group = parser.add_argument_group("request parameters (unset: the pipeline config's `defaults`, "
+                                      "then the value shown)")
     for f in dataclasses.fields(RequestParams):
         flag = "--" + f.name.replace("_", "-")
         kind = type(f.default)
+        shown = f"default {f.default}"
         if kind is bool:
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=shown)
+        elif f.name in _CHOICES:
+            group.add_argument(flag, dest=f.name, choices=_CHOICES[f.name], default=None,
+                               help=f"{shown}; one of {', '.join(_CHOICES[f.name])}")
         else:
-            group.add_argument(flag, dest=f.name, type=kind, default=None, metavar=kind.__name__.upper())
+            group.add_argument(flag, dest=f.name, type=kind, default=None, metavar=kind.__name__.upper(), help=shown)
 
 
 def param_values(args: argparse.Namespace) -> dict[str, Any]:

@@ -62,7 +62,10 @@ class Pipeline:
     def stream(self, question: str, params: RequestParams | Mapping[str, Any] | None = None,
                request_id: str | None = None) -> AsyncIterator[StepEvent]:
         """Validates at once (raises before the first step), then yields steps as decided."""
-        request = self.request(question, params, request_id)
+        return self.run(self.request(question, params, request_id))
+
+    def run(self, request: Request) -> AsyncIterator[StepEvent]:
+        """The steps of a request built by `request` (which tokenises; servers call it off their loop)."""
         return run_request(request, self.engines, self.tokenizer, self.segmenter, self.max_len)
 
     async def generate(self, question: str, params: RequestParams | Mapping[str, Any] | None = None,

@@ -71,7 +71,7 @@ def _inputs(prompt: str, stream: bool, **params):
 def _serve(pipeline, inputs, sink):
     from runtime.serving.bls import RsdService
 
-    asyncio.run(RsdService(pipeline).serve(inputs, sink))
+    asyncio.run(RsdService(pipeline).serve(inputs, {}, sink))
     return sink
 
 

@@ -29,14 +29,15 @@ class FakeResponse:
 
 
 class SlowRequest:
+    """Like pb_utils.InferenceRequest.async_exec: the blocking exec on the loop's default executor."""
+
     delay = 1.0
 
     def __init__(self, **kwargs):
         self.kwargs = kwargs
 
-    def exec(self, decoupled=False):
-        time.sleep(self.delay)
-        return []
+    def async_exec(self, decoupled=False):
+        return asyncio.get_running_loop().run_in_executor(None, lambda: time.sleep(self.delay) or [])
 
 
 @pytest.fixture
@@ -86,8 +87,70 @@ def test_sink_sends_exactly_one_final_flag(pb):
 
 
 def test_sub_request_timeout_is_an_engine_error(pb):
-    transport = host.PbTransport(timeout_s=0.2, threads=2)
+    transport = host.PbTransport(timeout_s=0.2, token="t0k")
+
+    async def timed():
+        started = time.monotonic()
+        with pytest.raises(EngineError, match="draft: no answer within 0.2 s"):
+            await transport.infer("draft", {"input_ids": np.zeros((1, 2), np.int32)}, ["output_ids"], "req-1")
+        return time.monotonic() - started
+
+    assert asyncio.run(timed()) < 0.9
+
+
+def test_stub_loop_runs_sub_requests_concurrently_up_to_its_threads(pb):
+    """48 concurrent 0.3 s sub-requests on a 64-thread loop take about 0.3 s, not 48 × 0.3 / (cpu + 4)."""
+    loop = host.StubLoop("bls", threads=64)
+    transport = host.PbTransport(timeout_s=10.0)
+    SlowRequest.delay = 0.3
+
+    async def many():
+        await asyncio.gather(*(transport.infer("draft", {}, [], f"r{i}") for i in range(48)))
+
+    try:
+        started = time.monotonic()
+        loop.run(many(), timeout_s=30)
+        assert time.monotonic() - started < 1.5
+    finally:
+        SlowRequest.delay = 1.0
+        loop.shutdown(grace_s=1)
+
+
+def test_stub_loop_shutdown_cancels_what_outlives_the_grace(pb):
+    loop = host.StubLoop("bls", threads=2)
+    ended = []
+
+    async def request(seconds):
+        try:
+            await asyncio.sleep(seconds)
+            ended.append(("done", seconds))
+        except asyncio.CancelledError:
+            ended.append(("cancelled", seconds))
+            raise
+
+    loop.spawn(request(0.05))
+    loop.spawn(request(60))
+    time.sleep(0.2)
     started = time.monotonic()
-    with pytest.raises(EngineError, match="draft: no answer within 0.2 s"):
-        asyncio.run(transport.infer("draft", {"input_ids": np.zeros((1, 2), np.int32)}, ["output_ids"], "req-1"))
-    assert time.monotonic() - started < 0.9
+    loop.shutdown(grace_s=0.5)
+    assert time.monotonic() - started < 3
+    assert sorted(ended) == [("cancelled", 60), ("done", 0.05)]
+
+
+class TokenRequest:
+    def __init__(self, parameters):
+        self._parameters = parameters
+
+    def parameters(self):
+        return self._parameters
+
+
+def test_guard_refuses_requests_without_the_servers_token():
+    from runtime.core.errors import AccessDenied
+
+    guard = host.Guard("draft", "s3cret")
+    guard.check(TokenRequest('{"rsd_internal_token": "s3cret"}'))
+    for raw in ("", "{}", '{"rsd_internal_token": "guess"}'):
+        with pytest.raises(AccessDenied, match="draft: an internal model"):
+            guard.check(TokenRequest(raw))
+    host.Guard("draft", "").check(TokenRequest(""))  # no token configured: open (and logged at start)

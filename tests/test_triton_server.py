@@ -170,26 +170,6 @@ def test_cancelled_stream_frees_its_request(triton_server):
     assert grpc(triton_server).generate(PROMPTS[0], {"max_tokens": 4}).final
 
 
-def test_unloaded_sub_model_gives_an_error_not_a_hang(triton_server):
-    import tritonclient.grpc as grpcclient
-
-    admin = grpcclient.InferenceServerClient(triton_server.grpc_url)
-    admin.unload_model("prm", client_timeout=TIMEOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while admin.is_model_ready("prm", client_timeout=TIMEOUT) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        started = time.monotonic()
-        with pytest.raises(ServerError, match="prm"):
-            grpc(triton_server).generate(PROMPTS[0], {"max_tokens": 8})
-        assert time.monotonic() - started < 20
-        assert grpc(triton_server).generate(PROMPTS[0], {"max_tokens": 4, "method": "target"}).final
-    finally:
-        admin.load_model("prm", client_timeout=TIMEOUT)
-        admin.close()
-    assert grpc(triton_server).generate(PROMPTS[0], {"max_tokens": 4}).final
-
-
 @pytest.fixture(scope="module")
 def in_process(pipeline_config):
     """The same pipeline config on the in-process PyTorch engine."""

@@ -92,6 +92,30 @@ def test_parse_inputs_values_and_errors():
         bls_io.parse_inputs({"text_input": _t(b"\xff\xfe")})
 
 
+def test_parse_inputs_request_parameters():
+    prompt = {"text_input": _t(b"hi")}
+    # an HTTP generate body's unknown key arrives as a request parameter: an error naming it
+    with pytest.raises(RequestValidationError, match="^methd: unknown request parameter"):
+        bls_io.parse_inputs(prompt, {"methd": "target"})
+    with pytest.raises(RequestValidationError, match="^bogus: unknown input"):
+        bls_io.parse_inputs({**prompt, "bogus": _t(1, np.int32)})
+    # a known name given as a parameter (gRPC parameters) is its value; Triton's own are skipped
+    parsed = bls_io.parse_inputs(prompt, {"method": "target", "threshold": "0.25", "random_seed": 9,
+                                          "triton_enable_empty_final_response": True})
+    assert parsed.params == {"method": "target", "threshold": 0.25, "seed": 9}
+    with pytest.raises(RequestValidationError, match="^method: given both"):
+        bls_io.parse_inputs({**prompt, "method": np.array([b"rsd"], dtype=np.object_)}, {"method": "target"})
+    with pytest.raises(RequestValidationError, match="^threshold: must be a number"):
+        bls_io.parse_inputs(prompt, {"threshold": "high"})
+
+
+def test_parse_inputs_checks_prompt_bytes_before_decoding():
+    big = {"text_input": _t(b"\xff" * 101)}  # not UTF-8 either: the size is checked first
+    with pytest.raises(RequestValidationError, match="^text_input: is 101 bytes; this server accepts at most 100"):
+        bls_io.parse_inputs(big, max_prompt_bytes=100)
+    assert bls_io.parse_inputs({"text_input": _t("é".encode() * 50)}, max_prompt_bytes=100).prompt == "é" * 50
+
+
 def test_fill_rejects_leftover_placeholders_and_unknown_keys():
     assert fill("a ${x} b ${y}", {"x": "1", "y": "2"}, "t") == "a 1 b 2"
     with pytest.raises(ConfigError, match=r"\$\{y\}"):

@@ -24,3 +24,7 @@ class RequestValidationError(RsdError):
 
 class EngineError(RsdError):
     """An engine (model backend, sub-model, PRM) failed or returned something unusable."""
+
+
+class AccessDenied(RsdError):
+    """A caller asked for something this server does not expose to it (e.g. an internal sub-model)."""

@@ -8,18 +8,20 @@ a decoupled request without its final flag hangs its client.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from runtime.core.errors import EngineError, RequestValidationError, RsdError
 from runtime.core.types import StepEvent
 from runtime.pipeline import Pipeline
-from runtime.serving.bls_io import parse_inputs, step_outputs
-from runtime.serving.metrics import RsdMetrics
+from runtime.serving.bls_io import DEFAULT_MAX_PROMPT_BYTES, parse_inputs, step_outputs
+from runtime.serving.metrics import RequestClock, RsdMetrics
 
 log = logging.getLogger(__name__)
 
@@ -38,42 +40,59 @@ class ResponseSink(Protocol):
     def is_cancelled(self) -> bool: ...
 
 
+DRAIN_ENV = "RSD_DRAIN_FILE"  # set by runtime.serving.server; the file exists while the server drains
+
+
+def drain_flag() -> Callable[[], bool]:
+    """True once `rsd serve` began a graceful shutdown (it creates the file named by RSD_DRAIN_FILE)."""
+    path = os.environ.get(DRAIN_ENV, "")
+    return (lambda: os.path.exists(path)) if path else (lambda: False)
+
+
 @dataclass(slots=True)
 class RsdService:
     pipeline: Pipeline
     metrics: RsdMetrics | None = None
+    max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES
+    draining: Callable[[], bool] = lambda: False
 
-    async def serve(self, inputs: Mapping[str, np.ndarray], sink: ResponseSink) -> None:
+    async def serve(self, inputs: Mapping[str, np.ndarray], parameters: Mapping[str, Any], sink: ResponseSink) -> None:
         """Run one request to its end; the sink is closed whatever happens."""
         method, outcome = "unknown", "error"
-        if self.metrics:
-            self.metrics.request_started()
+        clock = self.metrics.request_started() if self.metrics else None
         try:
-            parsed = parse_inputs(inputs)
-            params = self.pipeline.params(parsed.params)
-            method = params.method
-            events = self.pipeline.stream(parsed.prompt, params)
-            outcome = await self._run(events, parsed.stream, method, sink)
+            if self.draining():
+                raise EngineError("the server is shutting down and takes no new requests; retry on another instance")
+            parsed = parse_inputs(inputs, parameters, self.max_prompt_bytes)
+            # Tokenising a long prompt takes milliseconds: off the loop, so other requests go on.
+            request = await asyncio.get_running_loop().run_in_executor(
+                None, self.pipeline.request, parsed.prompt, parsed.params)
+            method = request.params.method
+            outcome = await self._run(self.pipeline.run(request), parsed.stream, method, sink, clock)
         except RequestValidationError as exc:
             outcome = "invalid"
             sink.fail(exc)
         except RsdError as exc:
             log.warning("request failed: %s", exc)
             sink.fail(exc)
+        except asyncio.CancelledError:  # the server stops: answer, then let the task end
+            sink.fail(EngineError("the server shut down before the request finished"))
+            raise
         except Exception as exc:  # a bug must still answer the client, never hang it
             log.exception("request failed unexpectedly")
             sink.fail(EngineError(f"internal error: {type(exc).__name__}: {exc}"))
         finally:
             sink.close()
             if self.metrics:
-                self.metrics.request_ended(method, outcome)
+                self.metrics.request_ended(method, outcome, clock)
 
-    async def _run(self, events: AsyncIterator[StepEvent], stream: bool, method: str, sink: ResponseSink) -> str:
+    async def _run(self, events: AsyncIterator[StepEvent], stream: bool, method: str, sink: ResponseSink,
+                   clock: RequestClock | None = None) -> str:
         done: list[StepEvent] = []
         try:
             async for event in events:
                 if self.metrics:
-                    self.metrics.observe_step(method, event)
+                    self.metrics.observe_step(method, event, clock)
                 if sink.is_cancelled():  # between steps: no sub-request is in flight here
                     log.info("request cancelled by the client after %d steps", len(done))
                     return "cancelled"

@@ -65,6 +65,13 @@ OUTPUTS: tuple[TensorSpec, ...] = (
 )
 
 
+DEFAULT_MAX_PROMPT_BYTES = 65536
+# Request parameters Triton itself adds or reads (e.g. the gRPC stream's empty-final-response flag).
+_TRITON_PARAMETER_PREFIX = "triton_"
+_BY_NAME = {spec.name: spec for spec in INPUTS}
+_BY_FIELD = {spec.field: spec for spec in INPUTS if spec.field}
+
+
 @dataclass(frozen=True, slots=True)
 class ParsedRequest:
     prompt: str
@@ -72,23 +79,43 @@ class ParsedRequest:
     params: dict[str, Any]  # loosely typed; the pipeline validates them into RequestParams
 
 
-def parse_inputs(tensors: Mapping[str, np.ndarray]) -> ParsedRequest:
-    """Validate shapes and decode values; RequestParams validates ranges. Errors name the tensor."""
+def parse_inputs(tensors: Mapping[str, np.ndarray], parameters: Mapping[str, Any] | None = None,
+                 max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES) -> ParsedRequest:
+    """Validate shapes and decode values; RequestParams validates ranges. Errors name the tensor.
+
+    `parameters` are the request's parameters: an HTTP generate body's keys that are not inputs
+    land there, and so do gRPC request parameters. A known input name is taken as its value;
+    anything else is an error naming the key (a typo must not silently run with defaults)."""
     prompt: str | None = None
     stream = False
     params: dict[str, Any] = {}
+    values = {name: np.asarray(array).reshape(-1) for name, array in tensors.items()}
+    for key, value in (parameters or {}).items():
+        if key.startswith(_TRITON_PARAMETER_PREFIX):
+            continue
+        spec = _BY_NAME.get(key) or _BY_FIELD.get(key)
+        if spec is None:
+            raise RequestValidationError(key, f"unknown request parameter; known: {', '.join(sorted(_BY_NAME))}")
+        if spec.name in values:
+            raise RequestValidationError(key, "given both as an input tensor and as a request parameter")
+        values[spec.name] = np.array([value], dtype=np.object_ if isinstance(value, str) else None)
+    unknown = sorted(set(values) - set(_BY_NAME))
+    if unknown:
+        raise RequestValidationError(unknown[0], "unknown input")
     for spec in INPUTS:
-        if spec.name not in tensors:
+        if spec.name not in values:
             if not spec.optional:
                 raise RequestValidationError(spec.name, "required input is missing")
             continue
-        flat = np.asarray(tensors[spec.name]).reshape(-1)
+        flat = values[spec.name]
         if spec.role == "empty":
             if any(_value(spec, v) for v in flat):
                 raise RequestValidationError(spec.name, "is not supported (send it empty or leave it out)")
             continue
         if flat.shape[0] != 1:
             raise RequestValidationError(spec.name, f"expected exactly one value, got {flat.shape[0]}")
+        if spec.role == "prompt":
+            _check_size(spec.name, flat[0], max_prompt_bytes)
         value = _value(spec, flat[0])
         if spec.role == "prompt":
             prompt = value
@@ -98,6 +125,13 @@ def parse_inputs(tensors: Mapping[str, np.ndarray]) -> ParsedRequest:
             params[spec.field] = value
     assert prompt is not None, "text_input is required by the table"
     return ParsedRequest(prompt, stream, params)
+
+
+def _check_size(name: str, raw: Any, limit: int) -> None:
+    size = len(raw.encode("utf-8")) if isinstance(raw, str) else len(bytes(raw))
+    if size > limit:
+        raise RequestValidationError(name, f"is {size} bytes; this server accepts at most {limit} "
+                                           f"(serving config max_prompt_bytes)")
 
 
 def _value(spec: TensorSpec, raw: Any) -> Any:
@@ -110,7 +144,10 @@ def _value(spec: TensorSpec, raw: Any) -> Any:
             raise RequestValidationError(spec.name, "is not valid UTF-8") from None
     if spec.triton_type == "TYPE_FP32":
         # float32 0.7 is 0.699999988; its shortest repr gives back the number the client meant.
-        return float(repr(np.float32(raw)))
+        try:
+            return float(repr(np.float32(raw)))
+        except (TypeError, ValueError):
+            raise RequestValidationError(spec.name, f"must be a number, got {raw!r}") from None
     return raw.item() if hasattr(raw, "item") else raw
 
 

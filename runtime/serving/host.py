@@ -2,11 +2,21 @@
 
 `to_triton_error` is the one place where typed errors become `pb_utils.TritonError`. The
 backend module exists only inside the Triton stub, so it is imported lazily (`_pb()`).
+
+Concurrency (docs/serving.md, "Concurrency"): every model runs its requests on a `StubLoop`, an
+asyncio loop in a thread of its own, fed by a *synchronous* `execute`. Sub-requests use the
+backend's own `async_exec(decoupled=True)` on that loop, whose default executor we size
+(`bls_threads`). An `async def execute` would instead put each call on the stub's loop as a
+"background future", and the stub's bookkeeping of those races with fast coroutines (the
+`Cannot remove future from background; KeyError` ERROR line of python_backend 24.10).
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -15,9 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from runtime.core.errors import ConfigError, EngineError, RequestValidationError, RsdError
+from runtime.core.errors import AccessDenied, ConfigError, EngineError, RequestValidationError, RsdError
 
 log = logging.getLogger(__name__)
+
+# Sub-requests carry this parameter; sub-models answer only requests that carry the server's
+# token (RSD_INTERNAL_TOKEN, set per start by runtime.serving.server), so clients cannot call
+# draft, target or PRM directly and bypass the BLS.
+TOKEN_PARAMETER = "rsd_internal_token"
+TOKEN_ENV = "RSD_INTERNAL_TOKEN"
 
 
 def _pb() -> Any:
@@ -31,6 +47,8 @@ def to_triton_error(exc: BaseException) -> Any:
     pb = _pb()
     if isinstance(exc, RequestValidationError):
         return pb.TritonError(str(exc), pb.TritonError.INVALID_ARG)
+    if isinstance(exc, AccessDenied):
+        return pb.TritonError(str(exc), pb.TritonError.UNSUPPORTED)
     if isinstance(exc, EngineError):
         return pb.TritonError(str(exc), pb.TritonError.UNAVAILABLE)
     if isinstance(exc, RsdError):
@@ -40,8 +58,6 @@ def to_triton_error(exc: BaseException) -> Any:
 
 def model_parameters(args: Mapping[str, str]) -> dict[str, str]:
     """The string parameters of a model's config.pbtxt (as `initialize` receives it)."""
-    import json
-
     config = json.loads(args["model_config"])
     return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
 
@@ -54,12 +70,82 @@ def require(params: Mapping[str, str], key: str) -> str:
 
 
 def read_inputs(request: Any) -> dict[str, np.ndarray]:
-    return {t.name(): t.as_numpy() for t in request.inputs()}
+    """Copies of the input tensors: the request's shared memory is not ours once `execute` returns."""
+    return {t.name(): np.array(t.as_numpy(), copy=True) for t in request.inputs()}
+
+
+def read_parameters(request: Any) -> dict[str, Any]:
+    """The request's parameters (gRPC `parameters`, or the unknown keys of an HTTP generate body)."""
+    raw = request.parameters()
+    return dict(json.loads(raw)) if raw else {}
 
 
 def to_tensors(outputs: Mapping[str, np.ndarray]) -> list[Any]:
     pb = _pb()
     return [pb.Tensor(name, value) for name, value in outputs.items()]
+
+
+@dataclass(slots=True)
+class StubLoop:
+    """The model's asyncio loop, run in a thread of its own; `execute` hands it requests.
+
+    Its default executor (`threads`) runs the backend's `async_exec` calls and tokenisation, so
+    the number of concurrent sub-requests is ours to set, not asyncio's default (cpu + 4)."""
+
+    name: str
+    threads: int = 64
+    _loop: asyncio.AbstractEventLoop = field(init=False)
+    _thread: threading.Thread = field(init=False)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)  # touched on the loop thread only
+
+    def __post_init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._loop.set_default_executor(ThreadPoolExecutor(self.threads, thread_name_prefix=f"{self.name}-io"))
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"{self.name}-loop", daemon=True)
+        self._thread.start()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` as a task of the loop (thread-safe; called from `execute`)."""
+        self._loop.call_soon_threadsafe(self._start, coro)
+
+    def _start(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: a request task failed", self.name, exc_info=task.exception())
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout_s: float) -> Any:
+        """Run `coro` on the loop and wait for its result (from another thread)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
+
+    @property
+    def running(self) -> int:
+        return len(self._tasks)
+
+    def shutdown(self, grace_s: float) -> None:
+        """Let running requests finish for up to `grace_s`, cancel the rest (each answers with an
+        error), then stop the loop. Called from `finalize`."""
+        try:
+            self.run(self._drain(grace_s), grace_s + 10)
+        except Exception:  # the loop is going away either way
+            log.exception("%s: draining failed", self.name)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    async def _drain(self, grace_s: float) -> None:
+        if not self._tasks:
+            return
+        log.info("%s: waiting up to %g s for %d request(s)", self.name, grace_s, len(self._tasks))
+        _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
+        if pending:
+            log.warning("%s: cancelling %d request(s) still running at shutdown", self.name, len(pending))
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=5)
 
 
 @dataclass(slots=True)
@@ -99,37 +185,68 @@ class PbSink:
 
 @dataclass(slots=True)
 class PbTransport:
-    """SubModelTransport over BLS. Each call runs the blocking `exec(decoupled=True)` in a
-    dedicated thread pool: `async_exec` would use the loop's default executor (about 6 threads
-    on 2 cores), which silently caps the number of concurrent sub-requests."""
+    """SubModelTransport over BLS: the backend's `async_exec(decoupled=True)`, on the StubLoop
+    (whose executor bounds concurrent sub-requests), under a timeout. `multi_response`: the
+    sub-model may answer in several responses (TensorRT-LLM, n sequences), so the response
+    iterator, which blocks until the final flag, is drained off the loop; the torch sub-models
+    send one final response, which the iterator already holds when `async_exec` returns."""
 
     timeout_s: float
-    threads: int = 64
-    _pool: ThreadPoolExecutor = field(init=False)
-
-    def __post_init__(self) -> None:
-        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="bls")
+    token: str = ""
+    multi_response: bool = False
+    observe: Callable[[str, float], None] | None = None  # (model, seconds) per sub-request
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str],
                     request_id: str) -> list[dict[str, np.ndarray]]:
         pb = _pb()
         request = pb.InferenceRequest(model_name=model, inputs=to_tensors(inputs),
-                                      requested_output_names=list(outputs), request_id=request_id)
-        loop = asyncio.get_running_loop()
+                                      requested_output_names=list(outputs), request_id=request_id,
+                                      parameters={TOKEN_PARAMETER: self.token})
         started = time.perf_counter()
         try:
-            responses = await asyncio.wait_for(
-                loop.run_in_executor(self._pool, lambda: list(request.exec(decoupled=True))), self.timeout_s)
+            responses = await asyncio.wait_for(self._exec(request), self.timeout_s)
         except asyncio.TimeoutError:
             raise EngineError(f"{model}: no answer within {self.timeout_s:g} s") from None
-        log.debug("%s answered %s in %.1f ms", model, request_id, 1000 * (time.perf_counter() - started))
+        elapsed = time.perf_counter() - started
+        if self.observe is not None:
+            self.observe(model, elapsed)
+        log.debug("%s answered %s in %.1f ms", model, request_id, 1000 * elapsed)
         return [_outputs(model, r) for r in responses]
+
+    async def _exec(self, request: Any) -> list[Any]:
+        iterator = await request.async_exec(decoupled=True)
+        if self.multi_response:
+            return await asyncio.get_running_loop().run_in_executor(None, list, iterator)
+        return list(iterator)
 
 
 def _outputs(model: str, response: Any) -> dict[str, np.ndarray]:
     if response.has_error():
         raise EngineError(f"{model}: {response.error().message()}")
-    return {t.name(): t.as_numpy() for t in response.output_tensors()}
+    # Copies: nothing keeps pointing into the response's shared memory once it is released.
+    return {t.name(): np.array(t.as_numpy(), copy=True) for t in response.output_tensors()}
+
+
+def internal_token() -> str:
+    """This server's sub-request token ('' when the server was not started by rsd serve)."""
+    token = os.environ.get(TOKEN_ENV, "")
+    if not token:
+        log.warning("%s is not set: sub-models accept requests from any client "
+                    "(start the server with `rsd serve` to restrict them to the rsd model)", TOKEN_ENV)
+    return token
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """Sub-model side of the token: refuses requests that do not come from this server's BLS."""
+
+    model: str
+    token: str
+
+    def check(self, request: Any) -> None:
+        if self.token and read_parameters(request).get(TOKEN_PARAMETER) != self.token:
+            raise AccessDenied(f"{self.model}: an internal model of the rsd pipeline; send requests to the "
+                               f"'rsd' model (or to the OpenAI-compatible front)")
 
 
 @dataclass(slots=True)
@@ -151,34 +268,23 @@ class PbMetricFactory:
         return family.Metric(labels=dict(labels))
 
 
-@dataclass(slots=True)
-class Background:
-    """Runs each request as its own task on the stub's event loop (decoupled models only), so
-    `execute` returns at once and requests overlap; keeps references so tasks are not collected."""
-
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    @property
-    def running(self) -> int:
-        return len(self._tasks)
-
-
-async def answer(request: Any, handle: Callable[[dict[str, np.ndarray], str], Awaitable[dict[str, np.ndarray]]]) -> None:
+async def answer(request: Any, guard: Guard,
+                 handle: Callable[[dict[str, np.ndarray], str], Awaitable[dict[str, np.ndarray]]]) -> None:
     """Serve one sub-model request: one response with the final flag, or one error response."""
     pb = _pb()
     sender = request.get_response_sender()
     try:
+        guard.check(request)
         outputs = await handle(read_inputs(request), request.request_id() or "anonymous")
         wanted = set(request.requested_output_names()) or set(outputs)
         response = pb.InferenceResponse(output_tensors=to_tensors({k: v for k, v in outputs.items() if k in wanted}))
     except RsdError as exc:
         log.warning("sub-model request failed: %s", exc)
         response = pb.InferenceResponse(error=to_triton_error(exc))
+    except asyncio.CancelledError:
+        sender.send(pb.InferenceResponse(error=to_triton_error(EngineError(f"{guard.model}: the server is shutting down"))),
+                    flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        raise
     except Exception as exc:
         log.exception("sub-model request failed unexpectedly")
         response = pb.InferenceResponse(error=to_triton_error(exc))
@@ -188,7 +294,5 @@ async def answer(request: Any, handle: Callable[[dict[str, np.ndarray], str], Aw
 def configure_logging() -> None:
     """Our loggers write to the stub's stderr, which tritonserver's log captures. Level from
     RSD_LOG_LEVEL (default INFO)."""
-    import os
-
     level = os.environ.get("RSD_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.config import REPO_ROOT
-from runtime.serving.server import TritonServer, free_ports
+from runtime.serving.server import GRPC_ADMIN_HEADER, TritonServer, free_ports
 
 log = logging.getLogger("rsd.loadtest")
 
@@ -53,9 +53,12 @@ def input_data(method: str, max_tokens: int, prompts: tuple[str, ...], extra: di
     return {"data": rows}
 
 
-def run_point(pa: Path, url: str, data: Path, concurrency: int, requests: int, timeout_s: float, out: Path) -> Path:
+def run_point(pa: Path, url: str, data: Path, concurrency: int, requests: int, timeout_s: float, out: Path,
+              admin_key: str = "") -> Path:
     csv_file = out / f"{data.stem}_c{concurrency}.csv"
-    cmd = [str(pa), "-m", "rsd", "-u", url, "-i", "grpc", "--streaming", "--input-data", str(data),
+    # perf_analyzer reads the model config and statistics: restricted APIs, opened by the admin key.
+    key = ["-H", f"{GRPC_ADMIN_HEADER}:{admin_key}"] if admin_key else []
+    cmd = [str(pa), "-m", "rsd", "-u", url, "-i", "grpc", "--streaming", "--input-data", str(data), *key,
            "--concurrency-range", f"{concurrency}:{concurrency}", "--measurement-mode", "count_windows",
            "--measurement-request-count", str(max(requests, 2 * concurrency)), "--max-trials", "3", "-s", "999",
            "-f", str(csv_file)]
@@ -136,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, help="RSD threshold (default: the pipeline's)")
     parser.add_argument("--methods", default="rsd,target")
     parser.add_argument("--prompts", help="'embedded' (held-out task questions) or a file, one prompt per line")
+    parser.add_argument("--admin-key", default=os.environ.get("RSD_ADMIN_KEY", ""),
+                        help="with --url: the server's admin key (perf_analyzer reads the model config; "
+                             "default $RSD_ADMIN_KEY); a server started here gets its own")
     parser.add_argument("--out", default=str(REPO_ROOT / "runs" / "loadtest" / time.strftime("%Y%m%d-%H%M%S")))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -151,11 +157,13 @@ def main(argv: list[str] | None = None) -> int:
         files[method] = out / f"input_{method}.json"
         files[method].write_text(json.dumps(input_data(method, args.max_tokens, prompts, extra), indent=1))
     server = None if args.url else _start_server(args, out)
+    admin_key = args.admin_key if server is None else server.admin_key
     load_before = os.getloadavg()
     url = args.url if server is None else f"127.0.0.1:{server.grpc_port}"
     try:
         shape = {method: profile(url, method, args.max_tokens, extra, prompts) for method in files}
-        rows = [dataclasses.replace(parse_csv(method, run_point(pa, url, data, int(c), args.requests, args.timeout, out)),
+        rows = [dataclasses.replace(parse_csv(method, run_point(pa, url, data, int(c), args.requests, args.timeout, out,
+                                                                      admin_key)),
                                     tokens=shape[method][0], steps=shape[method][1], target_share=shape[method][2])
                 for c in args.concurrency.split(",") for method, data in files.items()]
     finally:

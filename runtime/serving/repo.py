@@ -68,6 +68,7 @@ def model_values(role: str, template: str, cfg: ServeConfig, pipeline: PipelineC
                       outputs=bls_io.config_entries(bls_io.OUTPUTS, with_optional=False),
                       draft_model="draft", target_model="target", prm_model="prm",
                       sub_request_timeout_s=f"{cfg.sub_request_timeout_s:g}", bls_threads=str(cfg.bls_threads),
+                      max_prompt_bytes=str(cfg.max_prompt_bytes),
                       submodel_backend=cfg.backend, max_draft_len=str(max_draft_len(cfg)))
     elif template == "torch_lm":
         values.update(role=role, max_batch_size=str(cfg.max_batch_size), max_queue_delay_us=str(cfg.max_queue_delay_us),

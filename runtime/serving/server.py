@@ -12,13 +12,16 @@ Each server gets its own python-backend shared-memory prefix so `stop` can remov
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -28,6 +31,8 @@ from pathlib import Path
 
 from runtime.config import REPO_ROOT
 from runtime.core.errors import ConfigError, EngineError
+from runtime.serving.bls import DRAIN_ENV
+from runtime.serving.host import TOKEN_ENV
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,75 @@ def free_ports(count: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+ADMIN_HEADER = "rsd-admin-key"
+GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"  # gRPC metadata key: Triton adds this prefix
+# Closed by default: these APIs answer only requests with the admin key header (load/unload,
+# model configs, shared-memory registration, statistics, trace and log settings).
+RESTRICTED_APIS = ("model-repository", "model-config", "shared-memory", "statistics", "trace", "logging")
+
+
+def restricted_api_flags(admin_key: str) -> list[str]:
+    apis = ",".join(RESTRICTED_APIS)
+    return [f"--http-restricted-api={apis}:{ADMIN_HEADER}={admin_key}",
+            f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={admin_key}"]
+
+
+def port_is_free(address: str, port: int) -> bool:
+    """Nothing listens on address:port (the TIME_WAIT connections of a killed server are fine)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+def stub_processes(pid: int) -> dict[int, str]:
+    """The Python-backend stubs below process `pid` (any depth): stub pid -> model name."""
+    found: dict[int, str] = {}
+    todo = [pid]
+    while todo:
+        for child in _children(todo.pop()):
+            argv = _cmdline(child)
+            if argv and argv[0].endswith("triton_python_backend_stub") and len(argv) > 1:
+                found[child] = Path(argv[1]).parent.parent.name  # <repo>/<model>/<version>/model.py
+            else:
+                todo.append(child)
+    return found
+
+
+def process_alive(pid: int) -> bool:
+    """Running (a zombie, which its parent has not reaped yet, is dead)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            kids += [int(c) for c in (task / "children").read_text().split()]
+    return kids
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +161,13 @@ class TritonServer:
     extra_args: tuple[str, ...] = ()
     launcher: tuple[str, ...] = ()  # e.g. mpirun -n 1 (TensorRT-LLM orchestrator mode)
     extra_env: tuple[tuple[str, str], ...] = ()
+    # Key of the restricted admin APIs (header ADMIN_HEADER); by default a random one nobody knows.
+    admin_key: str = field(default_factory=lambda: secrets.token_hex(16))
     proc: subprocess.Popen[bytes] | None = None
     shm_prefix: str = field(default_factory=lambda: f"rsd{os.getpid()}x{time.monotonic_ns() % 10**6}_")
+    # The BLS sends this with each sub-request; sub-models refuse requests without it.
+    internal_token: str = field(default_factory=lambda: secrets.token_hex(16))
+    drain_file: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / f"rsd-drain-{secrets.token_hex(8)}")
 
     @property
     def url(self) -> str:
@@ -97,7 +176,8 @@ class TritonServer:
     def command(self, install: TritonInstall) -> list[str]:
         return [
             *self.launcher, str(install.binary), f"--model-repository={self.repo}", f"--backend-directory={install.backends}",
-            f"--cache-directory={install.caches}", "--model-control-mode=explicit", "--load-model=*",
+            f"--cache-directory={install.caches}", "--model-control-mode=none",
+            *restricted_api_flags(self.admin_key),
             "--strict-readiness=true", "--exit-on-error=true", f"--exit-timeout-secs={self.exit_timeout_s}",
             f"--http-address={self.address}", f"--grpc-address={self.address}", f"--metrics-address={self.address}",
             f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}", f"--metrics-port={self.metrics_port}",
@@ -113,11 +193,54 @@ class TritonServer:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        env[TOKEN_ENV] = self.internal_token
+        env[DRAIN_ENV] = str(self.drain_file)
         env.update(self.extra_env)
         return env
 
+    def check_ports(self) -> None:
+        """Fail before starting when a port is taken: another server would answer our readiness probe."""
+        for flag, port in (("--http-port", self.http_port), ("--grpc-port", self.grpc_port),
+                           ("--metrics-port", self.metrics_port)):
+            if not port_is_free(self.address, port):
+                raise ConfigError(flag, f"{self.address}:{port} is not free; is another server running? "
+                                        f"pick another port")
+
+    def processes(self) -> dict[str, int]:
+        """The server's processes: 'tritonserver' and one entry per model stub ('stub:<model>')."""
+        if self.proc is None:
+            return {}
+        return {"tritonserver": self.proc.pid, **{f"stub:{m}": pid for pid, m in stub_processes(self.proc.pid).items()}}
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (server and stubs) at once: for a server that is broken."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        self.remove_shm()
+
+    def begin_drain(self) -> None:
+        """New requests now get UNAVAILABLE ("shutting down"); in-flight ones go on."""
+        self.drain_file.touch()
+
+    def in_flight(self) -> int | None:
+        """Requests the rsd model is serving now (its metric), None if the metrics do not answer."""
+        try:
+            with urllib.request.urlopen(f"http://{self.address}:{self.metrics_port}/metrics", timeout=2) as resp:
+                text = resp.read().decode()
+        except (urllib.error.URLError, OSError):
+            return None
+        for line in text.splitlines():
+            if line.startswith("rsd_requests_in_flight"):
+                return int(float(line.split()[-1]))
+        return 0
+
     def start(self, ready_timeout_s: float = 180.0) -> None:
         install = TritonInstall.find()
+        self.check_ports()
+        self.drain_file.unlink(missing_ok=True)
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         log.info("starting tritonserver on %s (grpc %d, metrics %d), repository %s",
                  self.url, self.grpc_port, self.metrics_port, self.repo)
@@ -160,6 +283,7 @@ class TritonServer:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         self.remove_shm()
+        self.drain_file.unlink(missing_ok=True)
 
     def remove_shm(self) -> None:
         for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):
@@ -183,16 +307,17 @@ class TritonServer:
 def container_command(repo: Path, paths: list[Path], image: str = NGC_IMAGE, http_port: int = 8000,
                       grpc_port: int = 8001, metrics_port: int = 8002, *, env: Sequence[tuple[str, str]] = (),
                       launcher: Sequence[str] = (), extra_args: Sequence[str] = (),
-                      docker_args: Sequence[str] = ()) -> list[str]:
+                      docker_args: Sequence[str] = (), admin_key: str = "", internal_token: str = "") -> list[str]:
     """`docker run` for a GPU host: the rendered repository and every path it names (this
     checkout, the model folders, engine folders) are mounted at the same absolute paths, so the
     rendered configs stay valid; the image's Python gets the checkout on PYTHONPATH and needs
     `transformers` (pip install it in a derived image; the trtllm image has it)."""
     mounts = [arg for p in sorted({repo, REPO_ROOT, *paths}) for arg in ("-v", f"{p}:{p}:ro")]
+    env = [*env, (TOKEN_ENV, internal_token or secrets.token_hex(16))]
     env_args = [arg for name, value in env for arg in ("-e", f"{name}={value}")]
     return ["docker", "run", "--rm", "--gpus=all", "--shm-size=4g", "--ipc=host", *docker_args,
             "-p", f"127.0.0.1:{http_port}:{http_port}", "-p", f"127.0.0.1:{grpc_port}:{grpc_port}",
             "-p", f"127.0.0.1:{metrics_port}:{metrics_port}", *mounts, "-e", f"PYTHONPATH={REPO_ROOT}", *env_args,
-            image, *launcher, "tritonserver", f"--model-repository={repo}", "--model-control-mode=explicit",
-            "--load-model=*", f"--http-port={http_port}", f"--grpc-port={grpc_port}", f"--metrics-port={metrics_port}",
+            image, *launcher, "tritonserver", f"--model-repository={repo}", "--model-control-mode=none",
+            *restricted_api_flags(admin_key or secrets.token_hex(16)), f"--http-port={http_port}", f"--grpc-port={grpc_port}", f"--metrics-port={metrics_port}",
             *extra_args]

@@ -25,6 +25,7 @@ class ServerHandle:
     pipeline: Path
     repo: Path
     log_file: Path
+    admin_key: str  # opens the restricted APIs (header runtime.serving.server.ADMIN_HEADER)
 
 
 @pytest.fixture(scope="session")
@@ -50,10 +51,11 @@ def triton_server(pipeline_config: Path, tmp_path_factory: pytest.TempPathFactor
     root = tmp_path_factory.mktemp("triton")
     repo = render_repository(cfg, root / "repo")
     log_file = root / "tritonserver.log"
-    server = TritonServer(repo, http, grpc, metrics, cfg.address, exit_timeout_s=10, log_file=log_file)
+    server = TritonServer(repo, http, grpc, metrics, cfg.address, exit_timeout_s=10, log_file=log_file,
+                          admin_key="session-admin-key")
     server.start(ready_timeout_s=300)
     try:
         yield ServerHandle(f"127.0.0.1:{grpc}", f"127.0.0.1:{http}", f"http://127.0.0.1:{metrics}/metrics",
-                           pipeline_config, repo, log_file)
+                           pipeline_config, repo, log_file, server.admin_key)
     finally:
         server.stop()

@@ -1,12 +1,13 @@
 """The `rsd` BLS: reward-guided speculative decoding over the draft, target and PRM sub-models.
 
 Parse config, build the pipeline (the same step loop as in-process, on engines that call the
-sub-models), then serve each request as its own task: validate, run, respond (runtime.serving.bls).
+sub-models), then serve each request as its own task on the model's loop: validate, run,
+respond (runtime.serving.bls). `execute` only hands requests over and returns.
 """
 from runtime.config import load_config
 from runtime.engines.triton.factory import SubModels, build_bls_pipeline
 from runtime.serving import host
-from runtime.serving.bls import RsdService
+from runtime.serving.bls import RsdService, drain_flag
 from runtime.serving.metrics import RsdMetrics
 
 
@@ -14,16 +15,22 @@ class TritonPythonModel:
     def initialize(self, args):
         params = host.model_parameters(args)
         host.configure_logging()
-        transport = host.PbTransport(float(host.require(params, "sub_request_timeout_s")),
-                                     int(host.require(params, "bls_threads")))
+        self.loop = host.StubLoop(args["model_name"], int(host.require(params, "bls_threads")))
+        backend = host.require(params, "submodel_backend")
+        metrics = RsdMetrics(host.PbMetricFactory())
+        transport = host.PbTransport(float(host.require(params, "sub_request_timeout_s")), host.internal_token(),
+                                     multi_response=backend == "trtllm", observe=metrics.observe_submodel_call)
         names = SubModels(params["draft_model"], params["target_model"], params["prm_model"],
-                          host.require(params, "submodel_backend"), int(host.require(params, "max_draft_len")))
+                          backend, int(host.require(params, "max_draft_len")))
         pipeline = build_bls_pipeline(load_config(host.require(params, "pipeline_config")), transport, names)
-        self.service = RsdService(pipeline, RsdMetrics(host.PbMetricFactory()))
-        self.background = host.Background()
+        self.service = RsdService(pipeline, metrics, int(host.require(params, "max_prompt_bytes")), drain_flag())
 
-    async def execute(self, requests):
+    def execute(self, requests):
         for request in requests:
             sink = host.PbSink(request.get_response_sender())
-            self.background.spawn(self.service.serve(host.read_inputs(request), sink))
+            self.loop.spawn(self.service.serve(host.read_inputs(request), host.read_parameters(request), sink))
         return None
+
+    def finalize(self):
+        # `rsd serve` drained the server before stopping it; what still runs here gets an error.
+        self.loop.shutdown(grace_s=5.0)

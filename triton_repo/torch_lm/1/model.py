@@ -1,7 +1,7 @@
 """A draft or target LM on the PyTorch engine behind the `tensorrt_llm` tensor contract.
 
-Parse config, build the engine, then answer each request as its own task, so concurrent
-requests meet in the engine's in-flight batcher (runtime.serving.torch_submodels).
+Parse config, build the engine, then answer each request as its own task on the model's loop,
+so concurrent requests meet in the engine's in-flight batcher (runtime.serving.torch_submodels).
 """
 from runtime.config import load_config
 from runtime.serving import host
@@ -17,9 +17,13 @@ class TritonPythonModel:
         self.model = build_lm_submodel(cfg, host.require(params, "role"), int(host.require(params, "cache_requests")),
                                        int(host.require(params, "torch_threads")))
         self.model.counters = EngineMetrics(host.PbMetricFactory(), args["model_name"])
-        self.background = host.Background()
+        self.guard = host.Guard(args["model_name"], host.internal_token())
+        self.loop = host.StubLoop(args["model_name"])
 
-    async def execute(self, requests):
+    def execute(self, requests):
         for request in requests:
-            self.background.spawn(host.answer(request, self.model.handle))
+            self.loop.spawn(host.answer(request, self.guard, self.model.handle))
         return None
+
+    def finalize(self):
+        self.loop.shutdown(grace_s=5.0)

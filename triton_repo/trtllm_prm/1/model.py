@@ -1,7 +1,7 @@
 """The process reward model on a TensorRT-LLM engine, behind the torch_prm contract.
 
 Parse config, read the engine manifest's reward rule, then answer each request as its own task
-(runtime.serving.engine_prm): one context-logits request per row to the PRM engine.
+on the model's loop (runtime.serving.engine_prm): one context-logits request per row to the PRM engine.
 """
 from runtime.serving import host
 from runtime.serving.engine_prm import build_engine_prm
@@ -11,13 +11,17 @@ class TritonPythonModel:
     def initialize(self, args):
         params = host.model_parameters(args)
         host.configure_logging()
-        transport = host.PbTransport(float(host.require(params, "sub_request_timeout_s")),
-                                     int(host.require(params, "bls_threads")))
+        token = host.internal_token()
+        self.loop = host.StubLoop(args["model_name"], int(host.require(params, "bls_threads")))
+        transport = host.PbTransport(float(host.require(params, "sub_request_timeout_s")), token, multi_response=True)
         self.model = build_engine_prm(transport, host.require(params, "engine_model"),
                                       host.require(params, "engine_manifest"))
-        self.background = host.Background()
+        self.guard = host.Guard(args["model_name"], token)
 
-    async def execute(self, requests):
+    def execute(self, requests):
         for request in requests:
-            self.background.spawn(host.answer(request, self.model.handle))
+            self.loop.spawn(host.answer(request, self.guard, self.model.handle))
         return None
+
+    def finalize(self):
+        self.loop.shutdown(grace_s=5.0)

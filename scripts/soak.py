@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Soak a server: 16 concurrent clients over mixed methods for minutes; prints requests, errors,
+latency percentiles, RSS per server process at start and end, restarts and crash lines in the log.
+
+    .venv/bin/python scripts/soak.py [--minutes 10] [--concurrency 16] [--pipeline configs/default.yaml]
+    .venv/bin/python scripts/soak.py --url 127.0.0.1:8001 --minutes 10      # a running server (no RSS)
+
+Without --url it starts a server under `rsd serve`'s supervisor on free ports (log in --out).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import threading
+import time
+from pathlib import Path
+
+from runtime.config import REPO_ROOT
+from runtime.serving.server import TritonServer, free_ports, rss_bytes
+from runtime.serving.soak import soak
+from runtime.serving.supervisor import RestartPolicy, Supervisor
+
+CRASH = re.compile(r"Segmentation fault|malloc|double free|corrupted|core dumped|not healthy|Cannot remove future|"
+                   r"Traceback", re.IGNORECASE)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--minutes", type=float, default=10.0, help="measured time after the warm-up (default 10)")
+    p.add_argument("--warmup-s", type=float, default=30.0, help="load before RSS is first read (default 30)")
+    p.add_argument("--concurrency", type=int, default=16, help="client threads (default 16)")
+    p.add_argument("--max-tokens", type=int, default=48, help="per request (default 48)")
+    p.add_argument("--pipeline", default=str(REPO_ROOT / "configs" / "default.yaml"), help="pipeline YAML")
+    p.add_argument("--url", help="host:grpc_port of a running server (then no RSS or log checks)")
+    p.add_argument("--out", default=str(REPO_ROOT / "runs" / "soak" / time.strftime("%Y%m%d-%H%M%S")))
+    args = p.parse_args()
+    if args.url:
+        result = soak(args.url, 60 * args.minutes, args.concurrency, args.warmup_s, base={"max_tokens": args.max_tokens})
+        print(result.summary())
+        return 1 if result.errors else 0
+    return _with_server(args)
+
+
+def _with_server(args: argparse.Namespace) -> int:
+    from runtime.serving.config import load_serve_config
+    from runtime.serving.repo import render_repository
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    http, grpc, metrics = free_ports(3)
+    cfg = load_serve_config(REPO_ROOT / "configs" / "triton" / "torch_cpu.yaml").with_overrides(
+        pipeline=args.pipeline, http_port=http, grpc_port=grpc, metrics_port=metrics)
+    server = TritonServer(render_repository(cfg, out / "repo"), http, grpc, metrics, log_file=out / "tritonserver.log")
+    supervisor = Supervisor(server, RestartPolicy(max_restarts=3), grace_s=10)
+    stop, ready = threading.Event(), threading.Event()
+    thread = threading.Thread(target=supervisor.run, args=(stop, ready.set), daemon=True)
+    thread.start()
+    if not ready.wait(300):
+        print(f"the server did not start; see {out / 'tritonserver.log'}", file=sys.stderr)
+        return 1
+    load = os.getloadavg()
+    try:
+        result = soak(f"127.0.0.1:{grpc}", 60 * args.minutes, args.concurrency, args.warmup_s,
+                      processes=server.processes, rss=rss_bytes, base={"max_tokens": args.max_tokens})
+    finally:
+        stop.set()
+        thread.join(120)
+    crashes = [line for line in (out / "tritonserver.log").read_text(errors="replace").splitlines() if CRASH.search(line)]
+    print(result.summary())
+    print(f"restarts: {supervisor.restarts}; crash lines in the log: {len(crashes)}; load average before: "
+          f"{'/'.join(f'{x:.2f}' for x in load)}, after: {'/'.join(f'{x:.2f}' for x in os.getloadavg())}")
+    for line in crashes[:10]:
+        print("  log:", line)
+    return 1 if result.errors or crashes or supervisor.restarts else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
