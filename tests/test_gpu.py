@@ -1,16 +1,26 @@
-"""The PyTorch engine on CUDA (marked gpu: skipped cleanly without a GPU; run on a lent GPU machine).
+"""The PyTorch engine on CUDA (marked gpu: skipped cleanly without a GPU; run on a lent GPU machine,
+e.g. by scripts/gpu_bench.sh, which runs them without the conftest, hence the skipif here too).
 
-Checks the CUDA path of the reference engine: batched forwards, degenerate equalities, agreement
-with the CPU logits, and concurrent requests.
+Checks the CUDA path of the reference engine: degenerate equalities, agreement with the CPU
+logits, concurrent requests, and batched forwards on the KV arena (views and gathers) equal
+single ones.
 """
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.gpu
+
+def _cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU (none found)")]
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +73,25 @@ def test_concurrent_requests_on_cuda(gpu_pipeline) -> None:  # type: ignore[no-u
         return [r.text for r in await asyncio.gather(*(gpu.generate(q, params) for q in questions))]
 
     assert asyncio.run(together()) == sequential
+
+
+def test_batched_forwards_on_the_arena_equal_single_ones(gpu_pipeline) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    from runtime.engines.torch.runner import Row
+
+    runner = gpu_pipeline[0].engines.target.scheduler.runner
+    seqs = [list(range(3, 3 + n)) for n in (9, 5, 12, 7)]
+    caches = [runner.new_cache() for _ in seqs]
+    runner.run([Row(c, s[:-2], 0) for c, s in zip(caches, seqs)])  # consecutive slots: a view
+    together = runner.run([Row(c, s[-2:], 2) for c, s in zip(caches, seqs)])
+    gathered = runner.run([Row(caches[i], [5], 1) for i in (0, 2)])  # slots 0 and 2: a gather
+    fresh = [runner.new_cache() for _ in range(6)]
+    for cache, seq, got in zip(fresh, seqs, together):
+        (alone,) = runner.run([Row(cache, seq, 2)])
+        assert torch.allclose(got, alone, atol=1e-4)
+    for cache, i, got in zip(fresh[4:], (0, 2), gathered):
+        (alone,) = runner.run([Row(cache, seqs[i] + [5], 1)])
+        assert torch.allclose(got, alone, atol=1e-4)
+    for cache in caches + fresh:
+        cache.free()

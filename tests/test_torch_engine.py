@@ -25,17 +25,46 @@ def test_batched_forward_equals_single_forwards(tiny_pipeline: Pipeline) -> None
     def prepared() -> list[SeqCache]:
         caches = []
         for seq, n in zip(seqs, split):
-            cache = SeqCache()
+            cache = runner.new_cache()
             if n:
                 runner.run([Row(cache, seq[:n], 0)])
             caches.append(cache)
         return caches
 
-    batched = runner.run([Row(c, s[n:], len(s) - n) for c, s, n in zip(prepared(), seqs, split)])
-    for cache, seq, n, got in zip(prepared(), seqs, split, batched):
+    first, second = prepared(), prepared()
+    batched = runner.run([Row(c, s[n:], len(s) - n) for c, s, n in zip(first, seqs, split)])
+    for cache, seq, n, got in zip(second, seqs, split, batched):
         (alone,) = runner.run([Row(cache, seq[n:], len(seq) - n)])
-        full = runner.run([Row(SeqCache(), seq, len(seq))])[0][n:]
+        fresh = runner.new_cache()
+        full = runner.run([Row(fresh, seq, len(seq))])[0][n:]
+        fresh.free()
         assert torch.allclose(got, alone, atol=1e-5) and torch.allclose(got, full, atol=1e-5)
+    for cache in first + second:
+        cache.free()
+
+
+def test_rows_in_scattered_slots_equal_single_forwards(tiny_pipeline: Pipeline) -> None:
+    """Rows whose slots are consecutive attend on a view of the arena, others on a gather; a
+    freed slot is refilled by the last live sequence. All equal a fresh single-row forward."""
+    runner: BatchRunner = tiny_pipeline.engines.target.scheduler.runner
+    seqs = [list(range(3, 3 + n)) for n in (9, 5, 12, 7)]
+    caches = [runner.new_cache() for _ in seqs]
+    runner.run([Row(c, s[:-2], 0) for c, s in zip(caches, seqs)])
+    together = runner.run([Row(c, s[-2:], 2) for c, s in zip(caches, seqs)])
+    gathered = runner.run([Row(caches[i], [5], 1) for i in (0, 2)])
+    assert runner.arena.owners[-1] is caches[3]
+    slot = caches[1].slot
+    caches[1].free()  # the last sequence moves into its slot
+    assert caches[3].slot == slot
+    moved = runner.run([Row(caches[3], [6], 1)])[0]
+    fresh = [runner.new_cache() for _ in range(7)]
+    for cache, seq, got in zip(fresh, seqs, together):
+        assert torch.allclose(got, runner.run([Row(cache, seq, 2)])[0], atol=1e-5)
+    for cache, i, got in zip(fresh[4:], (0, 2), gathered):
+        assert torch.allclose(got, runner.run([Row(cache, seqs[i] + [5], 1)])[0], atol=1e-5)
+    assert torch.allclose(moved, runner.run([Row(fresh[6], seqs[3] + [6], 1)])[0], atol=1e-5)
+    for cache in caches + fresh:
+        cache.free()
 
 
 def generate(p: Pipeline, question: str, **params: object) -> str:
@@ -118,7 +147,9 @@ def test_cached_prm_rewards_equal_a_full_recompute(tiny_pipeline: Pipeline) -> N
     for text in steps:
         ids += prm.fmt.step_ids(text)
         ends.append(len(ids) - 1)
-    (hidden,) = prm.scheduler.runner.run([Row(SeqCache(), ids, len(ids))])
+    cache = prm.scheduler.runner.new_cache()
+    (hidden,) = prm.scheduler.runner.run([Row(cache, ids, len(ids))])
+    cache.free()
     full = prm.head.fn(hidden[ends]).tolist()
     assert [s.reward for s in result.steps] == pytest.approx(full, abs=1e-5)
 
@@ -138,3 +169,41 @@ def test_logits_with_cache_equal_full_forward(tiny_pipeline: Pipeline) -> None:
 
     cached, fresh = asyncio.run(run())
     assert cached.shape == (3, lm.vocab_size) and abs(cached - fresh).max() < 1e-4
+
+
+def test_prm_forwards_batch_steps_of_concurrent_requests(tiny_pipeline: Pipeline) -> None:
+    """Steps of concurrent requests end at different tokens; the PRM waits a few loop turns while
+    the generators are busy, so one PRM forward scores several requests' steps."""
+    p = tiny_pipeline
+    sched = p.engines.prm.scheduler
+    forwards, rows = sched.forwards, sched.batched_rows
+    params = {"method": "rsd", "threshold": 0.0, "max_tokens": 40, "max_step_tokens": 6}
+
+    async def together() -> list:
+        return await asyncio.gather(*(p.generate(f"{i}+{i}*3", params) for i in range(12)))
+
+    results = asyncio.run(together())
+    steps = sum(len(r.steps) for r in results)
+    assert sched.batched_rows - rows == steps  # one PRM row per drafted step
+    assert steps / (sched.forwards - forwards) >= 2.0, (steps, sched.forwards - forwards)
+
+
+def test_a_cancelled_request_leaves_the_engine_consistent(tiny_pipeline: Pipeline) -> None:
+    p = tiny_pipeline
+    params = {"method": "rsd", "threshold": 0.5, "max_tokens": 40, "max_step_tokens": 8}
+    expected = [p.generate_sync(f"{i}*7", params).text for i in range(4)]
+    live = {role: getattr(p.engines, role).scheduler.runner.arena.live for role in ("draft", "target", "prm")}
+
+    async def run() -> list:
+        tasks = [asyncio.ensure_future(p.generate(f"{i}*7", params)) for i in range(5)]
+        for _ in range(30):
+            await asyncio.sleep(0)
+        tasks[4].cancel()
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+        return done
+
+    done = asyncio.run(run())
+    assert isinstance(done[4], asyncio.CancelledError)
+    assert [r.text for r in done[:4]] == expected
+    for role in ("draft", "target", "prm"):  # every slot the five requests took was freed
+        assert getattr(p.engines, role).scheduler.runner.arena.live == live[role], role

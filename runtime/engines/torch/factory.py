@@ -10,7 +10,7 @@ from runtime.config import ModelConfig, PipelineConfig
 from runtime.core.errors import ConfigError
 from runtime.core.methods import Engines
 from runtime.core.segment import StepSegmenter
-from runtime.engines.prm_format import make_prm_format
+from runtime.engines.prm_format import PrmFormat, make_prm_format
 from runtime.engines.torch.generator import TorchLM
 from runtime.engines.torch.likelihood_prm import LikelihoodPRM
 from runtime.engines.torch.loading import (
@@ -22,12 +22,14 @@ from runtime.engines.torch.loading import (
     matmul_params,
     max_positions,
 )
-from runtime.engines.torch.prm import TorchPRM, make_head
+from runtime.engines.torch.prm import PrmHead, TorchPRM, make_head
 from runtime.engines.torch.runner import BatchRunner
 from runtime.engines.torch.scheduler import ForwardScheduler
 from runtime.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
+
+PRM_PATIENCE = 6  # loop turns a PRM forward may wait for more rows while generators are busy
 
 
 def resolve_device(name: str) -> torch.device:
@@ -42,22 +44,34 @@ def build_lm(role: str, cfg: ModelConfig, segmenter: StepSegmenter, tok: HFToken
     path = check_folder(cfg.path, f"models.{role}.path")
     device = resolve_device(cfg.device)
     decoder, head, config = load_causal_lm(path, cfg.dtype, str(device))
-    scheduler = ForwardScheduler(BatchRunner(decoder, device, max_rows=max_rows), name=role)
     log.info("loaded %s from %s on %s", role, path, device)
-    return TorchLM(role, scheduler, head, segmenter, device, matmul_params(decoder, head),
-                   max_positions(config, tok.tok), tok.vocab_size)
+    return lm_engine(role, decoder, head, segmenter, device, max_rows, max_positions(config, tok.tok), tok.vocab_size)
+
+
+def lm_engine(role: str, decoder: torch.nn.Module, head: torch.nn.Module, segmenter: StepSegmenter,
+              device: torch.device, max_rows: int, max_len: int, vocab_size: int) -> TorchLM:
+    """A generator on loaded modules (a headless decoder and its output head)."""
+    runner = BatchRunner(decoder, device, max_rows=max_rows, head=head, vocab_size=vocab_size, max_len=max_len)
+    return TorchLM(role, ForwardScheduler(runner, name=role), head, segmenter, device, matmul_params(decoder, head),
+                   max_len, vocab_size)
 
 
 def build_prm(cfg: ModelConfig, max_rows: int, with_format: bool = True) -> TorchPRM:
     """The PRM engine; `with_format=False` for a server sub-model that receives token ids."""
     path = check_folder(cfg.path, "models.prm.path")
     device = resolve_device(cfg.device)
-    decoder, _ = load_backbone(path, cfg.dtype, str(device))
+    decoder, config = load_backbone(path, cfg.dtype, str(device))
     assert cfg.format is not None, "PipelineConfig requires a PRM format"
     head = make_head(cfg.format, path, device, "models.prm")
     fmt = make_prm_format(cfg.format, load_tokenizer(path, "models.prm.path"), "models.prm") if with_format else None
-    scheduler = ForwardScheduler(BatchRunner(decoder, device, max_rows=max_rows), name="prm")
-    return TorchPRM(scheduler, head, matmul_params(decoder, None) + head.params, fmt)
+    return prm_engine(decoder, head, device, max_rows, max_positions(config), fmt)
+
+
+def prm_engine(decoder: torch.nn.Module, head: PrmHead, device: torch.device, max_rows: int, max_len: int,
+               fmt: PrmFormat | None) -> TorchPRM:
+    """A PRM on a loaded backbone and reward head."""
+    runner = BatchRunner(decoder, device, max_rows=max_rows, max_len=max_len)
+    return TorchPRM(ForwardScheduler(runner, name="prm"), head, matmul_params(decoder, None) + head.params, fmt)
 
 
 def build_pipeline(cfg: PipelineConfig) -> Pipeline:
@@ -80,8 +94,19 @@ def build_pipeline(cfg: PipelineConfig) -> Pipeline:
     elif cfg.prm is not None:
         prm = build_prm(cfg.prm, rows)
     engines = Engines(draft=lms.get("draft"), target=lms.get("target"), prm=prm)
+    link_schedulers(engines)
     max_len = min(lm.max_len for lm in lms.values())
     return Pipeline(engines, tok, segmenter, cfg.prompt_template, cfg.defaults, max_len)
+
+
+def link_schedulers(engines: Engines, prm_patience: int = PRM_PATIENCE) -> None:
+    """Let the PRM's scheduler see the generators' queues, so it batches steps that end close
+    together (see ForwardScheduler.patience)."""
+    schedulers = [e.scheduler for e in (engines.draft, engines.target, engines.prm) if hasattr(e, "scheduler")]
+    for scheduler in schedulers:
+        scheduler.peers = schedulers
+    if isinstance(engines.prm, TorchPRM):
+        engines.prm.scheduler.patience = prm_patience
 
 
 def _verifier(cfg: PipelineConfig, lms: dict[str, TorchLM], segmenter: StepSegmenter, tok: HFTokenizer,

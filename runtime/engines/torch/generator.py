@@ -2,7 +2,8 @@
 
 Each request (cache key) keeps one cache; a call crops it to the longest common prefix with the
 ids it is given and runs only the rest, so a request's steps reuse its KV cache (prefix reuse,
-as TensorRT-LLM's block reuse does). n > 1 candidates fork the prefix cache.
+as TensorRT-LLM's block reuse does). n > 1 candidates fork the prefix cache. Tokens are drawn in
+the batched forward itself (`Row.sample`), so concurrent requests share the output head too.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from runtime.core.types import (
     Usage,
 )
 from runtime.engines.torch.kvcache import SeqCache
-from runtime.engines.torch.runner import Row
+from runtime.engines.torch.runner import Drawn, Row, Sampler
 from runtime.engines.torch.sampling import logprob_rows, sample_token
 from runtime.engines.torch.scheduler import ForwardScheduler
 
@@ -31,7 +32,7 @@ from runtime.engines.torch.scheduler import ForwardScheduler
 @dataclass(slots=True)
 class _Candidate:
     cache: SeqCache
-    generator: torch.Generator
+    sampler: Sampler
     step: TokenStep
     logprob: float = 0.0
 
@@ -49,24 +50,37 @@ class TorchLM:
     _caches: dict[str, SeqCache] = field(default_factory=dict)
 
     def release(self, key: str) -> None:
-        self._caches.pop(key, None)
+        cache = self._caches.pop(key, None)
+        if cache is not None:
+            cache.free()
 
     async def generate(self, req: StepRequest) -> GenerateResult:
         cache = self._cache(req.key, req.prefix, keep_new=1)
         fed = len(req.prefix) - cache.length
-        (hidden,) = await self.scheduler.run([Row(cache, list(req.prefix[cache.length:]), 1)])
-        first = self._logits(hidden)[0]
-        cands = [_Candidate(cache if req.n == 1 else cache.fork(), self._generator(req.seed, i),
-                            TokenStep(self.segmenter, req.max_new_tokens)) for i in range(req.n)]
-        for cand in cands:
-            self._push(cand, first, req)
-        decoded = 0
-        while active := [c for c in cands if c.step.finish is None]:
-            hidden_rows = await self.scheduler.run([Row(c.cache, [c.step.out[-1]], 1) for c in active])
-            logits = self._logits(torch.cat(hidden_rows))
-            decoded += len(active)
-            for cand, row in zip(active, logits):
-                self._push(cand, row, req)
+        new = list(req.prefix[cache.length:])
+        samplers = [Sampler(req.temperature, req.top_p, self._generator(req.seed, i)) for i in range(req.n)]
+        cands: list[_Candidate] = []
+        try:
+            if req.n == 1:
+                cands.append(_Candidate(cache, samplers[0], TokenStep(self.segmenter, req.max_new_tokens)))
+                (drawn,) = await self._draw([Row(cache, new, sample=samplers[0])])
+                self._push(cands[0], drawn)
+            else:  # candidates share the prefix's forward, then fork its cache
+                (hidden,) = await self._hidden([Row(cache, new, 1)])
+                first = self._logits(hidden)[0]
+                for s in samplers:
+                    cands.append(_Candidate(cache.fork(), s, TokenStep(self.segmenter, req.max_new_tokens)))
+                    self._push(cands[-1], Drawn(*sample_token(first, req.temperature, req.top_p, s.generator)))
+            decoded = 0
+            while active := [c for c in cands if c.step.finish is None]:
+                drawn_rows = await self._draw([Row(c.cache, [c.step.out[-1]], sample=c.sampler) for c in active])
+                decoded += len(active)
+                for cand, d in zip(active, drawn_rows):
+                    self._push(cand, d)
+        finally:
+            if req.n > 1:
+                for cand in cands:
+                    cand.cache.free()
         gens = tuple(Generation(tuple(c.step.out), c.step.finish or Finish.LENGTH, c.logprob) for c in cands)
         usage = _usage(fed) + Usage(decode_tokens=decoded, generated_tokens=sum(len(g.token_ids) for g in gens))
         return GenerateResult(gens, usage)
@@ -74,11 +88,19 @@ class TorchLM:
     async def score(self, req: ScoreRequest) -> ScoreResult:
         cache = self._cache(req.key, req.prefix, keep_new=1)
         fed = len(req.prefix) - 1 - cache.length
-        if fed > 0:
-            await self.scheduler.run([Row(cache, list(req.prefix[cache.length:-1]), 0)])
         scored = [(i, c) for i, c in enumerate(req.continuations) if c]
-        rows = [Row(cache.fork(), [req.prefix[-1], *c[:-1]], len(c)) for _, c in scored]
-        hidden = await self.scheduler.run(rows) if rows else []
+        if len(scored) == 1:  # one continuation runs on the request's cache itself (kept for reuse)
+            rows = [Row(cache, list(req.prefix[cache.length:]) + list(scored[0][1][:-1]), len(scored[0][1]))]
+        else:
+            if fed > 0:
+                await self._hidden([Row(cache, list(req.prefix[cache.length:-1]), 0)])
+            rows = [Row(cache.fork(), [req.prefix[-1], *c[:-1]], len(c)) for _, c in scored]
+        try:
+            hidden = await self._hidden(rows) if rows else []
+        finally:
+            for row in rows:
+                if row.cache is not cache:
+                    row.cache.free()
         logprobs = [0.0] * len(req.continuations)
         for (i, cont), h in zip(scored, hidden):
             logprobs[i] = logprob_rows(self._logits(h), list(cont), req.temperature)
@@ -88,12 +110,20 @@ class TorchLM:
     async def logits(self, req: LogitsRequest) -> LogitsResult:
         cache = self._cache(req.key, req.ids, keep_new=req.count)
         fed = len(req.ids) - cache.length
-        (hidden,) = await self.scheduler.run([Row(cache, list(req.ids[cache.length:]), req.count)])
+        (hidden,) = await self._hidden([Row(cache, list(req.ids[cache.length:]), req.count)])
         return LogitsResult(self._logits(hidden).cpu().numpy(), _usage(fed))
+
+    async def _hidden(self, rows: list[Row]) -> list[torch.Tensor]:
+        return [h for h in await self.scheduler.run(rows) if isinstance(h, torch.Tensor)]
+
+    async def _draw(self, rows: list[Row]) -> list[Drawn]:
+        return [d for d in await self.scheduler.run(rows) if isinstance(d, Drawn)]
 
     def _cache(self, key: str, ids: tuple[int, ...], keep_new: int) -> SeqCache:
         """This request's cache, cropped to its common prefix with `ids`, leaving >= keep_new to run."""
-        cache = self._caches.setdefault(key, SeqCache())
+        cache = self._caches.get(key)
+        if cache is None:
+            cache = self._caches[key] = self.scheduler.runner.new_cache()
         cache.reuse(ids, keep_new)
         return cache
 
@@ -104,13 +134,12 @@ class TorchLM:
     def _generator(self, seed: int, index: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed((seed + index) % (2**63))
 
-    def _push(self, cand: _Candidate, logits: torch.Tensor, req: StepRequest) -> None:
-        token, logprob = sample_token(logits, req.temperature, req.top_p, cand.generator)
-        if token not in self.segmenter.eos_ids:  # EOS is not part of the step, nor of its log-prob
-            cand.logprob += logprob
-        cand.step.push(token)
+    def _push(self, cand: _Candidate, drawn: Drawn) -> None:
+        if drawn.token not in self.segmenter.eos_ids:  # EOS is not part of the step, nor of its log-prob
+            cand.logprob += drawn.logprob
+        cand.step.push(drawn.token)
+
 
 def _usage(fed: int) -> Usage:
     """A pass feeding one token is a decode step; more is a context (prefill) pass."""
     return Usage(decode_tokens=fed) if fed == 1 else Usage(prefill_tokens=max(fed, 0))
-

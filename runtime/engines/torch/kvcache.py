@@ -1,7 +1,15 @@
-"""Per-sequence KV storage. One `SeqCache` per (request, model); forks share the parent's prefix.
+"""Per-model KV storage without per-forward copies: one preallocated arena, one slot per sequence.
 
-Layout per layer: keys/values [kv_heads, capacity, head_dim], filled left to right; capacity
-doubles as it grows, so appending a token does not copy the whole cache each time.
+Layout per layer: keys/values [slots, kv_heads, capacity, head_dim]. Each live sequence (one per
+request and model, plus short-lived forks for candidates) owns one slot (a row of the arena) and
+its tokens fill positions [0, length) of that row, so a batch of sequences in consecutive slots
+is a view of the arena (`BatchRunner` then attends on it in place). Live slots are kept compact
+(0 .. live-1: freeing a slot moves the last sequence into it), so the sequences of concurrent
+requests are usually consecutive. Capacities double when exceeded (amortised O(1) per token).
+
+Copies happen only where data must be duplicated: a fork copies its parent's prefix once,
+freeing moves one sequence, growth moves everything once per doubling, and a batch of
+non-consecutive slots is gathered (counted in `copied_tokens`, which tests read).
 """
 from __future__ import annotations
 
@@ -10,29 +18,25 @@ from dataclasses import dataclass, field
 import torch
 
 
-@dataclass(slots=True)
+@dataclass(eq=False, slots=True)
 class SeqCache:
-    ids: list[int] = field(default_factory=list)  # tokens whose K/V are stored (own + base prefix)
-    keys: list[torch.Tensor] = field(default_factory=list)  # per layer [H, cap, D] (own part)
-    values: list[torch.Tensor] = field(default_factory=list)
-    base: SeqCache | None = None  # shared prefix (read-only while this fork lives)
-    base_len: int = 0
+    """One sequence's cached tokens: ids here, K/V in its arena slot."""
+
+    arena: KVArena
+    slot: int  # -1 once freed
+    ids: list[int] = field(default_factory=list)  # tokens whose K/V are stored, in order
 
     @property
     def length(self) -> int:
         return len(self.ids)
 
     @property
-    def own_len(self) -> int:
-        return len(self.ids) - self.base_len
-
-    def fork(self) -> SeqCache:
-        """A child sharing this cache's current contents; the child appends into its own storage."""
-        return SeqCache(ids=list(self.ids), base=self, base_len=self.length)
+    def alive(self) -> bool:
+        return self.slot >= 0
 
     def crop(self, length: int) -> None:
-        """Forget everything after `length` tokens (for a fork, not below its base)."""
-        assert self.base_len <= length <= self.length, (self.base_len, length, self.length)
+        """Forget everything after `length` tokens (their K/V are overwritten later)."""
+        assert 0 <= length <= self.length, (length, self.length)
         del self.ids[length:]
 
     def reuse(self, ids: list[int] | tuple[int, ...], keep_new: int = 0) -> None:
@@ -43,33 +47,87 @@ class SeqCache:
             common += 1
         self.crop(common)
 
-    def append(self, ids: list[int], keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
-        """Append K/V for `ids`; keys[l] is [H, len(ids), D]."""
-        start, need = self.own_len, self.own_len + len(ids)
-        if not self.keys:
-            self.keys = [torch.empty(k.shape[0], max(need, 16), k.shape[2], dtype=k.dtype, device=k.device) for k in keys]
-            self.values = [torch.empty_like(k) for k in self.keys]
-        elif need > self.keys[0].shape[1]:
-            cap = max(need, 2 * self.keys[0].shape[1])
-            self.keys = [_grow(k, cap, start) for k in self.keys]
-            self.values = [_grow(v, cap, start) for v in self.values]
-        for layer, (k, v) in enumerate(zip(keys, values)):
-            self.keys[layer][:, start:need] = k
-            self.values[layer][:, start:need] = v
-        self.ids.extend(ids)
+    def fork(self) -> SeqCache:
+        """A new sequence starting with a copy of this one's cached tokens."""
+        child = self.arena.new()
+        self.arena.copy(self, child)
+        return child
 
-    def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor, start: int, length: int) -> None:
-        """Copy the first `length` cached positions of `layer` into keys/values[:, start:start+length]."""
-        from_base = min(length, self.base_len)
-        if self.base is not None and from_base:
-            self.base.write(layer, keys, values, start, from_base)
-        own = length - from_base
-        if own > 0:
-            keys[:, start + from_base:start + length] = self.keys[layer][:, :own]
-            values[:, start + from_base:start + length] = self.values[layer][:, :own]
+    def free(self) -> None:
+        if self.alive:
+            self.arena.free(self)
 
 
-def _grow(t: torch.Tensor, cap: int, used: int) -> torch.Tensor:
-    out = torch.empty(t.shape[0], cap, t.shape[2], dtype=t.dtype, device=t.device)
-    out[:, :used] = t[:, :used]
-    return out
+@dataclass(eq=False, slots=True)
+class KVArena:
+    max_len: int = 1 << 30  # capacity never grows past this (the model's context)
+    keys: list[torch.Tensor] = field(default_factory=list)  # per layer [slot_cap, H, len_cap, D]
+    values: list[torch.Tensor] = field(default_factory=list)
+    slot_cap: int = 0
+    len_cap: int = 0
+    owners: list[SeqCache] = field(default_factory=list)  # slot -> its sequence (live slots only)
+    copied_tokens: int = 0  # token positions copied between slots (forks, frees, gathers, growth)
+
+    @property
+    def live(self) -> int:
+        return len(self.owners)
+
+    def new(self) -> SeqCache:
+        cache = SeqCache(self, len(self.owners))
+        self.owners.append(cache)
+        self.reserve(len(self.owners), 0)
+        return cache
+
+    def free(self, cache: SeqCache) -> None:
+        """Release a slot; the last live sequence moves into it, so live slots stay 0 .. live-1."""
+        slot, last = cache.slot, self.owners[-1]
+        assert self.owners[slot] is cache
+        if last is not cache:
+            self._move(last.slot, slot, last.length)
+            last.slot = slot
+            self.owners[slot] = last
+        self.owners.pop()
+        cache.slot = -1
+
+    def copy(self, src: SeqCache, dst: SeqCache) -> None:
+        self._move(src.slot, dst.slot, src.length)
+        dst.ids = list(src.ids)
+
+    @torch.inference_mode()
+    def reserve(self, slots: int, length: int) -> None:
+        """Make room for `slots` sequences of `length` tokens (growth copies the arena once)."""
+        if slots <= self.slot_cap and length <= self.len_cap:
+            return
+        slot_cap = max(slots, 2 * self.slot_cap, 4) if slots > self.slot_cap else self.slot_cap
+        len_cap = self.len_cap
+        if length > self.len_cap:
+            len_cap = max(length, min(max(2 * self.len_cap, 64), self.max_len))
+        used = max((c.length for c in self.owners), default=0)
+        rows = min(self.live, self.slot_cap)
+        for store in (self.keys, self.values):
+            for layer, old in enumerate(store):
+                new = old.new_zeros(slot_cap, old.shape[1], len_cap, old.shape[3])
+                new[:rows, :, :used] = old[:rows, :, :used]
+                store[layer] = new
+        if self.keys:
+            self.copied_tokens += rows * used
+        self.slot_cap, self.len_cap = slot_cap, len_cap
+
+    @torch.inference_mode()
+    def layer(self, index: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `index`'s K/V storage, allocated on first use with `like`'s heads, dim, dtype."""
+        while len(self.keys) <= index:
+            shape = (self.slot_cap, like.shape[1], self.len_cap, like.shape[3])
+            self.keys.append(like.new_zeros(shape))
+            self.values.append(like.new_zeros(shape))
+        return self.keys[index], self.values[index]
+
+    @torch.inference_mode()  # the arena's tensors are inference tensors (made in the forward)
+    def _move(self, src: int, dst: int, length: int) -> None:
+        if not length:
+            return
+        for k, v in zip(self.keys, self.values):
+            k[dst, :, :length] = k[src, :, :length]
+            v[dst, :, :length] = v[src, :, :length]
+        if self.keys:
+            self.copied_tokens += length

@@ -77,7 +77,9 @@ class TorchPRM:
     _history: PrmHistory | None = None
 
     def release(self, key: str) -> None:
-        self._caches.pop(key, None)
+        cache = self._caches.pop(key, None)
+        if cache is not None:
+            cache.free()
         if self._history is not None:
             self._history.release(key)
 
@@ -108,26 +110,36 @@ class TorchPRM:
         for row, pos in zip(rows, positions):
             if not pos or min(pos) < 0 or max(pos) >= len(row):
                 raise EngineError(f"reward positions {list(pos)} out of range for a row of {len(row)} tokens")
-        cache = self._caches.setdefault(key, SeqCache())
+        cache = self._caches.get(key)
+        if cache is None:
+            cache = self._caches[key] = self.scheduler.runner.new_cache()
         outputs = [len(row) - min(pos) for row, pos in zip(rows, positions)]
         if len(rows) == 1:  # run the row on the request's cache itself: one forward
             cache.reuse(list(rows[0]), keep_new=outputs[0])
             fed = len(rows[0]) - cache.length
-            hidden = await self.scheduler.run([Row(cache, list(rows[0][cache.length:]), outputs[0])])
+            hidden = await self._hidden([Row(cache, list(rows[0][cache.length:]), outputs[0])])
         else:
             shared = min(_common_prefix(rows), *(len(row) - n for row, n in zip(rows, outputs)))
             cache.reuse(list(rows[0][:shared]))
             fed = shared - cache.length
             if fed:
-                await self.scheduler.run([Row(cache, list(rows[0][cache.length:shared]), 0)])
+                await self._hidden([Row(cache, list(rows[0][cache.length:shared]), 0)])
             fed += sum(len(row) - shared for row in rows)
-            hidden = await self.scheduler.run([Row(cache.fork(), list(row[shared:]), n) for row, n in zip(rows, outputs)])
+            forks = [Row(cache.fork(), list(row[shared:]), n) for row, n in zip(rows, outputs)]
+            try:
+                hidden = await self._hidden(forks)
+            finally:
+                for fork in forks:
+                    fork.cache.free()
         rewards = []
         for row, pos, h in zip(rows, positions, hidden):
             first = len(row) - h.shape[0]
             with torch.inference_mode():
                 rewards.append([float(r) for r in self.head.fn(h[[p - first for p in pos]]).cpu().tolist()])
         return rewards, Usage(prefill_tokens=fed)
+
+    async def _hidden(self, rows: list[Row]) -> list[torch.Tensor]:
+        return [h for h in await self.scheduler.run(rows) if isinstance(h, torch.Tensor)]
 
 
 def _common_prefix(rows: Sequence[Sequence[int]]) -> int:

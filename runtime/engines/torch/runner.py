@@ -1,109 +1,219 @@
 """One batched forward over rows from many sequences: in-flight batching for HF models.
 
-Each row is (cache, new token ids, how many trailing outputs to return). Rows are laid out as
-[left-padded cached K/V | left-padded new tokens] and masked with an explicit 4D boolean mask,
-so sequences of any cache length and any number of new tokens (prefill and decode) share one
-forward. New K/V are appended to each row's own cache afterwards.
+Each row is (cache, new token ids, what to return). New tokens are right-padded into a
+[rows, width] batch; their K/V are written straight into each row's arena slot, and attention
+reads the rows' slots in place: the batch is a view of the arena when the rows' slots are
+consecutive (the usual case: concurrent requests' sequences fill slots 0 .. live-1), with idle
+rows riding along for a few free slots between decode rows; only other sets of rows are
+gathered (one index per layer, counted in `KVArena.copied_tokens`). An explicit 4D boolean mask
+lets key k be seen by query j of row b iff k <= cached_b + j, so sequences of any cache length
+and any number of new tokens (prefill and decode) share one forward. Rows ask either for the
+final hidden states of their last positions (heads applied by the caller) or for a token drawn
+from the last position's logits: the output head and greedy choice then run once per batch.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from typing import Union
 
 import torch
-from transformers import DynamicCache
 
-from runtime.engines.torch.kvcache import SeqCache
+from runtime.engines.torch.kvcache import KVArena, SeqCache
+from runtime.engines.torch.sampling import sample_token
+
+
+IDLE_ROWS = 16  # most idle rows a decode batch carries to stay a view of the arena
+
+
+@dataclass(frozen=True, slots=True)
+class Sampler:
+    temperature: float
+    top_p: float
+    generator: torch.Generator
+
+
+@dataclass(frozen=True, slots=True)
+class Drawn:
+    token: int
+    logprob: float  # under the sampled distribution; untempered at T == 0
 
 
 @dataclass(slots=True)
 class Row:
     cache: SeqCache
     new_ids: list[int]
-    outputs: int  # return the final hidden states of the last `outputs` new positions
+    outputs: int = 0  # return the final hidden states of the last `outputs` new positions
+    sample: Sampler | None = None  # or draw a token from the last position (returns a Drawn)
+
+
+RowOutput = Union[torch.Tensor, Drawn]
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """Index tensors of one forward (built once, used by every layer)."""
+
+    lo: int  # batch rows are slots lo .. lo+B-1 (a view), or `slots` (a gather)
+    batch: int
+    slots: torch.Tensor | None  # [B] gather index, None for a view
+    kv_len: int
+    write_slot: torch.Tensor  # [T] per real new token: its slot, position, batch row, column
+    write_pos: torch.Tensor
+    write_row: torch.Tensor
+    write_col: torch.Tensor
+    single: tuple[int, int, int] | None  # (slot, start, count) when the batch is one row
+
+
+class _ArenaView:
+    """What the HF attention layers see as the cache of one forward: `update` stores the new
+    tokens' K/V in their slots and returns the K/V of the batch's slots (a view of the arena)."""
+
+    def __init__(self, arena: KVArena, plan: _Plan) -> None:
+        self.arena, self.plan = arena, plan
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args: object, **kwargs: object
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.plan
+        k_all, v_all = self.arena.layer(layer_idx, keys)
+        if p.single is not None:  # one row: plain slice copies
+            slot, start, count = p.single
+            k_all[slot, :, start:start + count] = keys[0, :, :count]
+            v_all[slot, :, start:start + count] = values[0, :, :count]
+        else:
+            k_all[p.write_slot, :, p.write_pos] = keys[p.write_row, :, p.write_col]
+            v_all[p.write_slot, :, p.write_pos] = values[p.write_row, :, p.write_col]
+        if p.slots is None:
+            return k_all[p.lo:p.lo + p.batch, :, :p.kv_len], v_all[p.lo:p.lo + p.batch, :, :p.kv_len]
+        return k_all[p.slots, :, :p.kv_len], v_all[p.slots, :, :p.kv_len]
 
 
 @dataclass(slots=True)
 class BatchRunner:
-    """Runs rows through a base (headless) decoder model; heads are applied by the caller."""
+    """Runs rows through a base (headless) decoder model; `head` serves rows that sample."""
 
-    model: torch.nn.Module  # e.g. LlamaModel: returns last_hidden_state and past_key_values
+    model: torch.nn.Module  # e.g. LlamaModel: returns last_hidden_state
     device: torch.device
     max_rows: int = 64
-    prefill_chunk: int = 16  # rows with more new tokens than this run in their own forward
+    head: torch.nn.Module | None = None  # hidden -> vocabulary logits (generators only)
+    vocab_size: int = 0
+    max_len: int = 1 << 30  # the model's context: the arena never grows past it
+    arena: KVArena | None = None
+    forwards: int = 0
+    gathers: int = 0  # forwards whose rows were gathered (not a view of the arena)
+    _cache_arg: str = "past_key_values"
+
+    def __post_init__(self) -> None:
+        if self.arena is None:
+            self.arena = KVArena(self.max_len)
+        # transformers >= 5.x names the argument `cache` (`past_key_values` is deprecated)
+        if "cache" in inspect.signature(self.model.forward).parameters:
+            self._cache_arg = "cache"
+
+    def new_cache(self) -> SeqCache:
+        assert self.arena is not None
+        return self.arena.new()
 
     @torch.inference_mode()
-    def run(self, rows: list[Row]) -> list[torch.Tensor]:
-        """Hidden states [outputs, hidden] per row, in order."""
-        results: dict[int, torch.Tensor] = {}
+    def run(self, rows: list[Row]) -> list[RowOutput]:
+        """Per row, in order: hidden states [outputs, hidden], or a Drawn token."""
+        results: dict[int, RowOutput] = {}
         for group in self._groups(rows):
             results.update(zip(group, self._forward([rows[i] for i in group])))
         return [results[i] for i in range(len(rows))]
 
     def _groups(self, rows: list[Row]) -> list[list[int]]:
-        """Decode-like rows together (in chunks of max_rows); each long prefill on its own, so
-        one long prompt does not pad every other row to its length."""
-        short = [i for i, r in enumerate(rows) if len(r.new_ids) <= self.prefill_chunk]
-        long = [[i] for i, r in enumerate(rows) if len(r.new_ids) > self.prefill_chunk]
-        return [short[i:i + self.max_rows] for i in range(0, len(short), self.max_rows)] + long
+        """Rows whose widths are within 2x of each other together (decode rows apart), in slot
+        order, at most max_rows a forward: no row pads far past its own length."""
+        buckets: dict[int, list[int]] = {}
+        for i, row in enumerate(rows):
+            assert row.cache.alive, "a row's cache was freed"
+            buckets.setdefault((len(row.new_ids) - 1).bit_length(), []).append(i)
+        groups = []
+        for members in buckets.values():
+            members.sort(key=lambda i: rows[i].cache.slot)
+            groups += [members[i:i + self.max_rows] for i in range(0, len(members), self.max_rows)]
+        return groups
 
-    def _forward(self, rows: list[Row]) -> list[torch.Tensor]:
-        cached = max(r.cache.length for r in rows)
-        width = max(len(r.new_ids) for r in rows)
-        ids, positions, mask = self._inputs(rows, cached, width)
-        cache = self._padded_cache(rows, cached) if cached else None
-        out = self.model(input_ids=ids, position_ids=positions, attention_mask=mask,
-                         past_key_values=cache if cache is not None else DynamicCache(), use_cache=True)
-        hidden = out.last_hidden_state
-        layers = out.past_key_values.layers
-        results = []
-        for b, row in enumerate(rows):
-            n = len(row.new_ids)
-            keys = [layer.keys[b, :, cached + width - n:] for layer in layers]
-            values = [layer.values[b, :, cached + width - n:] for layer in layers]
-            row.cache.append(list(row.new_ids), keys, values)
-            results.append(hidden[b, width - row.outputs:] if row.outputs else hidden[b, :0])
+    def _forward(self, rows: list[Row]) -> list[RowOutput]:
+        assert self.arena is not None
+        plan, ids, positions, mask, index = self._plan(rows)
+        self.arena.reserve(self.arena.live, plan.kv_len)
+        self.forwards += 1
+        out = self.model(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
+                         **{self._cache_arg: _ArenaView(self.arena, plan)})
+        hidden = out.last_hidden_state  # [B, width, hidden]
+        for row in rows:
+            row.cache.ids.extend(row.new_ids)
+        results: list[RowOutput] = [hidden[b, len(r.new_ids) - r.outputs:len(r.new_ids)] for b, r in zip(index, rows)]
+        drawing = [i for i, r in enumerate(rows) if r.sample is not None]
+        if drawing:
+            drawn = self._draw([rows[i] for i in drawing], hidden, [index[i] for i in drawing])
+            for i, d in zip(drawing, drawn):
+                results[i] = d
         return results
 
-    def _inputs(self, rows: list[Row], cached: int, width: int) -> tuple[torch.Tensor, ...]:
-        batch = len(rows)
-        ids = torch.zeros(batch, width, dtype=torch.long)
-        positions = torch.zeros(batch, width, dtype=torch.long)
-        real = torch.zeros(batch, cached + width, dtype=torch.bool)  # which key slots hold a token
-        for b, row in enumerate(rows):
-            n, c = len(row.new_ids), row.cache.length
-            ids[b, width - n:] = torch.tensor(row.new_ids, dtype=torch.long)
-            positions[b, width - n:] = torch.arange(c, c + n)
-            real[b, cached - c:cached] = True
-            real[b, cached + width - n:] = True
-        causal = torch.ones(width, cached + width, dtype=torch.bool).tril(diagonal=cached)
-        mask = real[:, None, :] & causal[None]  # [B, Q, K]
-        # A padding query attends to itself only, so no softmax row is empty (NaN-free).
-        pad_query = ~real[:, cached:]  # [B, Q]
-        eye = torch.zeros(width, cached + width, dtype=torch.bool)
-        eye[:, cached:] = torch.eye(width, dtype=torch.bool)
-        mask = torch.where(pad_query[:, :, None], eye[None], mask)
-        return ids.to(self.device), positions.to(self.device), mask[:, None].to(self.device)
+    def _plan(self, rows: list[Row]) -> tuple[_Plan, torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+        """Batch layout, ids, positions, mask [B, 1, W, K], and each row's batch index.
 
-    def _padded_cache(self, rows: list[Row], cached: int) -> DynamicCache:
-        ref = _some_keys(rows)
-        layers = []
-        for layer in range(len(ref)):
-            shape = (len(rows), ref[layer].shape[0], cached, ref[layer].shape[2])
-            keys = torch.zeros(shape, dtype=ref[layer].dtype, device=self.device)
-            values = torch.zeros_like(keys)
-            for b, row in enumerate(rows):
-                if row.cache.length:
-                    row.cache.write(layer, keys[b], values[b], cached - row.cache.length, row.cache.length)
-            layers.append((keys, values))
-        return DynamicCache(ddp_cache_data=layers)
+        Rows in consecutive slots are the batch as they are (a view of the arena); decode rows
+        with up to IDLE_ROWS other slots between them still are, those slots riding along as
+        idle rows (a query that sees key 0 only, nothing written: a little compute instead of a
+        copy); any other set of rows is gathered (a copy, counted)."""
+        assert self.arena is not None
+        slot_list = [r.cache.slot for r in rows]
+        assert slot_list == sorted(slot_list), "rows come in slot order"
+        lo, span, width = slot_list[0], slot_list[-1] - slot_list[0] + 1, max(len(r.new_ids) for r in rows)
+        view = span == len(rows) or (width == 1 and span <= len(rows) + IDLE_ROWS)
+        index = [s - lo for s in slot_list] if view else list(range(len(rows)))
+        batch = span if view else len(rows)
+        cached_l, new_l, ids_l = [0] * batch, [0] * batch, [[0] * width for _ in range(batch)]
+        writes: list[list[int]] = [[], [], [], []]  # per real new token: slot, position, batch row, column
+        for b, r in zip(index, rows):
+            c, n = r.cache.length, len(r.new_ids)
+            cached_l[b], new_l[b] = c, n
+            ids_l[b][:n] = r.new_ids
+            writes[0] += [r.cache.slot] * n
+            writes[1] += range(c, c + n)
+            writes[2] += [b] * n
+            writes[3] += range(n)
+        kv_len = max(c + n for c, n in zip(cached_l, new_l))
+        dev = self.device
+        cached = torch.tensor(cached_l, device=dev)
+        key = torch.arange(kv_len, device=dev)
+        if width == 1 and len(rows) == batch:  # pure decode: query b sits at position cached_b
+            positions = cached[:, None]
+            mask = (key[None, :] <= positions)[:, None, None, :]
+        else:
+            query = cached[:, None] + torch.arange(width, device=dev)  # [B, W] positions of the new tokens
+            real = torch.arange(width, device=dev) < torch.tensor(new_l, device=dev)[:, None]
+            # a padding (or idle) query sees key 0 only, so no softmax row is empty (NaN-free)
+            mask = torch.where(real[:, :, None], key <= query[:, :, None], key == 0)[:, None]  # [B, 1, W, K]
+            positions = torch.where(real, query, 0)
+        w = torch.tensor(writes, device=dev)
+        single = (lo, cached_l[0], new_l[0]) if batch == 1 else None
+        gather = None if view else torch.tensor(slot_list, device=dev)
+        if not view:
+            self.gathers += 1
+            self.arena.copied_tokens += sum(cached_l) + sum(new_l)  # the gather reads them into a batch
+        plan = _Plan(lo, batch, gather, kv_len, w[0], w[1], w[2], w[3], single)
+        return plan, torch.tensor(ids_l, device=dev), positions, mask, index
 
-
-def _some_keys(rows: list[Row]) -> list[torch.Tensor]:
-    for row in rows:
-        cache = row.cache
-        while not cache.keys and cache.base is not None:
-            cache = cache.base
-        if cache.keys:
-            return cache.keys
-    raise AssertionError("a row has cached tokens but no stored keys")
-
+    def _draw(self, rows: list[Row], hidden: torch.Tensor, index: list[int]) -> list[Drawn]:
+        assert self.head is not None, "this runner has no output head to sample from"
+        last = hidden[torch.tensor(index), torch.tensor([len(r.new_ids) - 1 for r in rows])]  # [R, hidden]
+        logits = self.head(last).float()[:, : self.vocab_size]
+        drawn: list[Drawn | None] = [None] * len(rows)
+        greedy = [i for i, r in enumerate(rows) if r.sample is not None and r.sample.temperature == 0.0]
+        if greedy:
+            chosen = logits[greedy]
+            tokens = chosen.argmax(-1)
+            logprobs = torch.log_softmax(chosen, -1).gather(1, tokens[:, None])[:, 0]
+            for i, t, lp in zip(greedy, tokens.tolist(), logprobs.tolist()):
+                drawn[i] = Drawn(t, lp)
+        for i, row in enumerate(rows):
+            if drawn[i] is None:
+                s = row.sample
+                assert s is not None
+                drawn[i] = Drawn(*sample_token(logits[i], s.temperature, s.top_p, s.generator))
+        return [d for d in drawn if d is not None]

@@ -1,84 +1,86 @@
 """In-flight batching: concurrent coroutines submit rows; each forward takes everything pending.
 
-Requests join and leave between forwards. The forward runs in a worker thread so the event loop
-keeps serving (Triton's stub loop, the CLI's loop) while the model computes. After a forward the
-woken coroutines sample and resubmit before the next forward is formed, so all requests that are
-decoding share it.
+A submitter queues its rows, yields once to the event loop (so every coroutine woken by the
+last forward can queue its rows too), and then, unless another submitter already took its rows,
+runs one forward over all pending rows itself and hands each job its outputs. The forward runs
+inline on the event loop's thread: no per-token thread hop or extra wake-up on the hot path,
+and the KV arena is only ever touched from one thread. Requests join and leave between forwards.
+
+A scheduler with `patience` (the PRM's) batches across requests whose steps end at different
+times: while other schedulers of its pipeline (`peers`) still have work queued, it lets up to
+`patience` more loop turns pass (each runs their forwards, which end more steps) before running
+its own forward, unless `min_rows` rows are already waiting. A lone request never waits (its
+generators are idle while it is being scored).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import torch
-
 from runtime.core.errors import EngineError
-from runtime.engines.torch.runner import BatchRunner, Row
+from runtime.engines.torch.runner import BatchRunner, Row, RowOutput
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
+@dataclass(eq=False, slots=True)
 class _Job:
     rows: list[Row]
-    future: asyncio.Future[list[torch.Tensor]]
+    future: asyncio.Future[list[RowOutput]]
+    taken: bool = False
 
 
 @dataclass(slots=True)
 class ForwardScheduler:
     runner: BatchRunner
     name: str = "model"
-    forwards: int = 0  # forwards run (for tests and logs)
+    forwards: int = 0  # model forwards run (for tests, logs and metrics)
     batched_rows: int = 0
+    patience: int = 0  # loop turns to wait for more rows while peers are busy (0: never wait)
+    min_rows: int = 8  # ... unless this many rows are already queued
+    peers: list[ForwardScheduler] = field(default_factory=list, repr=False)  # the pipeline's schedulers
     _pending: list[_Job] = field(default_factory=list)
-    _loop: asyncio.AbstractEventLoop | None = None
-    _wakeup: asyncio.Event | None = None
-    _task: asyncio.Task[None] | None = None
-    _executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="forward"))
 
-    async def run(self, rows: list[Row]) -> list[torch.Tensor]:
-        """Queue rows for the next forward and wait for their hidden states."""
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop or self._task is None or self._task.done():
-            self._start(loop)
-        assert self._wakeup is not None
-        future: asyncio.Future[list[torch.Tensor]] = loop.create_future()
-        self._pending.append(_Job(rows, future))
-        self._wakeup.set()
-        return await future
+    async def run(self, rows: list[Row]) -> list[RowOutput]:
+        """Queue rows for the next forward and wait for their outputs (hidden states or Drawn)."""
+        job = _Job(rows, asyncio.get_running_loop().create_future())
+        self._pending.append(job)
+        try:
+            await asyncio.sleep(0)  # let coroutines woken by the last forward queue theirs first
+            waited = 0
+            while not job.taken and waited < self.patience and self._worth_waiting():
+                await asyncio.sleep(0)
+                waited += 1
+        except BaseException:
+            if not job.taken:
+                self._pending.remove(job)
+            raise
+        if not job.taken:
+            self._run_pending()
+        return await job.future
 
-    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._pending = [job for job in self._pending if not job.future.done()]
-        self._wakeup = asyncio.Event()
-        self._task = loop.create_task(self._serve(), name=f"forward-{self.name}")
+    def _worth_waiting(self) -> bool:
+        queued = sum(len(job.rows) for job in self._pending)
+        return queued < self.min_rows and any(peer._pending for peer in self.peers if peer is not self)
 
-    async def _serve(self) -> None:
-        assert self._wakeup is not None and self._loop is not None
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            await asyncio.sleep(0)  # let coroutines woken by the last forward resubmit first
-            jobs = [job for job in self._pending if not job.future.done()]
-            self._pending = []
-            if not jobs:
-                continue
-            rows = [row for job in jobs for row in job.rows]
-            try:
-                hidden = await self._loop.run_in_executor(self._executor, self.runner.run, rows)
-            except Exception as exc:  # one failed forward fails its jobs, never the scheduler
-                log.exception("forward of %d rows on %s failed", len(rows), self.name)
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(EngineError(f"{self.name} forward failed: {exc}"))
-                continue
-            self.forwards += 1
-            self.batched_rows += len(rows)
-            start = 0
+    def _run_pending(self) -> None:
+        jobs = [job for job in self._pending if not job.future.done()]
+        self._pending = []
+        for job in jobs:
+            job.taken = True
+        rows = [row for job in jobs for row in job.rows]
+        before = self.runner.forwards
+        try:
+            outputs = self.runner.run(rows)
+        except Exception as exc:  # one failed forward fails its jobs, never the scheduler
+            log.exception("forward of %d rows on %s failed", len(rows), self.name)
             for job in jobs:
-                part = hidden[start:start + len(job.rows)]
-                start += len(job.rows)
-                if not job.future.done():
-                    job.future.set_result(part)
+                job.future.set_exception(EngineError(f"{self.name} forward failed: {exc}"))
+            return
+        self.forwards += self.runner.forwards - before
+        self.batched_rows += len(rows)
+        start = 0
+        for job in jobs:
+            job.future.set_result(outputs[start:start + len(job.rows)])
+            start += len(job.rows)
