@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The main job: set up, prepare the models, start Triton, send a prompt and show the steps as
-# they stream in, then stop the server.
-# Usage: scripts/demo.sh [PIPELINE_YAML] [PROMPT]
+# The main job: set up, start a real Triton server with the embedded models, stream RSD's steps for
+# a few prompts (accepted draft steps; a draft mistake the PRM catches and the target rewrites),
+# compare RSD with target-only (time and FLOPs, measured now, through the server), stop the server.
+# Usage: scripts/demo.sh [PIPELINE_YAML] [PROMPT ...]
 #   PIPELINE_YAML defaults to configs/default.yaml (the embedded trained models) when it exists,
 #   otherwise tiny random models are built under .cache/tiny_models (plumbing only: gibberish).
+#   The default prompts are held-out task questions; on the second the draft alone goes wrong.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -20,7 +22,12 @@ if [[ -z $PIPELINE ]]; then
     PIPELINE=$("$PY" -c 'from pathlib import Path; from runtime.testing.tiny_models import tiny_config_yaml; print(tiny_config_yaml(Path(".cache/tiny_models").resolve()))' 2>/dev/null)
   fi
 fi
-PROMPT=${2:-"What is 47+8-3+9-6?"}
+shift $(( $# > 0 ? 1 : 0 ))
+PROMPTS=("$@")
+if [[ ${#PROMPTS[@]} -eq 0 ]]; then
+  PROMPTS=("What is 47+8-3+9-6?" "What is 47+8-3+9-6?" "What is 47+8-3+9-6?")
+fi
+PROMPT=${PROMPTS[0]}
 read -r HTTP GRPC METRICS < <("$PY" -c 'from runtime.serving.server import free_ports; print(*free_ports(3))')
 LOG=$ROOT/.build/demo-serve.log
 mkdir -p "$ROOT/.build"
@@ -51,7 +58,10 @@ echo " ready"
 echo; echo "demo: rsd client --stream (gRPC), prompt: $PROMPT"
 "$RSD" client --url "127.0.0.1:$GRPC" --protocol grpc --stream --prompt "$PROMPT" --max-tokens 128
 
-echo; echo "demo: the same request, unary over HTTP (POST /v2/models/rsd/generate):"
+echo; echo "demo: RSD vs target-only through the server for ${#PROMPTS[@]} prompts (steps, then time and FLOPs)"
+"$PY" scripts/demo_compare.py --url "127.0.0.1:$GRPC" "${PROMPTS[@]}"
+
+echo; echo "demo: the first request, unary over HTTP (POST /v2/models/rsd/generate):"
 BODY=$("$PY" -c 'import json,sys; print(json.dumps({"text_input": sys.argv[1], "max_tokens": 128}))' "$PROMPT")
 curl -s -X POST "http://127.0.0.1:$HTTP/v2/models/rsd/generate" -d "$BODY" \
   | "$PY" -c 'import collections,json,sys; d=json.load(sys.stdin); src=d.get("step_source") or []; src=[src] if isinstance(src,str) else src

@@ -34,7 +34,7 @@ from tinylm import SEP, build_tokenizer, llama_config, save_generator
 
 TARGET_BASE = LmSpec(hidden=64, layers=8, heads=4, ffn=128, steps=750, lr=3e-3)
 TARGET_TUNE = LmSpec(hidden=64, layers=16, heads=4, ffn=128, steps=80, lr=2e-4)  # after growing
-SMALL = LmSpec(hidden=48, layers=2, heads=4, ffn=96, steps=1000, lr=5e-3)
+SMALL = LmSpec(hidden=48, layers=2, heads=4, ffn=96, steps=1600, lr=5e-3)
 PRM = LmSpec(hidden=48, layers=4, heads=4, ffn=96, steps=1600, lr=3e-3)  # hidden must equal SMALL's
 PRM_EXTRA_LAYERS = 2
 PRM_LOSS = PrmLoss(dense=1.0, negative=2.0, gold_token=1.0, lm=0.2)
@@ -165,7 +165,8 @@ def run_all(args: argparse.Namespace) -> None:
     print(f"stages to run: {todo or 'none (all cached)'}; cache {args.cache}")
     child = None
     if "target" in todo:
-        command = [sys.executable, __file__, "--stage", "target", "--cache", str(args.cache), "--seed", str(args.seed)]
+        command = [sys.executable, __file__, "--stage", "target", "--cache", str(args.cache.parent),
+                   "--seed", str(args.seed)]
         root = str(Path(__file__).resolve().parents[1])
         path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
         child = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": path})

@@ -103,6 +103,20 @@ def test_tokenizer_round_trip_and_single_separator_token() -> None:
         assert "".join(tok.decode([t]) for t in ids) == text
 
 
+def test_generators_and_prm_share_one_prefix() -> None:
+    """The generator prompt is the value-head PRM's prefix: [bos] + question + "\\n"."""
+    from runtime.config import load_config
+    from runtime.engines.hf import HFTokenizer
+    from runtime.engines.prm_format import value_head_format
+
+    assert PROMPT_TEMPLATE == "{question}\n"
+    assert load_config(MODELS.parents[1] / "configs" / "default.yaml").prompt_template == PROMPT_TEMPLATE
+    tok = _tokenizer()
+    question = "What is 47+8-3+9?"
+    generator = tok.encode(format_prompt(question), add_special_tokens=True)
+    assert value_head_format(HFTokenizer(tok, frozenset({tok.eos_token_id})), "prm").prefix_ids(question) == generator
+
+
 def test_shipped_folders_load_and_prm_has_value_head() -> None:
     transformers = pytest.importorskip("transformers")
     safetensors = pytest.importorskip("safetensors")
@@ -112,10 +126,11 @@ def test_shipped_folders_load_and_prm_has_value_head() -> None:
         model = transformers.AutoModelForCausalLM.from_pretrained(MODELS / name)
         assert model.config.vocab_size == len(tok)
         sizes[name] = sum(p.numel() for p in model.parameters())
-    assert sizes["target"] >= 4 * sizes["draft"]
+    assert sizes["target"] >= 10 * sizes["draft"]
     with safetensors.safe_open(str(MODELS / "prm" / "model.safetensors"), framework="pt") as f:
         keys = set(f.keys())
         hidden = model.config.hidden_size
         assert tuple(f.get_tensor("v_head.summary.weight").shape) == (1, hidden)
         assert tuple(f.get_tensor("v_head.summary.bias").shape) == (1,)
     assert any(k.startswith("model.layers.") for k in keys)
+    assert not any(k.startswith("lm_head.") for k in keys)  # the PRM ships without training-only heads

@@ -12,7 +12,9 @@ import re
 from dataclasses import dataclass
 
 STEP_SEPARATOR = "\n\n"
-PROMPT_TEMPLATE = "Q: {question}\nA:\n"
+# One prefix for generators and PRM: the value-head PRM reads [bos] + question + "\n" + steps, so
+# a generator prompt of question + "\n" makes the PRM input the generator's own text.
+PROMPT_TEMPLATE = "{question}\n"
 MAX_VALUE = 99
 MAX_OPERAND = 9
 MIN_OPS, MAX_OPS = 3, 5
@@ -43,7 +45,7 @@ class Problem:
 
     @property
     def prompt(self) -> str:
-        """The generator-model prompt (the PRM sees the raw question instead)."""
+        """The generator-model prompt: the question and a newline, the PRM's prefix too."""
         return format_prompt(self.question)
 
 
