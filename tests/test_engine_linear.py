@@ -23,6 +23,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.slow  # real (tiny) models, 60+ steps
+
 CONTEXT = 384
 QUESTION = "12+7*3"
 

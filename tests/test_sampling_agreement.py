@@ -88,6 +88,7 @@ def test_scoring_is_the_core_logprob(temperature: float) -> None:
     assert math.isclose(logprob_rows(torch.from_numpy(rows), tokens, temperature), expected, abs_tol=1e-4)
 
 
+@pytest.mark.slow  # builds the tiny real models
 def test_the_engine_reports_the_logprobs_gsi_expects(tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
     """End to end on a tiny real model: a generated step's log-prob is the sum of log process(row)[token]
     over the model's own logits rows (top-p renormalised), and its score is the sum of log softmax(row / T)."""

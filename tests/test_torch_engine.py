@@ -13,6 +13,8 @@ from runtime.engines.torch.kvcache import SeqCache
 from runtime.engines.torch.runner import BatchRunner, Row
 from runtime.pipeline import Pipeline
 
+pytestmark = pytest.mark.slow  # real (tiny) models
+
 QUESTIONS = ["1+2", "12*3-4", "abc", "7"]
 
 
