@@ -31,6 +31,7 @@ from runtime.config import load_config
 from runtime.task import PROMPT_TEMPLATE, Problem, check_step, generate_problems, grade
 
 EVAL_SEED = 1234
+VALIDATION_SEED = 4321  # --split train: problems for choosing the threshold, never the held-out ones
 MAX_STEP_TOKENS = 24
 MAX_STEPS = 10
 THRESHOLDS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
@@ -286,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, default=Path("models/embedded"))
     parser.add_argument("--problems", type=int, default=300)
+    parser.add_argument("--split", choices=("test", "train"), default="test",
+                        help="train: validation problems of the train split (for choosing the threshold)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="RSD threshold the targets are checked at (default: configs/default.yaml's)")
     args = parser.parse_args(argv)
@@ -296,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     thresholds = sorted({*THRESHOLDS, threshold})
     torch.set_grad_enabled(False)
     m = load(args.models)
-    problems = generate_problems(args.problems, EVAL_SEED, "test")
+    problems = generate_problems(args.problems, EVAL_SEED if args.split == "test" else VALIDATION_SEED, args.split)
     return 0 if report(m, measure(m, problems, thresholds), threshold) else 1
 
 
