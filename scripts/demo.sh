@@ -5,7 +5,8 @@
 # Usage: scripts/demo.sh [PIPELINE_YAML] [PROMPT ...]
 #   PIPELINE_YAML defaults to configs/default.yaml (the embedded trained models) when it exists,
 #   otherwise tiny random models are built under .cache/tiny_models (plumbing only: gibberish).
-#   The default prompts are held-out task questions; on the second the draft alone goes wrong.
+#   The default prompts are held-out task questions; on the second and third the draft alone goes
+#   wrong, and the PRM catches its mistake.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -25,7 +26,7 @@ fi
 shift $(( $# > 0 ? 1 : 0 ))
 PROMPTS=("$@")
 if [[ ${#PROMPTS[@]} -eq 0 ]]; then
-  PROMPTS=("What is 47+8-3+9-6?" "What is 47+8-3+9-6?" "What is 47+8-3+9-6?")
+  PROMPTS=("What is 72+7-5-8?" "What is 62-5+8+8+1?" "What is 87-5-2+7+7-8?")
 fi
 PROMPT=${PROMPTS[0]}
 read -r HTTP GRPC METRICS < <("$PY" -c 'from runtime.serving.server import free_ports; print(*free_ports(3))')
