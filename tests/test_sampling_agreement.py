@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 from runtime.engines.torch.sampling import logprob_rows, sample_token  # noqa: E402
 
 SETTINGS = [(1.0, 1.0), (0.7, 0.9), (1.3, 0.5), (0.5, 0.3)]  # (temperature, top_p)
-DRAWS = 1500
+DRAWS = 1000
 
 
 def logit_rows(seed: int = 0, n: int = 3, vocab: int = 12) -> np.ndarray:

@@ -221,7 +221,7 @@ def wrong_residual(kind: str, calls: Counter[str]) -> Callable[[np.ndarray, np.n
     return mutant
 
 
-@pytest.mark.parametrize("mutant", ["ratio q/p", "residual q-p", "residual p"])
+@pytest.mark.parametrize("mutant", ["ratio q/p", "residual p", pytest.param("residual q-p", marks=SLOW)])
 def test_speculative_decoding_test_rejects_a_wrong_rule(mutant: str, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: Counter[str] = Counter()
     if mutant == "ratio q/p":
