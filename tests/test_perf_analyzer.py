@@ -1,0 +1,56 @@
+"""perf_analyzer 2.51.0 runs by its own name from the venv (scripts/setup.sh sets its RPATH), and
+measures the `rsd` model of the real tritonserver over gRPC streaming."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime.serving.server import GRPC_ADMIN_HEADER
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def perf_analyzer() -> str:
+    found = shutil.which("perf_analyzer", path=str(VENV_BIN))
+    if found is None:
+        pytest.skip(f"no perf_analyzer in {VENV_BIN} (the serve extra is not installed)")
+    return found
+
+
+def clean_env() -> dict[str, str]:
+    """No LD_LIBRARY_PATH: the binary must find its libraries by itself."""
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '')}"
+    return env
+
+
+def test_perf_analyzer_runs_by_its_own_name():
+    perf_analyzer()
+    out = subprocess.run(["perf_analyzer", "--version"], env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "Perf Analyzer Version 2.51.0" in out.stdout + out.stderr
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_perf_analyzer_measures_the_rsd_model(triton_server, tmp_path):
+    perf_analyzer()
+    data = tmp_path / "input.json"
+    rows = [{"text_input": [p], "stream": [False], "max_tokens": [8]} for p in ("1+1=", "2*3=")]
+    data.write_text(json.dumps({"data": rows}))
+    key = getattr(triton_server, "admin_key", "")
+    header = ["-H", f"{GRPC_ADMIN_HEADER}:{key}"] if key else []  # the model config is an admin API
+    cmd = ["perf_analyzer", "-m", "rsd", "-u", triton_server.grpc_url, "-i", "grpc", "--streaming",
+           "--input-data", str(data), "--concurrency-range", "1", "--measurement-mode", "count_windows",
+           "--measurement-request-count", "2", "--max-trials", "3", "-s", "999", "-f", str(tmp_path / "pa.csv"), *header]
+    out = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    header_row, values = (tmp_path / "pa.csv").read_text().splitlines()[:2]
+    throughput = float(dict(zip(header_row.split(","), values.split(",")))["Inferences/Second"])
+    assert throughput > 0
