@@ -58,7 +58,8 @@ class TorchLM:
         cache = self._cache(req.key, req.prefix, keep_new=1)
         fed = len(req.prefix) - cache.length
         new = list(req.prefix[cache.length:])
-        samplers = [Sampler(req.temperature, req.top_p, self._generator(req.seed, i)) for i in range(req.n)]
+        samplers = [Sampler(req.temperature, req.top_p, self._generator(req.seed, i), req.want_logprobs)
+                    for i in range(req.n)]
         cands: list[_Candidate] = []
         try:
             if req.n == 1:

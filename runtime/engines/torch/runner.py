@@ -31,12 +31,13 @@ class Sampler:
     temperature: float
     top_p: float
     generator: torch.Generator
+    logprobs: bool = True  # report the token's log-prob (greedy rows skip the softmax without it)
 
 
 @dataclass(frozen=True, slots=True)
 class Drawn:
     token: int
-    logprob: float  # under the sampled distribution; untempered at T == 0
+    logprob: float  # under the sampled distribution; untempered at T == 0 (0.0 if not asked for)
 
 
 @dataclass(slots=True)
@@ -200,16 +201,25 @@ class BatchRunner:
         return plan, torch.tensor(ids_l, device=dev), positions, mask, index
 
     def _draw(self, rows: list[Row], hidden: torch.Tensor, index: list[int]) -> list[Drawn]:
+        """Tokens for sampling rows: one head matmul; greedy rows take one argmax together."""
         assert self.head is not None, "this runner has no output head to sample from"
-        last = hidden[torch.tensor(index), torch.tensor([len(r.new_ids) - 1 for r in rows])]  # [R, hidden]
+        if len(rows) == 1:
+            last = hidden[index[0], len(rows[0].new_ids) - 1][None]
+        else:
+            last = hidden[torch.tensor(index), torch.tensor([len(r.new_ids) - 1 for r in rows])]  # [R, hidden]
         logits = self.head(last).float()[:, : self.vocab_size]
         drawn: list[Drawn | None] = [None] * len(rows)
         greedy = [i for i, r in enumerate(rows) if r.sample is not None and r.sample.temperature == 0.0]
         if greedy:
-            chosen = logits[greedy]
+            chosen = logits if len(greedy) == len(rows) else logits[greedy]
             tokens = chosen.argmax(-1)
-            logprobs = torch.log_softmax(chosen, -1).gather(1, tokens[:, None])[:, 0]
-            for i, t, lp in zip(greedy, tokens.tolist(), logprobs.tolist()):
+            scored = [j for j, i in enumerate(greedy) if (s := rows[i].sample) is not None and s.logprobs]
+            logprobs = [0.0] * len(greedy)
+            if scored:
+                picked = torch.log_softmax(chosen[scored], -1).gather(1, tokens[scored, None])[:, 0]
+                for j, lp in zip(scored, picked.tolist()):
+                    logprobs[j] = lp
+            for i, t, lp in zip(greedy, tokens.tolist(), logprobs):
                 drawn[i] = Drawn(t, lp)
         for i, row in enumerate(rows):
             if drawn[i] is None:
