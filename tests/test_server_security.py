@@ -85,15 +85,18 @@ def test_configs_statistics_and_shared_memory_need_the_admin_key(triton_server):
 @pytest.mark.parametrize("model", ["draft", "target", "prm"])
 def test_sub_models_refuse_clients(triton_server, model):
     import tritonclient.grpc as grpcclient
+    from tritonclient.utils import np_to_triton_dtype
 
-    ids = grpcclient.InferInput("input_ids", [1, 3], "INT32")
-    ids.set_data_from_numpy(np.array([[1, 5, 6]], dtype=np.int32))
-    inputs = [ids]
-    if model != "prm":
-        for name, value in (("input_lengths", 3), ("request_output_len", 2)):
-            t = grpcclient.InferInput(name, [1, 1], "INT32")
-            t.set_data_from_numpy(np.array([[value]], dtype=np.int32))
-            inputs.append(t)
+    from runtime.engines.triton import contract
+
+    # a well-formed request of the sub-model's own contract, as the BLS would send it
+    tensors = (contract.prm_request_tensors(contract.PrmCall(((1, 5, 6),), ((2,),))) if model == "prm"
+               else contract.lm_request_tensors(contract.LmCall((1, 5, 6), 2)))
+    inputs = []
+    for name, array in tensors.items():
+        t = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        t.set_data_from_numpy(array)
+        inputs.append(t)
     errors: list = []
     client = _grpc(triton_server)
     client.start_stream(callback=lambda result, error: errors.append(error))

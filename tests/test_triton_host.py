@@ -137,20 +137,12 @@ def test_stub_loop_shutdown_cancels_what_outlives_the_grace(pb):
     assert sorted(ended) == [("cancelled", 60), ("done", 0.05)]
 
 
-class TokenRequest:
-    def __init__(self, parameters):
-        self._parameters = parameters
-
-    def parameters(self):
-        return self._parameters
-
-
 def test_guard_refuses_requests_without_the_servers_token():
     from runtime.core.errors import AccessDenied
 
     guard = host.Guard("draft", "s3cret")
-    guard.check(TokenRequest('{"rsd_internal_token": "s3cret"}'))
-    for raw in ("", "{}", '{"rsd_internal_token": "guess"}'):
+    guard.check({"rsd_internal_token": "s3cret"})
+    for parameters in ({}, {"rsd_internal_token": "guess"}):
         with pytest.raises(AccessDenied, match="draft: an internal model"):
-            guard.check(TokenRequest(raw))
-    host.Guard("draft", "").check(TokenRequest(""))  # no token configured: open (and logged at start)
+            guard.check(parameters)
+    host.Guard("draft", "").check({})  # no token configured: open (and logged at start)

@@ -22,7 +22,7 @@ class TritonPythonModel:
 
     def execute(self, requests):
         for request in requests:
-            self.loop.spawn(host.answer(request, self.guard, self.model.handle))
+            self.loop.spawn(host.answer(host.Incoming.read(request), self.guard, self.model.handle))
         return None
 
     def finalize(self):
