@@ -29,7 +29,10 @@ from runtime.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
-PRM_PATIENCE = 6  # loop turns a PRM forward may wait for more rows while generators are busy
+# Loop turns a forward may wait for more rows while other models have work queued (measured on
+# the embedded models, rsd at c = 16: 428 tokens/s with none, 577 with these; BENCHMARKS.md).
+PRM_PATIENCE = 12
+TARGET_PATIENCE = 6  # the target rewrites few steps; alone, each rewrite would run at batch 1
 
 
 def resolve_device(name: str) -> torch.device:
@@ -99,14 +102,18 @@ def build_pipeline(cfg: PipelineConfig) -> Pipeline:
     return Pipeline(engines, tok, segmenter, cfg.prompt_template, cfg.defaults, max_len)
 
 
-def link_schedulers(engines: Engines, prm_patience: int = PRM_PATIENCE) -> None:
-    """Let the PRM's scheduler see the generators' queues, so it batches steps that end close
-    together (see ForwardScheduler.patience)."""
+def link_schedulers(engines: Engines, prm_patience: int = PRM_PATIENCE,
+                    target_patience: int = TARGET_PATIENCE) -> None:
+    """Let the PRM's and the target's schedulers see the other models' queues, so they batch
+    steps that end close together (see ForwardScheduler.patience). Alone (target-only, or one
+    request) nothing waits: the other models have nothing queued."""
     schedulers = [e.scheduler for e in (engines.draft, engines.target, engines.prm) if hasattr(e, "scheduler")]
     for scheduler in schedulers:
         scheduler.peers = schedulers
     if isinstance(engines.prm, TorchPRM):
         engines.prm.scheduler.patience = prm_patience
+    if isinstance(engines.target, TorchLM) and engines.draft is not None:
+        engines.target.scheduler.patience = target_patience
 
 
 def _verifier(cfg: PipelineConfig, lms: dict[str, TorchLM], segmenter: StepSegmenter, tok: HFTokenizer,

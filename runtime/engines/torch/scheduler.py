@@ -6,11 +6,11 @@ runs one forward over all pending rows itself and hands each job its outputs. Th
 inline on the event loop's thread: no per-token thread hop or extra wake-up on the hot path,
 and the KV arena is only ever touched from one thread. Requests join and leave between forwards.
 
-A scheduler with `patience` (the PRM's) batches across requests whose steps end at different
-times: while other schedulers of its pipeline (`peers`) still have work queued, it lets up to
-`patience` more loop turns pass (each runs their forwards, which end more steps) before running
-its own forward, unless `min_rows` rows are already waiting. A lone request never waits (its
-generators are idle while it is being scored).
+A scheduler with `patience` (the PRM's and the target's) batches across requests whose steps
+end at different times: while other schedulers of its pipeline (`peers`) still have work
+queued, it lets up to `patience` more loop turns pass (each runs their forwards, which end more
+steps) before running its own forward, unless `min_rows` rows are already waiting. A lone
+request never waits (its other models are idle while it is being scored or rewritten).
 """
 from __future__ import annotations
 
