@@ -189,7 +189,7 @@ def test_speculative_decoding_samples_the_target(temperature: float, top_p: floa
     chains = sum(c for (_, a), c in rounds.items() if a >= 2) / total
     residual_share = sum(c for (d, a), c in rounds.items() if a < d) / total
     assert rounds[(GAMMA, GAMMA)] > 0 and chains > 0.25, rounds  # chains of accepted tokens occur often
-    assert 0.1 < residual_share < 0.5, rounds  # both branches matter; the residual one is not the rule
+    assert 0.1 < residual_share < 0.6, rounds  # both branches matter (0.28 at T = 1, 0.48 at T = 0.7)
 
 
 def swapped_ratio_verify(draft_tokens: tuple[int, ...], draft_probs: np.ndarray, target_probs: np.ndarray,
