@@ -34,8 +34,8 @@ def add_param_flags(parser: argparse.ArgumentParser) -> None:
         shown = f"default {f.default}"
         if kind is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=shown)
-        elif f.name in _CHOICES:
-            group.add_argument(flag, dest=f.name, choices=_CHOICES[f.name], default=None,
+        elif f.name in _CHOICES:  # RequestParams checks the value (one message format, exit 2)
+            group.add_argument(flag, dest=f.name, default=None, metavar="{" + ",".join(_CHOICES[f.name]) + "}",
                                help=f"{shown}; one of {', '.join(_CHOICES[f.name])}")
         else:
             group.add_argument(flag, dest=f.name, type=kind, default=None, metavar=kind.__name__.upper(), help=shown)
