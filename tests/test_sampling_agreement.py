@@ -115,8 +115,6 @@ def test_the_engine_reports_the_logprobs_gsi_expects(tiny_pipeline) -> None:  # 
     assert math.isclose(score, scored, abs_tol=1e-3)
 
 
-@pytest.mark.xfail(strict=True, reason="FakeLM.generate reports log softmax(l / T) without the top-p "
-                   "renormalisation, unlike the torch engine and GSI's docstring (/work/notes/issue-13-bugs.md)")
 def test_the_fake_lm_reports_logprobs_like_the_engine() -> None:
     from runtime.testing.fakes import FakeLM
 

@@ -102,11 +102,14 @@ class FakeLM:
             tail, out = "", []
             while len(out) < req.max_new_tokens:
                 logits = self.next_logits(ids)
-                token = sample(process(logits, req.temperature, req.top_p), rng)
+                probs = process(logits, req.temperature, req.top_p)
+                token = sample(probs, rng)
                 if token == 0:
                     finish = Finish.EOS
                     break
-                logprob += logprob_of(logits, token, req.temperature)
+                # the log-prob under the distribution sampled from (top-p renormalised), like the engine
+                logprob += (float(np.log(probs[token])) if req.temperature > 0
+                            else logprob_of(logits, token, req.temperature))
                 out.append(token)
                 ids.append(token)
                 ended, tail = seg.advance(tail, token)
