@@ -135,7 +135,12 @@ def test_metrics_counters_move(triton_server):
     before = scrape(triton_server)
     grpc(triton_server).generate(PROMPTS[3], {"max_tokens": 16, "threshold": 0.3})
     grpc(triton_server).generate(PROMPTS[3], {"max_tokens": 8, "method": "target"})
-    after = scrape(triton_server)
+    deadline = time.monotonic() + 10  # counters move just after the final response is sent
+    while True:
+        after = scrape(triton_server)
+        if after.get("rsd_requests_in_flight", 1) == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
 
     def delta(name: str) -> float:
         return after.get(name, 0.0) - before.get(name, 0.0)

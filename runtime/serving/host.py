@@ -220,6 +220,19 @@ class PbTransport:
         return list(iterator)
 
 
+def submodel_transport(timeout_s: float, token: str, multi_response: bool,
+                       observe: Callable[[str, float], None] | None = None) -> Any:
+    """How a model reaches the sub-models: over this server's gRPC endpoint (runtime.serving.
+    grpc_transport, the default under `rsd serve`), else BLS `async_exec` (PbTransport)."""
+    from runtime.serving.grpc_transport import URL_ENV, GrpcTransport
+
+    url = os.environ.get(URL_ENV, "")
+    if url:
+        return GrpcTransport(url, timeout_s, token, TOKEN_PARAMETER, observe)
+    log.warning("%s is not set: sub-requests use BLS async_exec (start the server with `rsd serve`)", URL_ENV)
+    return PbTransport(timeout_s, token, multi_response, observe)
+
+
 def _outputs(model: str, response: Any) -> dict[str, np.ndarray]:
     if response.has_error():
         raise EngineError(f"{model}: {response.error().message()}")

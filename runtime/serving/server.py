@@ -32,6 +32,7 @@ from pathlib import Path
 from runtime.config import REPO_ROOT
 from runtime.core.errors import ConfigError, EngineError
 from runtime.serving.bls import DRAIN_ENV
+from runtime.serving.grpc_transport import URL_ENV
 from runtime.serving.host import TOKEN_ENV
 
 log = logging.getLogger(__name__)
@@ -194,6 +195,8 @@ class TritonServer:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         env[TOKEN_ENV] = self.internal_token
+        loopback = "127.0.0.1" if self.address in ("0.0.0.0", "::", "") else self.address
+        env[URL_ENV] = f"{loopback}:{self.grpc_port}"  # the BLS reaches the sub-models here
         env[DRAIN_ENV] = str(self.drain_file)
         env.update(self.extra_env)
         return env

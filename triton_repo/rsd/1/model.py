@@ -18,8 +18,8 @@ class TritonPythonModel:
         self.loop = host.StubLoop(args["model_name"], int(host.require(params, "bls_threads")))
         backend = host.require(params, "submodel_backend")
         metrics = RsdMetrics(host.PbMetricFactory())
-        transport = host.PbTransport(float(host.require(params, "sub_request_timeout_s")), host.internal_token(),
-                                     multi_response=backend == "trtllm", observe=metrics.observe_submodel_call)
+        transport = host.submodel_transport(float(host.require(params, "sub_request_timeout_s")), host.internal_token(),
+                                            multi_response=backend == "trtllm", observe=metrics.observe_submodel_call)
         names = SubModels(params["draft_model"], params["target_model"], params["prm_model"],
                           backend, int(host.require(params, "max_draft_len")))
         pipeline = build_bls_pipeline(load_config(host.require(params, "pipeline_config")), transport, names)

@@ -13,7 +13,8 @@ class TritonPythonModel:
         host.configure_logging()
         token = host.internal_token()
         self.loop = host.StubLoop(args["model_name"], int(host.require(params, "bls_threads")))
-        transport = host.PbTransport(float(host.require(params, "sub_request_timeout_s")), token, multi_response=True)
+        transport = host.submodel_transport(float(host.require(params, "sub_request_timeout_s")), token,
+                                            multi_response=True)
         self.model = build_engine_prm(transport, host.require(params, "engine_model"),
                                       host.require(params, "engine_manifest"))
         self.guard = host.Guard(args["model_name"], token)
