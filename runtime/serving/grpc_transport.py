@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,15 +38,10 @@ class GrpcTransport:
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str],
                     request_id: str) -> list[dict[str, np.ndarray]]:
-        started = time.perf_counter()
-        try:
-            replies = await asyncio.wait_for(self._call(model, inputs, outputs, request_id), self.timeout_s)
-        except asyncio.TimeoutError:
-            raise EngineError(f"{model}: no answer within {self.timeout_s:g} s") from None
-        elapsed = time.perf_counter() - started
-        if self.observe is not None:
-            self.observe(model, elapsed)
-        log.debug("%s answered %s in %.1f ms", model, request_id, 1000 * elapsed)
+        from runtime.serving.host import timed
+
+        replies: list[dict[str, np.ndarray]] = await timed(
+            model, request_id, self._call(model, inputs, outputs, request_id), self.timeout_s, self.observe)
         return replies
 
     async def _call(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str],

@@ -202,15 +202,7 @@ class PbTransport:
         request = pb.InferenceRequest(model_name=model, inputs=to_tensors(inputs),
                                       requested_output_names=list(outputs), request_id=request_id,
                                       parameters={TOKEN_PARAMETER: self.token})
-        started = time.perf_counter()
-        try:
-            responses = await asyncio.wait_for(self._exec(request), self.timeout_s)
-        except asyncio.TimeoutError:
-            raise EngineError(f"{model}: no answer within {self.timeout_s:g} s") from None
-        elapsed = time.perf_counter() - started
-        if self.observe is not None:
-            self.observe(model, elapsed)
-        log.debug("%s answered %s in %.1f ms", model, request_id, 1000 * elapsed)
+        responses = await timed(model, request_id, self._exec(request), self.timeout_s, self.observe)
         return [_outputs(model, r) for r in responses]
 
     async def _exec(self, request: Any) -> list[Any]:
@@ -218,6 +210,21 @@ class PbTransport:
         if self.multi_response:
             return await asyncio.get_running_loop().run_in_executor(None, list, iterator)
         return list(iterator)
+
+
+async def timed(model: str, request_id: str, call: Awaitable[Any], timeout_s: float,
+                observe: Callable[[str, float], None] | None) -> Any:
+    """A sub-request under its timeout (an EngineError naming the model), its latency observed."""
+    started = time.perf_counter()
+    try:
+        result = await asyncio.wait_for(call, timeout_s)
+    except asyncio.TimeoutError:
+        raise EngineError(f"{model}: no answer within {timeout_s:g} s") from None
+    elapsed = time.perf_counter() - started
+    if observe is not None:
+        observe(model, elapsed)
+    log.debug("%s answered %s in %.1f ms", model, request_id, 1000 * elapsed)
+    return result
 
 
 def submodel_transport(timeout_s: float, token: str, multi_response: bool,
