@@ -121,7 +121,7 @@ def test_service_turns_bugs_into_error_responses(pipelines, monkeypatch):
     def broken(*args, **kwargs):
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(type(bls), "stream", broken)
+    monkeypatch.setattr(type(bls), "run", broken)
     sink = _serve(bls, _inputs("2*3=", True), FakeSink())
     (error,) = sink.errors
     assert isinstance(error, EngineError) and "ZeroDivisionError" in str(error) and sink.closed == 1
