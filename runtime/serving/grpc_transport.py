@@ -36,6 +36,11 @@ class GrpcTransport:
     observe: Callable[[str, float], None] | None = None  # (model, seconds) per sub-request
     _client: Any = field(default=None, init=False)
 
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str],
                     request_id: str) -> list[dict[str, np.ndarray]]:
         from runtime.serving.host import timed

@@ -97,10 +97,12 @@ class StubLoop:
     _loop: asyncio.AbstractEventLoop = field(init=False)
     _thread: threading.Thread = field(init=False)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)  # touched on the loop thread only
+    _executor: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
         self._loop = asyncio.new_event_loop()
-        self._loop.set_default_executor(ThreadPoolExecutor(self.threads, thread_name_prefix=f"{self.name}-io"))
+        self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix=f"{self.name}-io")
+        self._loop.set_default_executor(self._executor)
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"{self.name}-loop", daemon=True)
         self._thread.start()
 
@@ -126,15 +128,22 @@ class StubLoop:
     def running(self) -> int:
         return len(self._tasks)
 
-    def shutdown(self, grace_s: float) -> None:
+    def shutdown(self, grace_s: float, closing: Coroutine[Any, Any, Any] | None = None) -> None:
         """Let running requests finish for up to `grace_s`, cancel the rest (each answers with an
-        error), then stop the loop. Called from `finalize`."""
+        error), run `closing` (e.g. close a client), then stop the loop, its thread and its
+        executor, so nothing of ours runs while the stub tears the interpreter down. Called
+        from `finalize`."""
         try:
             self.run(self._drain(grace_s), grace_s + 10)
+            if closing is not None:
+                self.run(closing, 10)
         except Exception:  # the loop is going away either way
             log.exception("%s: draining failed", self.name)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if not self._thread.is_alive():
+            self._loop.close()
 
     async def _drain(self, grace_s: float) -> None:
         if not self._tasks:

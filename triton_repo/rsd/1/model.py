@@ -18,8 +18,9 @@ class TritonPythonModel:
         self.loop = host.StubLoop(args["model_name"], int(host.require(params, "bls_threads")))
         backend = host.require(params, "submodel_backend")
         metrics = RsdMetrics(host.PbMetricFactory())
-        transport = host.submodel_transport(float(host.require(params, "sub_request_timeout_s")), host.internal_token(),
-                                            multi_response=backend == "trtllm", observe=metrics.observe_submodel_call)
+        timeout_s = float(host.require(params, "sub_request_timeout_s"))
+        self.transport = transport = host.submodel_transport(timeout_s, host.internal_token(), backend == "trtllm",
+                                                             metrics.observe_submodel_call)
         names = SubModels(params["draft_model"], params["target_model"], params["prm_model"],
                           backend, int(host.require(params, "max_draft_len")))
         pipeline = build_bls_pipeline(load_config(host.require(params, "pipeline_config")), transport, names)
@@ -33,4 +34,5 @@ class TritonPythonModel:
 
     def finalize(self):
         # `rsd serve` drained the server before stopping it; what still runs here gets an error.
-        self.loop.shutdown(grace_s=5.0)
+        close = getattr(self.transport, "close", None)
+        self.loop.shutdown(grace_s=5.0, closing=close() if close is not None else None)
