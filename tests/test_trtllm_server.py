@@ -34,7 +34,8 @@ def trt_server(tmp_path_factory, tiny_config):
                             sub_request_timeout_s=60.0)
     repo = render_repository(cfg, root / "repo")
     assert substitute_fakes(repo) == ["draft", "prm_engine", "target"]
-    server = TritonServer(repo, http, grpc, metrics, cfg.address, exit_timeout_s=10, log_file=root / "tritonserver.log")
+    server = TritonServer(repo, http, grpc, metrics, cfg.address, exit_timeout_s=10, log_file=root / "tritonserver.log",
+                          internal_token=INTERNAL_TOKEN)
     server.start(ready_timeout_s=300)
     try:
         yield cfg
@@ -98,6 +99,9 @@ def test_sampled_candidates_merge_sequence_responses(trt_server, reference):
     assert got.text == want.text and list(got.sources) == [s.source for s in want.steps]
 
 
+INTERNAL_TOKEN = "trtllm-test-token"
+
+
 def _prm_request(cfg, call):
     """One request to the `prm` model (the PRM contract), over gRPC streaming: (rewards, error)."""
     import tritonclient.grpc as grpcclient
@@ -113,7 +117,9 @@ def _prm_request(cfg, call):
             tensor = grpcclient.InferInput(name, list(value.shape), "INT32")
             tensor.set_data_from_numpy(value)
             inputs.append(tensor)
-        grpc_client.async_stream_infer("prm", inputs, request_id="prm-test")
+        # `prm` is internal: only requests with the server's token (as the BLS sends) are answered
+        grpc_client.async_stream_infer("prm", inputs, request_id="prm-test",
+                                       parameters={"rsd_internal_token": INTERNAL_TOKEN})
         grpc_client.stop_stream()  # waits for the outstanding responses
     finally:
         grpc_client.close()
