@@ -29,12 +29,12 @@ if [[ ${#PROMPTS[@]} -eq 0 ]]; then
   PROMPTS=("What is 72+7-5-8?" "What is 62-5+8+8+1?" "What is 87-5-2+7+7-8?")
 fi
 PROMPT=${PROMPTS[0]}
-read -r HTTP GRPC METRICS < <("$PY" -c 'from runtime.serving.server import free_ports; print(*free_ports(3))')
+read -r HTTP GRPC METRICS OPENAI < <("$PY" -c 'from runtime.serving.server import free_ports; print(*free_ports(4))')
 LOG=$ROOT/.build/demo-serve.log
 mkdir -p "$ROOT/.build"
 
-echo "demo: pipeline $PIPELINE; ports http $HTTP grpc $GRPC metrics $METRICS"
-"$RSD" serve --pipeline "$PIPELINE" --http-port "$HTTP" --grpc-port "$GRPC" --metrics-port "$METRICS" \
+echo "demo: pipeline $PIPELINE; ports http $HTTP grpc $GRPC metrics $METRICS openai $OPENAI"
+"$RSD" serve --pipeline "$PIPELINE" --http-port "$HTTP" --grpc-port "$GRPC" --metrics-port "$METRICS" --openai-port "$OPENAI" \
   --log-file "$ROOT/.build/demo-tritonserver.log" >"$LOG" 2>&1 &
 SERVE_PID=$!
 stop() {
