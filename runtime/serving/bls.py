@@ -22,6 +22,7 @@ from runtime.core.types import StepEvent
 from runtime.pipeline import Pipeline
 from runtime.serving.bls_io import DEFAULT_MAX_PROMPT_BYTES, parse_inputs, step_outputs
 from runtime.serving.metrics import RequestClock, RsdMetrics
+from runtime.serving.model_env import DRAIN_ENV
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,6 @@ class ResponseSink(Protocol):
         ...
 
     def is_cancelled(self) -> bool: ...
-
-
-DRAIN_ENV = "RSD_DRAIN_FILE"  # set by runtime.serving.server; the file exists while the server drains
 
 
 def drain_flag() -> Callable[[], bool]:

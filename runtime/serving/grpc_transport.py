@@ -23,7 +23,6 @@ from runtime.core.errors import EngineError
 
 log = logging.getLogger(__name__)
 
-URL_ENV = "RSD_GRPC_URL"  # host:port of this server's gRPC endpoint, set by runtime.serving.server
 FINAL = "triton_final_response"
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from runtime.core.errors import AccessDenied, ConfigError, EngineError, RequestValidationError, RsdError
+from runtime.serving.model_env import TOKEN_ENV, URL_ENV
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,6 @@ log = logging.getLogger(__name__)
 # token (RSD_INTERNAL_TOKEN, set per start by runtime.serving.server), so clients cannot call
 # draft, target or PRM directly and bypass the BLS.
 TOKEN_PARAMETER = "rsd_internal_token"
-TOKEN_ENV = "RSD_INTERNAL_TOKEN"
 
 
 def _pb() -> Any:
@@ -240,7 +240,7 @@ def submodel_transport(timeout_s: float, token: str, multi_response: bool,
                        observe: Callable[[str, float], None] | None = None) -> Any:
     """How a model reaches the sub-models: over this server's gRPC endpoint (runtime.serving.
     grpc_transport, the default under `rsd serve`), else BLS `async_exec` (PbTransport)."""
-    from runtime.serving.grpc_transport import URL_ENV, GrpcTransport
+    from runtime.serving.grpc_transport import GrpcTransport
 
     url = os.environ.get(URL_ENV, "")
     if url:

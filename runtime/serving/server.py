@@ -31,9 +31,7 @@ from pathlib import Path
 
 from runtime.config import REPO_ROOT
 from runtime.core.errors import ConfigError, EngineError
-from runtime.serving.bls import DRAIN_ENV
-from runtime.serving.grpc_transport import URL_ENV
-from runtime.serving.host import TOKEN_ENV
+from runtime.serving.model_env import DRAIN_ENV, TOKEN_ENV, URL_ENV
 
 log = logging.getLogger(__name__)
 
