@@ -16,9 +16,9 @@ from typing import Any
 
 from build_engines.config import HeadLayout, PrmFormat
 from build_engines.models import ModelInfo
-from build_engines.plan import EnginePlan, Step, StepKind, TWO_CLASS_HEAD_FILE
-from build_engines.prm_readout import TWO_CLASS_INPUT, VALUE_HEAD_INPUT, RewardReadout
+from build_engines.plan import TWO_CLASS_HEAD_FILE, EnginePlan, Step, StepKind
 from build_engines.prm_remap import HEAD_INFO, HeadInfo
+from runtime.engines.prm_readout import TWO_CLASS_INPUT, VALUE_HEAD_INPUT, RewardReadout
 
 SCHEMA = "rsd.engine_manifest/1"
 ENGINE_MANIFEST = "rsd_engine_manifest.json"

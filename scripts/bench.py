@@ -29,10 +29,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from runtime.cli import add_param_flags, param_values
+from runtime.assembly.torch import build_pipeline
+from runtime.cli.evaluate import parse_list, warm_up
+from runtime.cli.flags import add_param_flags, param_values
 from runtime.config import load_config
-from runtime.engines.torch.factory import build_pipeline
-from runtime.eval.cli import parse_list, warm_up
 from runtime.eval.datasets import Problem, resolve_dataset
 from runtime.eval.runner import EvalRun, RunSummary, plan_runs, run_one
 from runtime.pipeline import Pipeline

@@ -5,7 +5,7 @@
 
 Each wrapper keeps its tool in a venv of its own under .cache/ (their pins clash with ours) and
 calls this script with the tool's executable. Unless --front / --triton are given, it starts a
-tritonserver (runtime.serving.server.TritonServer) and the OpenAI front
+tritonserver (runtime.deploy.server.TritonServer) and the OpenAI front
 (`python -m runtime.frontends.openai_api`) on free ports, runs the tool once, stops both, and
 writes runs/bench-<tool>/<time>/{command.txt,<tool>.log,summary.md} next to the tool's artifacts.
 Offline: the tokenizer is the pipeline's own model folder, prompts are the embedded task's
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from runtime.config import REPO_ROOT, load_config  # noqa: E402
-from runtime.serving.server import GRPC_ADMIN_HEADER, TritonServer, free_ports  # noqa: E402
+from runtime.deploy.server import GRPC_ADMIN_HEADER, TritonServer, free_ports  # noqa: E402
 
 METRICS = ("request_latency", "time_to_first_token", "inter_token_latency", "output_sequence_length",
            "output_token_count", "input_sequence_length", "request_throughput", "output_token_throughput",
@@ -87,8 +87,8 @@ class Services:
 
     def start(self) -> None:
         if self.grpc is None:
-            from runtime.serving.config import load_serve_config
-            from runtime.serving.repo import render_repository
+            from runtime.deploy.config import load_serve_config
+            from runtime.deploy.repo import render_repository
 
             http, grpc, metrics = free_ports(3)
             cfg = load_serve_config(self.args.serve_config).with_overrides(

@@ -20,7 +20,7 @@ if [[ -z $PIPELINE ]]; then
     PIPELINE=configs/default.yaml
   else
     echo "demo: configs/default.yaml not found; building tiny random models (outputs are gibberish)"
-    PIPELINE=$("$PY" -c 'from pathlib import Path; from runtime.testing.tiny_models import tiny_config_yaml; print(tiny_config_yaml(Path(".cache/tiny_models").resolve()))' 2>/dev/null)
+    PIPELINE=$("$PY" -c 'from pathlib import Path; from runtime.tiny_models import tiny_config_yaml; print(tiny_config_yaml(Path(".cache/tiny_models").resolve()))' 2>/dev/null)
   fi
 fi
 shift $(( $# > 0 ? 1 : 0 ))
@@ -29,7 +29,7 @@ if [[ ${#PROMPTS[@]} -eq 0 ]]; then
   PROMPTS=("What is 72+7-5-8?" "What is 62-5+8+8+1?" "What is 87-5-2+7+7-8?")
 fi
 PROMPT=${PROMPTS[0]}
-read -r HTTP GRPC METRICS OPENAI < <("$PY" -c 'from runtime.serving.server import free_ports; print(*free_ports(4))')
+read -r HTTP GRPC METRICS OPENAI < <("$PY" -c 'from runtime.deploy.server import free_ports; print(*free_ports(4))')
 LOG=$ROOT/.build/demo-serve.log
 mkdir -p "$ROOT/.build"
 

@@ -15,7 +15,7 @@ import statistics
 import sys
 import time
 
-from runtime.serving.client import RsdClient, StepMessage
+from runtime.clients.client import RsdClient, StepMessage
 from runtime.task import grade
 
 

@@ -79,7 +79,7 @@ def build(shapes: str, device_name: str, max_rows: int) -> Any:
     from runtime.engines.prm_format import value_head_format
     from runtime.engines.torch.factory import link_schedulers, lm_engine, prm_engine
     from runtime.pipeline import Pipeline
-    from runtime.testing.tiny_models import make_tokenizer
+    from runtime.tiny_models import make_tokenizer
 
     device = torch.device(device_name)
     dtype = torch.bfloat16 if shapes == "real" else torch.float32

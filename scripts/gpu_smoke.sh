@@ -8,7 +8,7 @@
 #
 # Steps: install this project (--no-deps: the container has torch, transformers, TensorRT-LLM);
 # models (models/embedded with configs/default.yaml when present, else tiny random models shaped
-# for TensorRT-LLM, runtime/testing/smoke_models.py); engines (python -m build_engines with
+# for TensorRT-LLM, runtime/smoke_models.py); engines (python -m build_engines with
 # configs/engines/embedded.yaml); render the trtllm repository (configs/triton/trtllm.yaml); start
 # tritonserver in orchestrator mode (rsd serve: mpirun -n 1, TRTLLM_ORCHESTRATOR=1); send one
 # streamed rsd request (rsd client); check that a final response arrived; stop the server.
@@ -105,7 +105,7 @@ else
   MODELS_ROOT=$WORK/models
   PIPELINE=$MODELS_ROOT/pipeline.yaml
   say "no embedded models: tiny random models shaped for TensorRT-LLM in $MODELS_ROOT"
-  run "$PY" -m runtime.testing.smoke_models "$MODELS_ROOT"
+  run "$PY" -m runtime.smoke_models "$MODELS_ROOT"
 fi
 
 # 3. engines (fp16 draft, target and value-head PRM; incremental on re-runs)

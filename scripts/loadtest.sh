@@ -6,4 +6,4 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 "$ROOT/scripts/setup.sh" >/dev/null
-exec "$ROOT/.venv/bin/python" -m runtime.serving.loadtest "$@"
+exec "$ROOT/.venv/bin/python" -m runtime.clients.loadtest "$@"

@@ -17,10 +17,10 @@ import threading
 import time
 from pathlib import Path
 
+from runtime.clients.soak import soak
 from runtime.config import REPO_ROOT
-from runtime.serving.server import TritonServer, free_ports, rss_bytes
-from runtime.serving.soak import soak
-from runtime.serving.supervisor import RestartPolicy, Supervisor
+from runtime.deploy.server import TritonServer, free_ports, rss_bytes
+from runtime.deploy.supervisor import RestartPolicy, Supervisor
 
 CRASH = re.compile(r"Segmentation fault|malloc|double free|corrupted|core dumped|not healthy|Cannot remove future|"
                    r"Traceback", re.IGNORECASE)
@@ -44,8 +44,8 @@ def main() -> int:
 
 
 def _with_server(args: argparse.Namespace) -> int:
-    from runtime.serving.config import load_serve_config
-    from runtime.serving.repo import render_repository
+    from runtime.deploy.config import load_serve_config
+    from runtime.deploy.repo import render_repository
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

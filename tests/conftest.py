@@ -25,19 +25,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def tiny_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from runtime.testing.tiny_models import tiny_config_yaml
+    from runtime.tiny_models import tiny_config_yaml
 
     return tiny_config_yaml(tmp_path_factory.mktemp("tiny_models"))
 
 
 @pytest.fixture(scope="session")
 def tiny_pipeline(tiny_config: Path):  # type: ignore[no-untyped-def]
+    from runtime.assembly.torch import build_pipeline
     from runtime.config import load_config
-    from runtime.engines.torch.factory import build_pipeline
 
     return build_pipeline(load_config(tiny_config))
 
 
 # The Triton server fixtures (one tritonserver per session; the pipeline config is a parameter,
-# RSD_TEST_PIPELINE) live in runtime/testing/triton_fixture.py so the demo can reuse them.
-from runtime.testing.triton_fixture import pipeline_config, triton_server  # noqa: E402, F401
+# RSD_TEST_PIPELINE) live in tests/support/triton_fixture.py so the demo can reuse them.
+from support.triton_fixture import pipeline_config, triton_server  # noqa: E402, F401

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.config import REPO_ROOT
-from runtime.serving.server import TritonServer, free_ports
-from runtime.serving.supervisor import RestartPolicy, Supervisor
+from runtime.deploy.server import TritonServer, free_ports
+from runtime.deploy.supervisor import RestartPolicy, Supervisor
 
 ADMIN_KEY = "test-admin-key"
 
@@ -43,8 +43,8 @@ class Supervised:
 
 
 def render(pipeline: Path, root: Path, **overrides: object) -> tuple[Path, tuple[int, int, int]]:
-    from runtime.serving.config import load_serve_config
-    from runtime.serving.repo import render_repository
+    from runtime.deploy.config import load_serve_config
+    from runtime.deploy.repo import render_repository
 
     ports = tuple(free_ports(3))
     cfg = load_serve_config(REPO_ROOT / "configs" / "triton" / "torch_cpu.yaml").with_overrides(

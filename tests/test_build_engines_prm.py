@@ -6,22 +6,24 @@ import math
 
 import numpy as np
 import pytest
+from engine_build_helpers import make_hf_model
 from safetensors.numpy import load_file
 
 from build_engines.errors import ModelFolderError
 from build_engines.models import byte_to_unicode, separator_token_id
-from build_engines.prm_readout import RewardReadout, reward_from_row
 from build_engines.prm_remap import (
     HEAD_INFO,
     HEAD_SHARD,
     TWO_CLASS_HEAD,
     attach_head,
-    main as remap_main,
     prepare_two_class,
     prepare_value_head,
 )
+from build_engines.prm_remap import (
+    main as remap_main,
+)
 from build_engines.safetensors_io import RawTensor, decode_floats, read_header, write_file
-from engine_build_helpers import make_hf_model
+from runtime.engines.prm_readout import RewardReadout, reward_from_row
 
 
 def _sigmoid(x: float) -> float:

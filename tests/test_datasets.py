@@ -4,8 +4,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -126,31 +124,14 @@ def test_unknown_name_and_misplaced_overrides() -> None:
         resolve_dataset("gsm8k", limit=-1)
 
 
-def test_embedded_missing_task_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "runtime.task", None)  # import of it raises ModuleNotFoundError
-    with pytest.raises(DatasetError, match="runtime.task"):
-        resolve_dataset("embedded")
+def test_embedded_is_the_tasks_heldout_set() -> None:
+    from runtime.task import heldout_problems
 
-
-def test_embedded_hook(monkeypatch: pytest.MonkeyPatch) -> None:
-    @dataclasses.dataclass
-    class Item:
-        question: str
-        answer: int
-
-    calls: list[int | None] = []
-
-    def heldout_problems(limit: int | None) -> list[Item]:
-        calls.append(limit)
-        return [Item("1+1?", 2), Item("2+3?", 5)][:limit]
-
-    fake = types.ModuleType("runtime.task")
-    fake.heldout_problems = heldout_problems  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "runtime.task", fake)
-    problems = resolve_dataset("embedded", limit=1)
-    assert calls == [1]
-    assert [(p.id, p.question, p.answer) for p in problems] == [("embedded-0", "1+1?", "2")]
-    assert grade(problems[0], "so \\boxed{2}")
+    items = heldout_problems(3)
+    problems = resolve_dataset("embedded", limit=3)
+    assert [(p.question, p.answer) for p in problems] == [(i.question, str(i.answer)) for i in items]
+    assert grade(problems[0], f"so \\boxed{{{items[0].answer}}}")
+    assert not grade(problems[0], f"so \\boxed{{{int(items[0].answer) + 1}}}")
 
 
 def _fake_gsm_symbolic(root: Path) -> None:

@@ -24,8 +24,8 @@ PROBLEMS = heldout_problems(12)
 
 @pytest.fixture(scope="module")
 def pipeline():
+    from runtime.assembly.torch import build_pipeline
     from runtime.config import load_config
-    from runtime.engines.torch.factory import build_pipeline
 
     return build_pipeline(load_config(DEFAULT))
 

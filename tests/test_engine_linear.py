@@ -1,6 +1,6 @@
 """Linear in length: a request of 50+ steps runs up to the context limit with O(new tokens) work.
 
-Fixture: tiny random models (runtime.testing.tiny_models) whose EOS row is zeroed, so greedy
+Fixture: tiny random models (runtime.tiny_models) whose EOS row is zeroed, so greedy
 decoding never stops early; steps end at "\\n\\n" or at 6 tokens, so a 384-position context
 gives 60+ steps. RSD at threshold 0 runs draft and PRM; at threshold > 1 all three models on
 every step (draft writes, PRM scores, target rewrites). Asserted, by counting operations (robust
@@ -34,9 +34,9 @@ def long_pipeline(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-
     import torch
     from safetensors.torch import load_file, save_file
 
+    from runtime.assembly.torch import build_pipeline
     from runtime.config import load_config
-    from runtime.engines.torch.factory import build_pipeline
-    from runtime.testing.tiny_models import make_lm, make_value_head_prm
+    from runtime.tiny_models import make_lm, make_value_head_prm
 
     root = tmp_path_factory.mktemp("long_models")
     make_lm(root / "draft", hidden=32, layers=2, seed=11, step_bias=1.0, max_positions=CONTEXT)

@@ -14,7 +14,7 @@ from runtime.eval.datasets import Problem
 from runtime.eval.report import plot_accuracy_vs_flops, write_results
 from runtime.eval.runner import plan_runs, run_one, summary_table
 from runtime.pipeline import Pipeline
-from runtime.testing.fakes import FakePRM, FakeTokenizer, ScriptedLM
+from support.fakes import FakePRM, FakeTokenizer, ScriptedLM
 
 TOK = FakeTokenizer(pieces=("<eos>", "\n\n", "a", "b", "1", "2", "\\boxed{", "}", " "))
 
@@ -72,7 +72,7 @@ def test_plot_is_written(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_eval_cli_end_to_end(tiny_config: Path, tmp_path: Path) -> None:
-    from runtime.cli import main
+    from runtime.cli.main import main
 
     data = tmp_path / "d.jsonl"
     data.write_text('{"question": "1+2", "answer": "3"}\n{"q": "2+2", "a": "4"}\n')

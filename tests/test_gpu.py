@@ -25,9 +25,9 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _cuda(), reason="needs a C
 
 @pytest.fixture(scope="module")
 def gpu_pipeline(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from runtime.assembly.torch import build_pipeline
     from runtime.config import load_config
-    from runtime.engines.torch.factory import build_pipeline
-    from runtime.testing.tiny_models import tiny_config_yaml
+    from runtime.tiny_models import tiny_config_yaml
 
     root = tmp_path_factory.mktemp("tiny_gpu")
     return build_pipeline(load_config(tiny_config_yaml(root, "cuda"))), build_pipeline(

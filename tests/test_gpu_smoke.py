@@ -31,7 +31,7 @@ def test_dry_run_prints_the_whole_sequence(tmp_path):
     commands = [line for line in out.splitlines() if line.startswith("+ ")]
     joined = "\n".join(commands)
     assert "pip install --no-deps -e ." in joined
-    assert f"-m runtime.testing.smoke_models {tmp_path / 'work' / 'models'}" in joined
+    assert f"-m runtime.smoke_models {tmp_path / 'work' / 'models'}" in joined
     assert "-m build_engines --config configs/engines/embedded.yaml" in joined
     serve = [c for c in commands if "runtime.cli serve" in c]
     assert len(serve) == 2 and serve[0].endswith("--render-only") and serve[1].endswith("&")
@@ -42,7 +42,7 @@ def test_dry_run_prints_the_whole_sequence(tmp_path):
 
 @pytest.mark.slow
 def test_fallback_models_fit_the_embedded_engine_set(tmp_path):
-    from runtime.testing.smoke_models import make_smoke_models, write_pipeline
+    from runtime.smoke_models import make_smoke_models, write_pipeline
 
     models = make_smoke_models(tmp_path / "models")
     pipeline = load_config(write_pipeline(tmp_path / "models", models))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.serving.loadtest import PROMPTS, load_prompts
+from runtime.clients.loadtest import PROMPTS, load_prompts
 from runtime.task import heldout_problems, split_of
 
 

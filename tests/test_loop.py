@@ -11,7 +11,7 @@ from runtime.core.methods import Engines
 from runtime.core.params import RequestParams
 from runtime.core.segment import StepSegmenter
 from runtime.pipeline import Pipeline
-from runtime.testing.fakes import FakeLM, FakePRM, FakeTokenizer, ScriptedLM
+from support.fakes import FakeLM, FakePRM, FakeTokenizer, ScriptedLM
 
 TOK = FakeTokenizer()
 DRAFT_STEPS = ["ab\n\n", "ba\n\n", "cc\n\n", "a1<eos>"]

@@ -1,10 +1,10 @@
-"""runtime.serving.metrics on a recording factory: seconds histograms, token counters, engine counters."""
+"""runtime.in_server.metrics on a recording factory: seconds histograms, token counters, engine counters."""
 from __future__ import annotations
 
 import time
 
 from runtime.core.types import StepEvent
-from runtime.serving.metrics import SECONDS_BUCKETS, EngineMetrics, RsdMetrics
+from runtime.in_server.metrics import SECONDS_BUCKETS, EngineMetrics, RsdMetrics
 
 
 class Recorded:

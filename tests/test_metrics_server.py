@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 
-from runtime.serving.client import RsdClient
+from runtime.clients.client import RsdClient
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

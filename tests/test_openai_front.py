@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.serving.client import RsdClient
-from runtime.serving.server import free_ports
+from runtime.clients.client import RsdClient
+from runtime.deploy.server import free_ports
 
 openai = pytest.importorskip("openai")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.serving.server import GRPC_ADMIN_HEADER
+from runtime.deploy.server import GRPC_ADMIN_HEADER
 
 VENV_BIN = Path(sys.executable).parent
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from runtime.core import omega
-from runtime.core.loop import has_boxed
+from runtime.core.boxed import has_boxed
 from runtime.core.sampling import (
     combine,
     logprob_of,

@@ -116,7 +116,7 @@ def test_the_engine_reports_the_logprobs_gsi_expects(tiny_pipeline) -> None:  # 
 
 
 def test_the_fake_lm_reports_logprobs_like_the_engine() -> None:
-    from runtime.testing.fakes import FakeLM
+    from support.fakes import FakeLM
 
     lm = FakeLM(8, seed=3)
     req = StepRequest("fake", (2, 3), 1, 1.0, 0.5, 3, 0, True)

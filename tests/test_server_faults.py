@@ -13,12 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
-
-from runtime.config import REPO_ROOT
-from runtime.serving.client import RsdClient, ServerError
-from runtime.serving.server import free_ports, rss_bytes
-from runtime.serving.soak import soak
 from server_support import supervised_server
+
+from runtime.clients.client import RsdClient, ServerError
+from runtime.clients.soak import soak
+from runtime.config import REPO_ROOT
+from runtime.deploy.server import free_ports, rss_bytes
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

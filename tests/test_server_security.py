@@ -13,8 +13,8 @@ import urllib.request
 import numpy as np
 import pytest
 
-from runtime.serving.client import RsdClient, ServerError
-from runtime.serving.server import ADMIN_HEADER, GRPC_ADMIN_HEADER
+from runtime.clients.client import RsdClient, ServerError
+from runtime.deploy.server import ADMIN_HEADER, GRPC_ADMIN_HEADER
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

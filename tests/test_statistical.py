@@ -33,7 +33,7 @@ from runtime.core.methods import Engines
 from runtime.core.params import RequestParams
 from runtime.core.segment import StepSegmenter
 from runtime.pipeline import Pipeline
-from runtime.testing.fakes import FakeLM, FakePRM, FakeTokenizer
+from support.fakes import FakeLM, FakePRM, FakeTokenizer
 
 TOK = FakeTokenizer(pieces=("<eos>", "\n\n", "a", "b", "c"))
 EOS, DELIM, LAST = 0, 1, 3  # the prompt "a" + "b" ends with token "b"

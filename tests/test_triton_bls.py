@@ -1,5 +1,5 @@
 """The BLS without a server: the same pipeline on engines that speak the sub-model tensor
-contract, wired to the torch sub-model handlers in-process (runtime/testing/inprocess_triton.py)."""
+contract, wired to the torch sub-model handlers in-process (tests/support/inprocess_triton.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -16,11 +16,11 @@ pytestmark = pytest.mark.slow  # real (tiny) models
 
 @pytest.fixture(scope="module")
 def pipelines(pipeline_config):
+    from runtime.assembly.bls import build_bls_pipeline
+    from runtime.assembly.torch import build_pipeline
     from runtime.config import load_config
-    from runtime.engines.torch.factory import build_pipeline
-    from runtime.engines.triton.factory import build_bls_pipeline
-    from runtime.serving.torch_submodels import build_lm_submodel, build_prm_submodel
-    from runtime.testing.inprocess_triton import InProcessTransport
+    from runtime.in_server.torch_submodels import build_lm_submodel, build_prm_submodel
+    from support.inprocess_triton import InProcessTransport
 
     cfg = load_config(pipeline_config)
     handlers = {"draft": build_lm_submodel(cfg, "draft", 8), "target": build_lm_submodel(cfg, "target", 8),
@@ -69,7 +69,7 @@ def _inputs(prompt: str, stream: bool, **params):
 
 
 def _serve(pipeline, inputs, sink):
-    from runtime.serving.bls import RsdService
+    from runtime.in_server.bls import RsdService
 
     asyncio.run(RsdService(pipeline).serve(inputs, {}, sink))
     return sink
@@ -128,7 +128,7 @@ def test_service_turns_bugs_into_error_responses(pipelines, monkeypatch):
 
 
 def test_sub_model_cache_lru_releases_old_requests(pipelines):
-    from runtime.serving.torch_submodels import KeyLru
+    from runtime.in_server.torch_submodels import KeyLru
 
     released = []
 
@@ -157,11 +157,12 @@ def likelihood_config(tmp: Path, pipeline_config: Path, verifier: str) -> Path:
 
 @pytest.mark.parametrize("verifier", ["target", "prm"])
 def test_likelihood_prm_through_the_contract(tmp_path, pipeline_config, verifier):
+    from runtime.assembly.bls import build_bls_pipeline
+    from runtime.assembly.common import shared_verifier
+    from runtime.assembly.torch import build_pipeline
     from runtime.config import load_config
-    from runtime.engines.torch.factory import build_pipeline
-    from runtime.engines.triton.factory import build_bls_pipeline, shared_verifier
-    from runtime.serving.torch_submodels import build_lm_submodel
-    from runtime.testing.inprocess_triton import InProcessTransport
+    from runtime.in_server.torch_submodels import build_lm_submodel
+    from support.inprocess_triton import InProcessTransport
 
     cfg = load_config(likelihood_config(tmp_path, pipeline_config, verifier))
     assert shared_verifier(cfg) == ("target" if verifier == "target" else None)

@@ -1,4 +1,4 @@
-"""The Triton glue (runtime/serving/host.py) against a stand-in `triton_python_backend_utils`:
+"""The Triton glue (runtime/in_server/host.py) against a stand-in `triton_python_backend_utils`:
 error conversion, the final flag, sub-request timeouts."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from runtime.core.errors import ConfigError, EngineError, RequestValidationError
-from runtime.serving import host
+from runtime.in_server import host
 
 FINAL = 1
 

@@ -1,4 +1,4 @@
-"""End-to-end tests against a real tritonserver (one per session, see runtime/testing/triton_fixture.py).
+"""End-to-end tests against a real tritonserver (one per session, see tests/support/triton_fixture.py).
 
 Every client call has a timeout; a hang fails the test instead of blocking CI.
 """
@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from runtime.serving.client import RsdClient, ServerError
+from runtime.clients.client import RsdClient, ServerError
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -178,7 +178,7 @@ def test_cancelled_stream_frees_its_request(triton_server):
 @pytest.fixture(scope="module")
 def in_process(pipeline_config):
     """The same pipeline config on the in-process PyTorch engine."""
+    from runtime.assembly.torch import build_pipeline
     from runtime.config import load_config
-    from runtime.engines.torch.factory import build_pipeline
 
     return build_pipeline(load_config(pipeline_config))

@@ -13,11 +13,11 @@ import pytest
 from runtime.core.errors import ConfigError, EngineError, RequestValidationError
 from runtime.core.params import RequestParams
 from runtime.core.types import StepEvent
+from runtime.deploy.config import parse_serve_config
+from runtime.deploy.repo import fill, render_repository
 from runtime.engines.triton import contract
-from runtime.serving import bls_io
-from runtime.serving.config import parse_serve_config
-from runtime.serving.metrics import RsdMetrics
-from runtime.serving.repo import fill, render_repository
+from runtime.in_server.metrics import RsdMetrics
+from runtime.wire import bls_io
 
 
 def test_lm_contract_round_trip():
@@ -158,8 +158,8 @@ def test_torch_free_imports():
     """The BLS side (adapters, formatting, serving glue) must import without torch or Triton."""
     code = ("import sys\n"
             "for name in ('torch', 'triton_python_backend_utils', 'tensorrt_llm'): sys.modules[name] = None\n"
-            "import runtime.engines.triton.factory, runtime.engines.prm_format, runtime.serving.bls\n"
-            "import runtime.serving.host, runtime.serving.repo, runtime.serving.client, runtime.serving.server\n")
+            "import runtime.assembly.bls, runtime.engines.prm_format, runtime.in_server.bls\n"
+            "import runtime.in_server.host, runtime.deploy.repo, runtime.clients.client, runtime.deploy.server\n")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -9,17 +9,17 @@ import math
 
 import numpy as np
 import pytest
+from trtllm_helpers import fake_serve_config, in_process
 
 from runtime.core.errors import ConfigError, EngineError
 from runtime.core.types import StepRequest, VerifyRequest
 from runtime.core.verify import ReferenceVerifier
-from runtime.engines.triton.contract import LmCall, lm_request_tensors, prm_request_tensors, PrmCall
+from runtime.engines.triton.contract import LmCall, PrmCall, lm_request_tensors, prm_request_tensors
 from runtime.engines.triton.lm import TritonLM
 from runtime.engines.triton.verify import NativeVerifyLM, accepted_tokens, draft_logits
-from runtime.serving.engine_prm import readout_of
-from runtime.testing.fake_trtllm import FakeEngine, FakeNet, FakeSpec
-from runtime.testing.fake_trtllm_repo import FakeTransport
-from trtllm_helpers import fake_serve_config, in_process
+from runtime.in_server.engine_prm import readout_of
+from support.fake_trtllm import FakeEngine, FakeNet, FakeSpec
+from support.fake_trtllm_repo import FakeTransport
 
 PROMPTS = ["1+1=", "2*3=", "what is 7-2?", "abc", "(4+4)/2", "x=3, x+1="]
 

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
+from trtllm_helpers import TRTLLM_YAML, fake_serve_config, in_process
 
 from runtime.core.errors import ConfigError
 from runtime.core.types import VerifyRequest
-from runtime.serving.config import load_serve_config, parse_serve_config
-from runtime.serving.repo import render_repository
-from runtime.serving.trtllm_launch import launch_for, mounted_paths
-from runtime.testing.trtllm_contract import NUMPY_TYPES, REAL_INPUTS, REAL_OUTPUTS
-from trtllm_helpers import TRTLLM_YAML, fake_serve_config, in_process
+from runtime.deploy.config import load_serve_config, parse_serve_config
+from runtime.deploy.repo import render_repository
+from runtime.deploy.trtllm_launch import launch_for, mounted_paths
+from support.trtllm_contract import NUMPY_TYPES, REAL_INPUTS, REAL_OUTPUTS
 
 ENGINE_MODELS = ("draft", "target", "prm_engine")
 
@@ -118,7 +118,7 @@ def test_every_tensor_the_bls_sends_is_declared(rendered, fake_cfg):
 
 
 def test_serve_command_renders_the_shipped_yaml(fake_cfg, tmp_path):
-    from runtime.cli import main
+    from runtime.cli.main import main
 
     out = tmp_path / "repo"
     code = main(["serve", "--config", str(TRTLLM_YAML), "--pipeline", str(fake_cfg.pipeline),
@@ -205,7 +205,7 @@ def test_missing_engine_and_format_mismatch(tmp_path, tiny_config):
 
 def test_orchestrator_launch(fake_cfg, monkeypatch, tmp_path):
     from runtime.config import load_config
-    from runtime.serving import server
+    from runtime.deploy import server
 
     launch = launch_for(fake_cfg)
     assert launch.launcher == ("mpirun", "--allow-run-as-root", "-n", "1")

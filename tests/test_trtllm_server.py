@@ -13,12 +13,12 @@ import asyncio
 import math
 
 import pytest
-
-from runtime.serving.client import RsdClient, ServerError
-from runtime.serving.repo import render_repository
-from runtime.serving.server import TritonServer, free_ports
-from runtime.testing.fake_trtllm_repo import substitute_fakes
 from trtllm_helpers import fake_serve_config, in_process
+
+from runtime.clients.client import RsdClient, ServerError
+from runtime.deploy.repo import render_repository
+from runtime.deploy.server import TritonServer, free_ports
+from support.fake_trtllm_repo import substitute_fakes
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -129,7 +129,7 @@ def _prm_request(cfg, call):
 
 def test_prm_model_contract_and_reuse(trt_server):
     from runtime.engines.triton.contract import PrmCall
-    from runtime.testing.fake_trtllm_repo import load_fake_engine
+    from support.fake_trtllm_repo import load_fake_engine
 
     net = load_fake_engine(trt_server.trtllm.engine_dir("prm")).net
 

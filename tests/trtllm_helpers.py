@@ -1,17 +1,17 @@
 """Shared setup of the trtllm tests: the shipped configs/triton/trtllm.yaml pointed at fake engines
-(runtime/testing/fake_trtllm_repo.py) for the tiny models, and the same fakes in process."""
+(tests/support/fake_trtllm_repo.py) for the tiny models, and the same fakes in process."""
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 
+from runtime.assembly.bls import SubModels, build_bls_pipeline
 from runtime.config import REPO_ROOT, load_config
-from runtime.engines.triton.factory import SubModels, build_bls_pipeline
+from runtime.deploy.config import ServeConfig, load_serve_config
+from runtime.deploy.trtllm_repo import max_draft_len
+from runtime.in_server.engine_prm import ENGINE_MANIFEST, build_engine_prm
 from runtime.pipeline import Pipeline
-from runtime.serving.config import ServeConfig, load_serve_config
-from runtime.serving.engine_prm import ENGINE_MANIFEST, build_engine_prm
-from runtime.serving.trtllm_repo import max_draft_len
-from runtime.testing.fake_trtllm_repo import FakeTransport, load_fake_engine, write_fake_engines
+from support.fake_trtllm_repo import FakeTransport, load_fake_engine, write_fake_engines
 
 TRTLLM_YAML = REPO_ROOT / "configs" / "triton" / "trtllm.yaml"
 

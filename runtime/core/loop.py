@@ -10,13 +10,13 @@ whatever they are handed at the same time, which gives in-flight batching everyw
 """
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from runtime.core.boxed import has_boxed
 from runtime.core.errors import RequestValidationError
 from runtime.core.methods import Engines, StepContext, get_method
 from runtime.core.params import RequestParams
@@ -24,8 +24,6 @@ from runtime.core.protocols import Tokenizer
 from runtime.core.segment import StepSegmenter, prm_step_text
 from runtime.core.stats import RequestStats
 from runtime.core.types import Finish, StepEvent, StepOutcome
-
-_BOXED = re.compile(r"\\boxed\{")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,17 +73,6 @@ class RequestState:
         if not outcome.token_ids and outcome.finish == Finish.LENGTH:
             return "max_tokens"  # no room left to write anything
         return None
-
-
-def has_boxed(text: str) -> bool:
-    """True if `text` contains a complete \\boxed{...} (braces balanced)."""
-    for match in _BOXED.finditer(text):
-        depth = 0
-        for ch in text[match.end() - 1:]:
-            depth += (ch == "{") - (ch == "}")
-            if depth == 0:
-                return True
-    return False
 
 
 async def run_request(

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any
 
 from runtime.core.errors import ConfigError, RsdError
 from runtime.eval.extract import AnswerKind, after_hashes, last_boxed
@@ -201,32 +201,14 @@ def load_gsm8k_test100(*, limit: int | None = None) -> list[Problem]:
     return problems
 
 
-class HeldoutProblem(Protocol):
-    """What `runtime.task.heldout_problems` returns items of (the embedded synthetic task)."""
-
-    question: str
-    answer: Any  # str or int
-
-
 def load_embedded(*, limit: int | None = None) -> list[Problem]:
-    """HOOK(runtime.task): held-out problems of the embedded synthetic task.
+    """Held-out problems of the embedded synthetic task (`runtime.task`)."""
+    from runtime.task import heldout_problems
 
-    Expected interface, built elsewhere: `runtime.task.heldout_problems(limit: int | None)`
-    returning objects with `.question` and `.answer` (and optionally `.id`).
-    """
-    try:
-        task = importlib.import_module("runtime.task")
-    except ModuleNotFoundError as err:
-        if err.name not in ("runtime.task", "runtime"):
-            raise  # runtime.task exists but one of its own imports is missing
-        raise DatasetError(
-            "dataset 'embedded' needs the package runtime.task (the embedded synthetic task), "
-            "which is not installed in this checkout") from err
-    items: list[HeldoutProblem] = list(task.heldout_problems(limit))
     return [
         Problem(id=str(getattr(item, "id", f"embedded-{i}")), question=str(item.question),
                 answer=str(item.answer), kind=AnswerKind.GSM8K, meta={"source": "runtime.task"})
-        for i, item in enumerate(items)
+        for i, item in enumerate(heldout_problems(limit))
     ]
 
 

@@ -19,12 +19,12 @@ import re
 from collections.abc import Callable
 from types import MappingProxyType
 
-_BOXED = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+from runtime.core.boxed import TRAILING_PUNCT, last_boxed
+
 _HASHES = re.compile(r"####\s*([^\n]*)")
 _ANSWER_IS = re.compile(r"answer is\s*:?\s*", re.IGNORECASE)
 # A number, allowing thousands separators only in well-formed groups of three.
 _NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
-_TRAILING_PUNCT = ".,;:!?"
 
 
 class AnswerKind(str, enum.Enum):  # not StrEnum: Triton 24.10's Python is 3.10
@@ -39,49 +39,12 @@ class AnswerKind(str, enum.Enum):  # not StrEnum: Triton 24.10's Python is 3.10
     MATH = "math"
 
 
-def _match_braces(text: str, open_pos: int) -> int | None:
-    """Index of the `}` closing the `{` at `open_pos`, or None when the text ends first."""
-    depth = 0
-    for i in range(open_pos, len(text)):
-        ch = text[i]
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-    return None
-
-
-def _boxed_content(text: str, end_of_command: int) -> str | None:
-    """Content of one `\\boxed` whose command name ends at `end_of_command`; None if unusable."""
-    rest = text[end_of_command:]
-    stripped = rest.lstrip()
-    if stripped.startswith("{"):
-        open_pos = len(text) - len(stripped)
-        close = _match_braces(text, open_pos)
-        return None if close is None else text[open_pos + 1 : close].strip()
-    if stripped == rest:  # `\boxedfoo` is another command, `\boxed` needs a space or a brace
-        return None
-    token = re.match(r"[^\s$]+", stripped)
-    return token.group(0).rstrip(_TRAILING_PUNCT) if token else None
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last complete `\\boxed{...}` / `\\fbox{...}` / `\\boxed N`, braces matched."""
-    for match in reversed(list(_BOXED.finditer(text))):
-        content = _boxed_content(text, match.end())
-        if content is not None:
-            return content
-    return None
-
-
 def after_hashes(text: str) -> str | None:
     """GSM8K's `#### N` answer line (the last one), without trailing punctuation."""
     found = _HASHES.findall(text)
     if not found:
         return None
-    answer = found[-1].strip().rstrip(_TRAILING_PUNCT).strip()
+    answer = found[-1].strip().rstrip(TRAILING_PUNCT).strip()
     return answer or None
 
 
@@ -93,7 +56,7 @@ def _answer_is_span(text: str) -> str | None:
     rest = text[matches[-1].end() :]
     math = re.match(r"\$+([^$]+)\$+", rest)
     span = math.group(1) if math else rest.split("\n", 1)[0]
-    span = span.strip().rstrip(_TRAILING_PUNCT).strip()
+    span = span.strip().rstrip(TRAILING_PUNCT).strip()
     return span or None
 
 

@@ -75,7 +75,7 @@ class ModelSpec:
 
 def tensor_names() -> dict[str, str]:
     """RequestParams field -> the rsd model's input name (the BLS I/O table; `seed` is `random_seed`)."""
-    from runtime.serving.bls_io import INPUTS
+    from runtime.wire.bls_io import INPUTS
 
     return {spec.field: spec.name for spec in INPUTS if spec.field}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from runtime.eval.extract import last_boxed
+from runtime.core.boxed import last_boxed
 from runtime.task.problems import (
     STEP_SEPARATOR,
     Problem,

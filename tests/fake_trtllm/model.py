@@ -1,14 +1,14 @@
-"""Test-only: a fake TensorRT-LLM engine as a Triton Python model (runtime/testing/fake_trtllm.py).
+"""Test-only: a fake TensorRT-LLM engine as a Triton Python model (tests/support/fake_trtllm.py).
 
 Tests render the real `trtllm` layout, then copy this file into each `tensorrt_llm` model and
-switch its backend to python (runtime/testing/fake_trtllm_repo.py), so the fake sees exactly the
+switch its backend to python (tests/support/fake_trtllm_repo.py), so the fake sees exactly the
 rendered config: its inputs, outputs and parameters. Sends n sequences as n responses.
 """
 import triton_python_backend_utils as pb_utils
 
 from runtime.core.errors import EngineError
-from runtime.serving import host
-from runtime.testing.fake_trtllm import FakeEngine
+from runtime.in_server import host
+from tests.support.fake_trtllm import FakeEngine
 
 
 class TritonPythonModel:

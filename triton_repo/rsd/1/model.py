@@ -2,13 +2,13 @@
 
 Parse config, build the pipeline (the same step loop as in-process, on engines that call the
 sub-models), then serve each request as its own task on the model's loop: validate, run,
-respond (runtime.serving.bls). `execute` only hands requests over and returns.
+respond (runtime.in_server.bls). `execute` only hands requests over and returns.
 """
+from runtime.assembly.bls import SubModels, build_bls_pipeline
 from runtime.config import load_config
-from runtime.engines.triton.factory import SubModels, build_bls_pipeline
-from runtime.serving import host
-from runtime.serving.bls import RsdService, drain_flag
-from runtime.serving.metrics import RsdMetrics
+from runtime.in_server import host
+from runtime.in_server.bls import RsdService, drain_flag
+from runtime.in_server.metrics import RsdMetrics
 
 
 class TritonPythonModel:

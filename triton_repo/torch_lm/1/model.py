@@ -1,12 +1,12 @@
 """A draft or target LM on the PyTorch engine behind the `tensorrt_llm` tensor contract.
 
 Parse config, build the engine, then answer each request as its own task on the model's loop,
-so concurrent requests meet in the engine's in-flight batcher (runtime.serving.torch_submodels).
+so concurrent requests meet in the engine's in-flight batcher (runtime.in_server.torch_submodels).
 """
 from runtime.config import load_config
-from runtime.serving import host
-from runtime.serving.metrics import EngineMetrics
-from runtime.serving.torch_submodels import build_lm_submodel
+from runtime.in_server import host
+from runtime.in_server.metrics import EngineMetrics
+from runtime.in_server.torch_submodels import build_lm_submodel
 
 
 class TritonPythonModel:

@@ -1,12 +1,12 @@
 """The process reward model on the PyTorch engine: token rows and positions in, rewards out.
 
 Parse config, build the engine, then answer each request as its own task on the model's loop
-(runtime.serving.torch_submodels).
+(runtime.in_server.torch_submodels).
 """
 from runtime.config import load_config
-from runtime.serving import host
-from runtime.serving.metrics import EngineMetrics
-from runtime.serving.torch_submodels import build_prm_submodel
+from runtime.in_server import host
+from runtime.in_server.metrics import EngineMetrics
+from runtime.in_server.torch_submodels import build_prm_submodel
 
 
 class TritonPythonModel:

@@ -1,10 +1,10 @@
 """The process reward model on a TensorRT-LLM engine, behind the torch_prm contract.
 
 Parse config, read the engine manifest's reward rule, then answer each request as its own task
-on the model's loop (runtime.serving.engine_prm): one context-logits request per row to the PRM engine.
+on the model's loop (runtime.in_server.engine_prm): one context-logits request per row to the PRM engine.
 """
-from runtime.serving import host
-from runtime.serving.engine_prm import build_engine_prm
+from runtime.in_server import host
+from runtime.in_server.engine_prm import build_engine_prm
 
 
 class TritonPythonModel:

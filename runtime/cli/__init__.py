@@ -1,0 +1,1 @@
+"""The `rsd` command line: one module per subcommand; shared flags in `flags`."""

@@ -1,0 +1,151 @@
+"""Serving configuration (`configs/triton/*.yaml`): YAML -> a frozen dataclass, strict.
+
+    backend: torch                 # torch | trtllm (trtllm: the `trtllm` section, runtime/deploy/trtllm_config.py)
+    pipeline: ../default.yaml      # the pipeline config (models, prompt template, defaults)
+    address: 127.0.0.1
+    ports: {http: 8000, grpc: 8001, metrics: 8002, openai: 9000}   # openai 0: no OpenAI front
+    instances: {rsd: 1, draft: 1, target: 1, prm: 1}
+    max_batch_size: 8              # Triton-side batch limit of the draft/target models
+    max_queue_delay_us: 0          # dynamic batching delay of the draft/target models
+    sub_request_timeout_s: 120     # a BLS sub-request gets an error after this, never hangs
+    bls_threads: 64                # concurrent sub-requests of the BLS
+    cache_requests: 64             # per-request KV caches each torch sub-model keeps (LRU)
+    torch_threads: 1               # intra-op threads per torch sub-model (0: the pipeline's engine.torch_threads)
+    exit_timeout_s: 30             # tritonserver --exit-timeout-secs
+    max_prompt_bytes: 65536        # a longer text_input is refused before it is tokenised
+    shutdown_grace_s: 30           # SIGTERM: in-flight requests get this long to finish
+    restarts: {max: 5, window_s: 600, backoff_s: 1}   # rsd serve restarts a failed server this often
+    trtllm: {...}                  # backend trtllm only: engines, GPUs, KV budgets (trtllm_config.py)
+Relative paths resolve against the YAML file's folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from runtime.core.errors import ConfigError
+from runtime.deploy.trtllm_config import TrtllmConfig, parse_trtllm
+
+BACKENDS = ("torch", "trtllm")
+ROLES = ("rsd", "draft", "target", "prm")
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    pipeline: Path
+    backend: str = "torch"
+    address: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    openai_port: int = 9000  # the OpenAI-compatible front (runtime.frontends.openai_api); 0: none
+    instances: tuple[tuple[str, int], ...] = (("rsd", 1), ("draft", 1), ("target", 1), ("prm", 1))
+    max_batch_size: int = 8
+    max_queue_delay_us: int = 0
+    sub_request_timeout_s: float = 120.0
+    bls_threads: int = 64
+    cache_requests: int = 64
+    # Several torch processes share the CPU: one intra-op thread each avoids OpenMP threads
+    # spinning against each other (measured on 2 cores: 12x lower latency than torch's default).
+    torch_threads: int = 1
+    exit_timeout_s: int = 30
+    max_prompt_bytes: int = 65536
+    shutdown_grace_s: float = 30.0
+    max_restarts: int = 5  # within restart_window_s; then `rsd serve` exits non-zero
+    restart_window_s: float = 600.0
+    restart_backoff_s: float = 1.0  # doubles after each restart, up to 30 s
+    trtllm: TrtllmConfig | None = None
+    source: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError("backend", f"unknown backend {self.backend!r}; expected one of {', '.join(BACKENDS)}")
+        for name in ("http_port", "grpc_port", "metrics_port", "openai_port"):
+            _int_in(name, getattr(self, name), 0, 65535)
+        for role, count in self.instances:
+            _int_in(f"instances.{role}", count, 1, 64)
+        _int_in("max_batch_size", self.max_batch_size, 1, 4096)
+        _int_in("max_queue_delay_us", self.max_queue_delay_us, 0, 10**7)
+        _int_in("bls_threads", self.bls_threads, 1, 4096)
+        _int_in("cache_requests", self.cache_requests, 1, 10**6)
+        _int_in("torch_threads", self.torch_threads, 0, 1024)
+        _int_in("exit_timeout_s", self.exit_timeout_s, 1, 3600)
+        _int_in("max_prompt_bytes", self.max_prompt_bytes, 1, 2**30)
+        _int_in("max_restarts", self.max_restarts, 0, 1000)
+        for name in ("shutdown_grace_s", "restart_window_s", "restart_backoff_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 86400:
+                raise ConfigError(name, f"must be a number of seconds in 0..86400, got {value!r}")
+        if not isinstance(self.sub_request_timeout_s, (int, float)) or not self.sub_request_timeout_s > 0:
+            raise ConfigError("sub_request_timeout_s", f"must be a number > 0, got {self.sub_request_timeout_s!r}")
+        if (self.backend == "trtllm") != (self.trtllm is not None):
+            raise ConfigError("trtllm", "required for backend trtllm, and only allowed with it")
+        if self.backend == "trtllm":
+            for role in ("draft", "target"):  # one executor per engine; it batches in flight
+                if self.instance_count(role) != 1:
+                    raise ConfigError(f"instances.{role}", "a tensorrt_llm model runs exactly one instance")
+
+    def instance_count(self, role: str) -> int:
+        return dict(self.instances)[role]
+
+    def with_overrides(self, **values: Any) -> ServeConfig:
+        """CLI overrides (None = keep)."""
+        updates: dict[str, Any] = {k: (Path(v).resolve() if k == "pipeline" else v)
+                                   for k, v in values.items() if v is not None}
+        return dataclasses.replace(self, **updates)
+
+
+def load_serve_config(path: str | Path) -> ServeConfig:
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError("config", f"serving config {file} does not exist")
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError("config", f"{file} is not valid YAML: {exc}") from exc
+    return parse_serve_config(data, file.resolve().parent, file.resolve())
+
+
+def parse_serve_config(data: Mapping[str, Any], base: Path, source: Path | None = None) -> ServeConfig:
+    _known("", data, {"backend", "pipeline", "address", "ports", "instances", "max_batch_size",
+                      "max_queue_delay_us", "sub_request_timeout_s", "bls_threads", "cache_requests",
+                      "torch_threads", "exit_timeout_s", "max_prompt_bytes", "shutdown_grace_s", "restarts",
+                      "trtllm"})
+    if "pipeline" not in data:
+        raise ConfigError("pipeline", "required: the pipeline config file")
+    ports = data.get("ports") or {}
+    _known("ports.", ports, {"http", "grpc", "metrics", "openai"})
+    instances = data.get("instances") or {}
+    _known("instances.", instances, set(ROLES))
+    restarts = data.get("restarts") or {}
+    _known("restarts.", restarts, {"max", "window_s", "backoff_s"})
+    pipeline = Path(str(data["pipeline"])).expanduser()
+    scalars = {k: v for k, v in data.items() if k not in ("pipeline", "ports", "instances", "restarts", "trtllm")}
+    scalars.update({f"restart_{k}" if k != "max" else "max_restarts": v for k, v in restarts.items()})
+    trtllm = parse_trtllm(data["trtllm"], base) if data.get("trtllm") is not None else None
+    return ServeConfig(
+        pipeline=pipeline if pipeline.is_absolute() else (base / pipeline).resolve(),
+        **{f"{k}_port": v for k, v in ports.items()},
+        instances=tuple((role, instances.get(role, 1)) for role in ROLES),
+        **scalars,
+        trtllm=trtllm,
+        source=source,
+    )
+
+
+def _int_in(key: str, value: Any, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(key, f"must be an integer in {lo}..{hi}, got {value!r}")
+
+
+def _known(prefix: str, mapping: Any, allowed: set[str]) -> None:
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(prefix.rstrip(".") or "config", f"expected a mapping, got {type(mapping).__name__}")
+    for key in mapping:
+        if key not in allowed:
+            raise ConfigError(f"{prefix}{key}", f"unknown key; expected one of {', '.join(sorted(allowed))}")

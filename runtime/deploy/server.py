@@ -1,0 +1,324 @@
+"""Start and stop a real `tritonserver` on a rendered model repository.
+
+CPU: the Triton 2.51.0 binary bundled in the `nvidia-pytriton` wheel (scripts/setup.sh puts the
+python-backend stub in place). The environment makes the stub's embedded Python this venv's:
+PATH starts with the venv's bin (the stub reads that python's pyvenv.cfg), LD_LIBRARY_PATH has
+the interpreter's LIBDIR (libpython), PYTHONPATH has this checkout (the `runtime` package).
+GPU: the same repository in the NGC container, see `container_command`; inside an NGC container
+(no pytriton) the container's own /opt/tritonserver is used. The `trtllm` layout adds a launcher
+prefix, environment and flags for TensorRT-LLM's orchestrator mode (runtime/deploy/trtllm_launch.py).
+Each server gets its own python-backend shared-memory prefix so `stop` can remove exactly its
+/dev/shm regions if an unclean exit left them behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runtime.config import REPO_ROOT
+from runtime.core.errors import ConfigError, EngineError
+from runtime.wire.model_env import DRAIN_ENV, TOKEN_ENV, URL_ENV
+
+log = logging.getLogger(__name__)
+
+NGC_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-pyt-python-py3"  # Triton 2.51 + PyTorch, = the CPU binary
+SYSTEM_TRITON = Path("/opt/tritonserver")  # where the NGC containers install Triton
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free right now on 127.0.0.1 (for tests and the demo; a race with other processes
+    is possible but harmless there: the server then fails to start, loudly)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+ADMIN_HEADER = "rsd-admin-key"
+GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"  # gRPC metadata key: Triton adds this prefix
+# Closed by default: these APIs answer only requests with the admin key header (load/unload,
+# model configs, shared-memory registration, statistics, trace and log settings).
+RESTRICTED_APIS = ("model-repository", "model-config", "shared-memory", "statistics", "trace", "logging")
+
+
+def restricted_api_flags(admin_key: str) -> list[str]:
+    apis = ",".join(RESTRICTED_APIS)
+    return [f"--http-restricted-api={apis}:{ADMIN_HEADER}={admin_key}",
+            f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={admin_key}"]
+
+
+def port_is_free(address: str, port: int) -> bool:
+    """Nothing listens on address:port (the TIME_WAIT connections of a killed server are fine)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+def stub_processes(pid: int) -> dict[int, str]:
+    """The Python-backend stubs below process `pid` (any depth): stub pid -> model name."""
+    found: dict[int, str] = {}
+    todo = [pid]
+    while todo:
+        for child in _children(todo.pop()):
+            argv = _cmdline(child)
+            if argv and argv[0].endswith("triton_python_backend_stub") and len(argv) > 1:
+                found[child] = Path(argv[1]).parent.parent.name  # <repo>/<model>/<version>/model.py
+            else:
+                todo.append(child)
+    return found
+
+
+def process_alive(pid: int) -> bool:
+    """Running (a zombie, which its parent has not reaped yet, is dead)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            kids += [int(c) for c in (task / "children").read_text().split()]
+    return kids
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+@dataclass(frozen=True, slots=True)
+class TritonInstall:
+    binary: Path
+    backends: Path
+    caches: Path
+
+    @classmethod
+    def find(cls) -> TritonInstall:
+        """The NGC container's Triton when there is one (it has the GPU backends), else pytriton's."""
+        system = cls(SYSTEM_TRITON / "bin" / "tritonserver", SYSTEM_TRITON / "backends", SYSTEM_TRITON / "caches")
+        if system.binary.is_file():
+            return system
+        try:
+            import pytriton
+        except ImportError as exc:
+            raise ConfigError("tritonserver", "nvidia-pytriton is not installed; run scripts/setup.sh") from exc
+        root = Path(pytriton.__file__).parent / "tritonserver"
+        install = cls(root / "bin" / "tritonserver", root / "backends", root / "caches")
+        if not install.binary.is_file():
+            raise ConfigError("tritonserver", f"{install.binary} is missing")
+        if not (install.backends / "python" / "triton_python_backend_stub").is_file():
+            raise ConfigError("tritonserver", "the python backend stub is not in place; run scripts/setup.sh")
+        return install
+
+
+@dataclass(slots=True)
+class TritonServer:
+    repo: Path
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    address: str = "127.0.0.1"
+    exit_timeout_s: int = 30
+    log_file: Path | None = None
+    extra_args: tuple[str, ...] = ()
+    launcher: tuple[str, ...] = ()  # e.g. mpirun -n 1 (TensorRT-LLM orchestrator mode)
+    extra_env: tuple[tuple[str, str], ...] = ()
+    # Key of the restricted admin APIs (header ADMIN_HEADER); by default a random one nobody knows.
+    admin_key: str = field(default_factory=lambda: secrets.token_hex(16))
+    proc: subprocess.Popen[bytes] | None = None
+    shm_prefix: str = field(default_factory=lambda: f"rsd{os.getpid()}x{time.monotonic_ns() % 10**6}_")
+    # The BLS sends this with each sub-request; sub-models refuse requests without it.
+    internal_token: str = field(default_factory=lambda: secrets.token_hex(16))
+    drain_file: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / f"rsd-drain-{secrets.token_hex(8)}")
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}:{self.http_port}"
+
+    def command(self, install: TritonInstall) -> list[str]:
+        return [
+            *self.launcher, str(install.binary), f"--model-repository={self.repo}", f"--backend-directory={install.backends}",
+            f"--cache-directory={install.caches}", "--model-control-mode=none",
+            *restricted_api_flags(self.admin_key),
+            "--strict-readiness=true", "--exit-on-error=true", f"--exit-timeout-secs={self.exit_timeout_s}",
+            f"--http-address={self.address}", f"--grpc-address={self.address}", f"--metrics-address={self.address}",
+            f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}", f"--metrics-port={self.metrics_port}",
+            "--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}", *self.extra_args,
+        ]
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        venv_bin = str(Path(sys.executable).parent)
+        env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
+        libdir = sysconfig.get_config_var("LIBDIR") or ""
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        env[TOKEN_ENV] = self.internal_token
+        loopback = "127.0.0.1" if self.address in ("0.0.0.0", "::", "") else self.address
+        env[URL_ENV] = f"{loopback}:{self.grpc_port}"  # the BLS reaches the sub-models here
+        env[DRAIN_ENV] = str(self.drain_file)
+        env.update(self.extra_env)
+        return env
+
+    def check_ports(self) -> None:
+        """Fail before starting when a port is taken: another server would answer our readiness probe."""
+        for flag, port in (("--http-port", self.http_port), ("--grpc-port", self.grpc_port),
+                           ("--metrics-port", self.metrics_port)):
+            if not port_is_free(self.address, port):
+                raise ConfigError(flag, f"{self.address}:{port} is not free; is another server running? "
+                                        f"pick another port")
+
+    def processes(self) -> dict[str, int]:
+        """The server's processes: 'tritonserver' and one entry per model stub ('stub:<model>')."""
+        if self.proc is None:
+            return {}
+        return {"tritonserver": self.proc.pid, **{f"stub:{m}": pid for pid, m in stub_processes(self.proc.pid).items()}}
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (server and stubs) at once: for a server that is broken."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        self.remove_shm()
+
+    def begin_drain(self) -> None:
+        """New requests now get UNAVAILABLE ("shutting down"); in-flight ones go on."""
+        self.drain_file.touch()
+
+    def in_flight(self) -> int | None:
+        """Requests the rsd model is serving now (its metric), None if the metrics do not answer."""
+        try:
+            with urllib.request.urlopen(f"http://{self.address}:{self.metrics_port}/metrics", timeout=2) as resp:
+                text = resp.read().decode()
+        except (urllib.error.URLError, OSError):
+            return None
+        for line in text.splitlines():
+            if line.startswith("rsd_requests_in_flight"):
+                return int(float(line.split()[-1]))
+        return 0
+
+    def start(self, ready_timeout_s: float = 180.0) -> None:
+        install = TritonInstall.find()
+        self.check_ports()
+        self.drain_file.unlink(missing_ok=True)
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        log.info("starting tritonserver on %s (grpc %d, metrics %d), repository %s",
+                 self.url, self.grpc_port, self.metrics_port, self.repo)
+        self.proc = subprocess.Popen(self.command(install), env=self.environment(), stdout=out,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            self.wait_ready(ready_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise EngineError(f"tritonserver exited with code {self.proc.returncode} while starting"
+                                  f"{self._log_hint()}")
+            if self.ready():
+                log.info("tritonserver is ready at %s", self.url)
+                return
+            time.sleep(0.25)
+        raise EngineError(f"tritonserver not ready after {timeout_s:g} s{self._log_hint()}")
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=2) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """SIGTERM, wait (Triton unloads models, up to its exit timeout), then SIGKILL."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout_s if timeout_s is not None else self.exit_timeout_s + 10)
+            except subprocess.TimeoutExpired:
+                log.warning("tritonserver did not exit after SIGTERM; killing it")
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.remove_shm()
+        self.drain_file.unlink(missing_ok=True)
+
+    def remove_shm(self) -> None:
+        for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):
+            log.warning("removing leftover shared memory region %s", region)
+            region.unlink(missing_ok=True)
+
+    def _log_hint(self) -> str:
+        if self.log_file is None or not self.log_file.is_file():
+            return ""
+        tail = self.log_file.read_text(errors="replace").splitlines()[-25:]
+        return "; last log lines:\n" + "\n".join(tail)
+
+    def __enter__(self) -> TritonServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def container_command(repo: Path, paths: list[Path], image: str = NGC_IMAGE, http_port: int = 8000,
+                      grpc_port: int = 8001, metrics_port: int = 8002, *, env: Sequence[tuple[str, str]] = (),
+                      launcher: Sequence[str] = (), extra_args: Sequence[str] = (),
+                      docker_args: Sequence[str] = (), admin_key: str = "", internal_token: str = "") -> list[str]:
+    """`docker run` for a GPU host: the rendered repository and every path it names (this
+    checkout, the model folders, engine folders) are mounted at the same absolute paths, so the
+    rendered configs stay valid; the image's Python gets the checkout on PYTHONPATH and needs
+    `transformers` (pip install it in a derived image; the trtllm image has it)."""
+    mounts = [arg for p in sorted({repo, REPO_ROOT, *paths}) for arg in ("-v", f"{p}:{p}:ro")]
+    env = [*env, (TOKEN_ENV, internal_token or secrets.token_hex(16))]
+    env_args = [arg for name, value in env for arg in ("-e", f"{name}={value}")]
+    return ["docker", "run", "--rm", "--gpus=all", "--shm-size=4g", "--ipc=host", *docker_args,
+            "-p", f"127.0.0.1:{http_port}:{http_port}", "-p", f"127.0.0.1:{grpc_port}:{grpc_port}",
+            "-p", f"127.0.0.1:{metrics_port}:{metrics_port}", *mounts, "-e", f"PYTHONPATH={REPO_ROOT}", *env_args,
+            image, *launcher, "tritonserver", f"--model-repository={repo}", "--model-control-mode=none",
+            *restricted_api_flags(admin_key or secrets.token_hex(16)), f"--http-port={http_port}", f"--grpc-port={grpc_port}", f"--metrics-port={metrics_port}",
+            *extra_args]

@@ -1,0 +1,119 @@
+"""The PRM on a TensorRT-LLM engine: context-logit rows at the step positions become rewards.
+
+TensorRT-LLM has no reward-model type: the PRM engine is a causal LM whose lm_head is the reward
+head (build_engines/prm_remap.py), built with --gather_context_logits. For each row of a PRM
+request (the torch_prm contract) this sends one `tensorrt_llm` request: input_ids = the row,
+request_output_len 1, return_context_logits true, end_id = pad_id = 0 (below any engine
+vocabulary, including the 1- or 2-wide vocabulary of the narrowed PRM classes). The manifest's
+readout (runtime/engines/prm_readout.py) turns the rows at the requested positions into rewards:
+value head sigmoid(row[0] + bias), two-class softmax(row[0:2])[1].
+
+KV-cache reuse: with enable_kv_cache_reuse TensorRT-LLM returns context logits only for the
+non-reused suffix of the input. Rows are therefore aligned from the end: of R rows for L input
+tokens, row i is position L - R + i; a position inside the reused prefix has no logits and fails
+the request, naming it. The BLS asks only for each candidate's last position, always in the
+suffix, so reuse is safe with this alignment. The shipped serving YAML still turns reuse off on
+the PRM engine (exact rows whatever the engine does; costs re-running each step's prefix);
+set `trtllm.engines.prm.enable_kv_cache_reuse: true` once verified on a GPU.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtime.core.errors import ConfigError, EngineError, RsdError
+from runtime.engines.prm_readout import RewardReadout, reward_from_row
+from runtime.engines.triton.contract import (
+    LmCall,
+    lm_request_tensors,
+    parse_lm_reply,
+    parse_prm_request,
+    prm_reply_tensors,
+)
+from runtime.engines.triton.transport import SubModelTransport
+
+log = logging.getLogger(__name__)
+
+ENGINE_MANIFEST = "rsd_engine_manifest.json"  # = build_engines.manifest.ENGINE_MANIFEST
+PRM_ENGINE_OUTPUTS = ("output_ids", "sequence_length", "context_logits")
+
+
+def read_manifest(file: Path, key: str) -> dict[str, object]:
+    """An engine's `rsd_engine_manifest.json` (written by `python -m build_engines` next to the engine)."""
+    if not file.is_file():
+        raise ConfigError(key, f"{file} does not exist (engines are built by `python -m build_engines`)")
+    try:
+        data = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(key, f"{file} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(key, f"{file} is not a manifest object")
+    return data
+
+
+def readout_of(manifest: Mapping[str, object], key: str) -> RewardReadout:
+    """The reward rule recorded in a PRM engine's manifest."""
+    prm = manifest.get("prm")
+    if not isinstance(prm, dict):
+        raise ConfigError(key, "the engine manifest has no `prm` readout (not a PRM engine?)")
+    names = {f.name for f in dataclasses.fields(RewardReadout)}
+    try:
+        readout = RewardReadout(**{k: v for k, v in prm.items() if k in names})
+    except (TypeError, RsdError) as exc:
+        raise ConfigError(key, f"invalid `prm` readout in the engine manifest: {exc}") from exc
+    if readout.bias is None:
+        raise ConfigError(key, "the manifest's PRM bias is unknown (the prepare step did not run)")
+    return readout
+
+
+def suffix_offset(input_len: int, rows: int) -> int:
+    """Input position of the first returned context-logit row (rows < input_len under KV reuse)."""
+    if not 0 < rows <= input_len:
+        raise EngineError(f"the PRM engine returned {rows} context-logit rows for {input_len} input tokens")
+    return input_len - rows
+
+
+@dataclass(frozen=True, slots=True)
+class EnginePrm:
+    """PRM sub-model handler: the torch_prm contract in, one engine request per row."""
+
+    transport: SubModelTransport
+    engine: str  # the `tensorrt_llm` model serving the PRM engine
+    readout: RewardReadout
+
+    async def handle(self, tensors: Mapping[str, np.ndarray], key: str) -> dict[str, np.ndarray]:
+        call = parse_prm_request(tensors)
+        rewards = await asyncio.gather(*(self._row(row, positions, key)
+                                         for row, positions in zip(call.rows, call.positions)))
+        return prm_reply_tensors(rewards)
+
+    async def _row(self, row: tuple[int, ...], positions: tuple[int, ...], key: str) -> list[float]:
+        call = LmCall(row, 1, end_id=0, pad_id=0, context_logits=True)
+        responses = await self.transport.infer(self.engine, lm_request_tensors(call), PRM_ENGINE_OUTPUTS, key)
+        logits = parse_lm_reply(responses).context_logits
+        if logits is None:
+            raise EngineError(f"{self.engine} returned no context_logits (engine built without --gather_context_logits?)")
+        if logits.shape[-1] < self.readout.num_labels:
+            raise EngineError(f"{self.engine}: context-logit rows are {logits.shape[-1]} wide, the readout needs "
+                              f"{self.readout.num_labels}")
+        offset = suffix_offset(len(row), logits.shape[0])
+        if offset:
+            log.debug("%s reused %d of %d tokens; aligning rows from the end", self.engine, offset, len(row))
+        for p in positions:
+            if p < offset:
+                raise EngineError(f"step_positions: position {p} lies in the {offset} tokens the PRM engine reused "
+                                  f"from its KV cache (no context logits); disable enable_kv_cache_reuse on it")
+        return [reward_from_row(logits[p - offset], self.readout) for p in positions]
+
+
+def build_engine_prm(transport: SubModelTransport, engine: str, manifest: str | Path) -> EnginePrm:
+    readout = readout_of(read_manifest(Path(manifest), "engine_manifest"), "engine_manifest")
+    log.info("PRM engine %s: %s", engine, readout.formula)
+    return EnginePrm(transport, engine, readout)

@@ -1,0 +1,172 @@
+"""Export the core's RequestStats and the BLS's timings as Triton custom metrics (:8002/metrics).
+
+Nothing is recomputed: each finished request's `RequestStats.to_dict()` (carried by its last
+step event) is added to counters; each step's PRM reward feeds a histogram; durations are
+measured by the BLS (a `RequestClock` per request) and by the sub-request transport. Definitions:
+  rsd_requests_total{method, outcome}              requests ended: ok | invalid | error | cancelled
+  rsd_requests_in_flight                           requests being served now (gauge)
+  rsd_request_duration_seconds{method}             histogram: start to last step, requests that ended ok
+  rsd_time_to_first_step_seconds{method}           histogram: start to the first decided step
+  rsd_step_duration_seconds{method, source}        histogram: time to decide one step (since the
+                                                   previous one), by the model that wrote it
+  rsd_submodel_call_duration_seconds{model}        histogram: one sub-model request (BLS -> draft,
+                                                   target, prm), sent to answered
+  rsd_steps_total{method}                          steps decided (RequestStats.steps)
+  rsd_steps_drafted_total{method}                  draft steps a judge decided on (steps_drafted)
+  rsd_steps_accepted_total{method}                 of which accepted (steps_accepted)
+  rsd_steps_regenerated_total{method}              of which rejected and rewritten by the target
+  rsd_draft_tokens_total{method}                   draft tokens proposed (draft_tokens_drafted;
+                                                   vLLM's spec_decode_num_draft_tokens)
+  rsd_draft_tokens_accepted_total{method}          of which kept (draft_tokens_accepted;
+                                                   vLLM's spec_decode_num_accepted_tokens)
+  rsd_tokens_total{method, source}                 tokens written, by the model that wrote them
+  rsd_target_calls_total{method}                   calls to the target model (generate/score/logits/verify)
+  rsd_prm_reward{method}                           histogram of the reward of each judged step
+  rsd_engine_forwards{model}                       counter: forwards the torch sub-model ran
+  rsd_engine_batched_rows{model}                   counter: rows in those forwards; rows / forwards > 1
+                                                   = in-flight batching
+Step acceptance rate = accepted / drafted steps; token acceptance rate = accepted / drafted
+tokens (RSD: tokens of accepted vs all draft steps), as in runtime.core.stats. The factory is
+injected (`runtime.in_server.host.PbMetricFactory` in the server) so this module never imports Triton.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from runtime.core.types import StepEvent
+
+REWARD_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+# Seconds, 1 ms to 5 min: a sub-model call on a GPU to a long request on a small CPU.
+SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                   60.0, 120.0, 300.0)
+
+
+class Metric(Protocol):
+    def increment(self, value: float) -> None: ...
+
+    def set(self, value: float) -> None: ...
+
+    def observe(self, value: float) -> None: ...
+
+
+class MetricFactory(Protocol):
+    def metric(self, name: str, description: str, kind: str, labels: Mapping[str, str],
+               buckets: Sequence[float] | None = None) -> Metric:
+        """A metric of family `name` (kind: counter | gauge | histogram) with these labels."""
+        ...
+
+
+_FAMILIES: dict[str, tuple[str, str, Sequence[float] | None]] = {
+    "rsd_requests_total": ("counter", "Requests ended, by method and outcome (ok, invalid, error, cancelled)", None),
+    "rsd_requests_in_flight": ("gauge", "Requests being served", None),
+    "rsd_request_duration_seconds": ("histogram", "Request latency, start to last step (requests that ended ok)",
+                                     SECONDS_BUCKETS),
+    "rsd_time_to_first_step_seconds": ("histogram", "Time from the request's start to its first decided step",
+                                       SECONDS_BUCKETS),
+    "rsd_step_duration_seconds": ("histogram", "Time to decide one step, by the model that wrote it",
+                                  SECONDS_BUCKETS),
+    "rsd_submodel_call_duration_seconds": ("histogram", "Latency of one sub-model request made by the BLS",
+                                           SECONDS_BUCKETS),
+    "rsd_steps_total": ("counter", "Steps decided", None),
+    "rsd_steps_drafted_total": ("counter", "Draft steps a judge (PRM) decided on", None),
+    "rsd_steps_accepted_total": ("counter", "Draft steps accepted", None),
+    "rsd_steps_regenerated_total": ("counter", "Draft steps rejected and regenerated by the target", None),
+    "rsd_draft_tokens_total": ("counter", "Draft tokens proposed (steps judged, or tokens verified)", None),
+    "rsd_draft_tokens_accepted_total": ("counter", "Draft tokens accepted", None),
+    "rsd_tokens_total": ("counter", "Tokens written, by source model", None),
+    "rsd_target_calls_total": ("counter", "Calls to the target model", None),
+    "rsd_prm_reward": ("histogram", "PRM reward of each judged step", REWARD_BUCKETS),
+    "rsd_engine_forwards": ("counter", "Forwards run by a torch sub-model", None),
+    "rsd_engine_batched_rows": ("counter", "Rows (sequences) in those forwards", None),
+}
+
+
+@dataclass(slots=True)
+class RequestClock:
+    """One request's timing (time.perf_counter seconds): when it started, when its last step was decided."""
+
+    started: float = field(default_factory=time.perf_counter)
+    last_step: float | None = None
+
+
+@dataclass(slots=True)
+class RsdMetrics:
+    factory: MetricFactory
+    _cache: dict[tuple[str, tuple[tuple[str, str], ...]], Metric] = field(default_factory=dict)
+    _in_flight: int = 0
+
+    def metric(self, name: str, **labels: str) -> Metric:
+        key = (name, tuple(sorted(labels.items())))
+        metric = self._cache.get(key)
+        if metric is None:
+            kind, description, buckets = _FAMILIES[name]
+            metric = self._cache[key] = self.factory.metric(name, description, kind, labels, buckets)
+        return metric
+
+    def request_started(self) -> RequestClock:
+        self._in_flight += 1
+        self.metric("rsd_requests_in_flight").set(self._in_flight)
+        return RequestClock()
+
+    def request_ended(self, method: str, outcome: str, clock: RequestClock | None = None) -> None:
+        self._in_flight -= 1
+        self.metric("rsd_requests_in_flight").set(self._in_flight)
+        self.metric("rsd_requests_total", method=method, outcome=outcome).increment(1)
+        if clock is not None and outcome == "ok":
+            self.metric("rsd_request_duration_seconds", method=method).observe(time.perf_counter() - clock.started)
+
+    def observe_step(self, method: str, event: StepEvent, clock: RequestClock | None = None) -> None:
+        if clock is not None:
+            self._time_step(method, event.source, clock)
+        if event.reward is not None:
+            self.metric("rsd_prm_reward", method=method).observe(event.reward)
+        if event.stats is not None:
+            self.observe_stats(method, event.stats)
+
+    def _time_step(self, method: str, source: str, clock: RequestClock) -> None:
+        now = time.perf_counter()
+        if clock.last_step is None:
+            self.metric("rsd_time_to_first_step_seconds", method=method).observe(now - clock.started)
+        since = clock.started if clock.last_step is None else clock.last_step
+        self.metric("rsd_step_duration_seconds", method=method, source=source).observe(now - since)
+        clock.last_step = now
+
+    def observe_submodel_call(self, model: str, seconds: float) -> None:
+        """One sub-model request's latency (the transport calls this once per answered request)."""
+        self.metric("rsd_submodel_call_duration_seconds", model=model).observe(seconds)
+
+    def observe_stats(self, method: str, stats: Mapping[str, Any]) -> None:
+        """Add one finished request's RequestStats.to_dict() to the counters."""
+        drafted, accepted = stats.get("steps_drafted", 0), stats.get("steps_accepted", 0)
+        for name, value in (("rsd_steps_total", stats.get("steps", 0)),
+                            ("rsd_steps_drafted_total", drafted),
+                            ("rsd_steps_accepted_total", accepted),
+                            ("rsd_steps_regenerated_total", drafted - accepted),
+                            ("rsd_draft_tokens_total", stats.get("draft_tokens_drafted", 0)),
+                            ("rsd_draft_tokens_accepted_total", stats.get("draft_tokens_accepted", 0)),
+                            ("rsd_target_calls_total", stats.get("target_calls", 0))):
+            self.metric(name, method=method).increment(value)
+        for source, count in (stats.get("tokens_by_source") or {}).items():
+            self.metric("rsd_tokens_total", method=method, source=source).increment(count)
+
+
+@dataclass(slots=True)
+class EngineMetrics:
+    """A torch sub-model's batching counters. The ForwardScheduler keeps running totals; each
+    `observe` adds what they grew by since the last one (Prometheus counters only go up)."""
+
+    factory: MetricFactory
+    model: str
+    _metrics: RsdMetrics | None = None
+    _seen: tuple[int, int] = (0, 0)
+
+    def observe(self, forwards: int, rows: int) -> None:
+        if self._metrics is None:
+            self._metrics = RsdMetrics(self.factory)
+        seen_forwards, seen_rows = self._seen
+        self._metrics.metric("rsd_engine_forwards", model=self.model).increment(max(forwards - seen_forwards, 0))
+        self._metrics.metric("rsd_engine_batched_rows", model=self.model).increment(max(rows - seen_rows, 0))
+        self._seen = (max(forwards, seen_forwards), max(rows, seen_rows))

@@ -1,0 +1,161 @@
+"""The `torch` backend's sub-models: the PyTorch engine behind the BLS tensor contract.
+
+Each handler turns one request's tensors (`runtime.engines.triton.contract`) into an engine
+call and the result back into tensors; `triton_repo/torch_*/1/model.py` only moves tensors.
+Requests run as concurrent coroutines, so the engine's ForwardScheduler batches them in flight.
+KV caches are keyed by the BLS request id and bounded by an LRU (an abandoned request's
+cache is evicted instead of leaking; the BLS cannot tell the sub-model that a request ended).
+
+Differences from TensorRT-LLM's `tensorrt_llm`, invisible to the BLS: generation stops at the
+pipeline's step delimiter and the tokenizer's EOS ids (the same rules the BLS encodes in
+`stop_words_list` / `end_id`); logits requests must ask for one output token and one sequence;
+`output_log_probs` is not produced (the BLS reads `cum_log_probs`).
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from runtime.config import PipelineConfig, load_config
+from runtime.core.errors import ConfigError, EngineError
+from runtime.core.segment import StepSegmenter
+from runtime.core.types import Finish, LogitsRequest, StepRequest
+from runtime.engines.triton.contract import (
+    LmCall,
+    LmReply,
+    lm_reply_tensors,
+    parse_lm_request,
+    parse_prm_request,
+    prm_reply_tensors,
+)
+
+log = logging.getLogger(__name__)
+
+
+class _Releasable(Protocol):
+    def release(self, key: str) -> None: ...
+
+
+@dataclass(slots=True)
+class KeyLru:
+    """Remembers the most recently used request keys; evicted keys are released in the engine."""
+
+    engine: _Releasable
+    bound: int
+    _keys: OrderedDict[str, None] = field(default_factory=OrderedDict)
+
+    def touch(self, key: str) -> None:
+        self._keys[key] = None
+        self._keys.move_to_end(key)
+        while len(self._keys) > self.bound:
+            old, _ = self._keys.popitem(last=False)
+            self.engine.release(old)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+class _Counters(Protocol):
+    def observe(self, forwards: int, rows: int) -> None: ...
+
+
+def _report(engine: object, counters: _Counters | None) -> None:
+    if counters is not None:
+        scheduler = engine.scheduler  # type: ignore[attr-defined]
+        counters.observe(scheduler.forwards, scheduler.batched_rows)
+
+
+@dataclass(slots=True)
+class LmSubModel:
+    lm: object  # runtime.engines.torch.generator.TorchLM (typed loosely: torch imports stay lazy)
+    lru: KeyLru
+    counters: _Counters | None = None  # e.g. runtime.in_server.metrics.EngineMetrics
+
+    async def handle(self, tensors: Mapping[str, np.ndarray], key: str) -> dict[str, np.ndarray]:
+        call = parse_lm_request(tensors)
+        reply = await (self._logits(call, key) if call.context_logits or call.generation_logits
+                       else self._generate(call, key))
+        _report(self.lm, self.counters)
+        if not call.exclude_input:
+            reply = LmReply(tuple(call.ids + s for s in reply.sequences), reply.cum_logprobs,
+                            reply.context_logits, reply.generation_logits)
+        return lm_reply_tensors(reply, call.pad_id)
+
+    async def _generate(self, call: LmCall, key: str) -> LmReply:
+        self.lru.touch(key)
+        req = StepRequest(key, call.ids, call.n, call.temperature, call.top_p, call.output_len,
+                          call.seed % (2**63), call.logprobs)
+        result = await self.lm.generate(req)  # type: ignore[attr-defined]
+        seqs = tuple(g.token_ids + ((call.end_id,) if g.finish == Finish.EOS else ()) for g in result.generations)
+        logps = tuple(g.logprob for g in result.generations) if call.logprobs else None
+        return LmReply(seqs, logps)
+
+    async def _logits(self, call: LmCall, key: str) -> LmReply:
+        if call.output_len != 1 or call.n != 1:
+            raise EngineError("request_output_len: logits are returned for one output token and one sequence")
+        if call.context_logits:
+            # Every row is needed, so nothing cached helps; a throwaway key keeps concurrent
+            # scoring requests of one BLS request off its cache.
+            scratch = f"{key}#ctx-{uuid.uuid4().hex}"
+            try:
+                rows = (await self.lm.logits(LogitsRequest(scratch, call.ids, len(call.ids)))).logits  # type: ignore[attr-defined]
+            finally:
+                self.lm.release(scratch)  # type: ignore[attr-defined]
+        else:
+            self.lru.touch(key)
+            rows = (await self.lm.logits(LogitsRequest(key, call.ids, 1))).logits  # type: ignore[attr-defined]
+        last = rows[-1]
+        return LmReply(((int(np.argmax(last)),),), None,
+                       rows if call.context_logits else None,
+                       last[None, None] if call.generation_logits else None)
+
+
+@dataclass(slots=True)
+class PrmSubModel:
+    prm: object  # runtime.engines.torch.prm.TorchPRM
+    lru: KeyLru
+    counters: _Counters | None = None
+
+    async def handle(self, tensors: Mapping[str, np.ndarray], key: str) -> dict[str, np.ndarray]:
+        call = parse_prm_request(tensors)
+        self.lru.touch(key)
+        rewards, _ = await self.prm.rewards_at(key, call.rows, call.positions)  # type: ignore[attr-defined]
+        _report(self.prm, self.counters)
+        return prm_reply_tensors(rewards)
+
+
+def load_pipeline_config(path: str | Path) -> PipelineConfig:
+    return load_config(Path(path))
+
+
+def build_lm_submodel(cfg: PipelineConfig, role: str, cache_requests: int, threads: int = 0) -> LmSubModel:
+    """The draft or target engine of a pipeline config, as a sub-model (threads 0: the config's)."""
+    from runtime.engines.hf import check_folder, load_tokenizer
+    from runtime.engines.torch.factory import build_lm, set_threads
+
+    model = getattr(cfg, role, None)
+    if model is None:
+        raise ConfigError(f"models.{role}", f"the pipeline config has no {role} model")
+    set_threads(threads or cfg.engine.torch_threads)
+    tok = load_tokenizer(check_folder(model.path, f"models.{role}.path"), f"models.{role}.path")
+    segmenter = StepSegmenter(tok.piece, tok.eos_ids, cfg.step_delimiter)
+    lm = build_lm(role, model.path, model.dtype, model.device, segmenter, tok, cfg.engine.max_batch_rows)
+    return LmSubModel(lm, KeyLru(lm, cache_requests))
+
+
+def build_prm_submodel(cfg: PipelineConfig, cache_requests: int, threads: int = 0) -> PrmSubModel:
+    from runtime.assembly.torch import prm_for
+    from runtime.engines.torch.factory import set_threads
+
+    if cfg.prm is None:
+        raise ConfigError("models.prm", "the pipeline config has no PRM")
+    set_threads(threads or cfg.engine.torch_threads)
+    prm = prm_for(cfg.prm, cfg.engine.max_batch_rows, with_format=False)
+    return PrmSubModel(prm, KeyLru(prm, cache_requests))

@@ -1,1 +1,0 @@
-"""Test support shipped with the package: tiny random-weight models and scripted fake engines."""

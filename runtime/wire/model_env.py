@@ -1,0 +1,7 @@
+"""The environment `rsd serve` (runtime.deploy.server) hands the models inside tritonserver:
+one place for the names both sides read, so the launcher imports no model-side code."""
+from __future__ import annotations
+
+TOKEN_ENV = "RSD_INTERNAL_TOKEN"  # the per-start token sub-models require of every request
+DRAIN_ENV = "RSD_DRAIN_FILE"  # the file exists while the server drains (new requests refused)
+URL_ENV = "RSD_GRPC_URL"  # host:port of the server's gRPC endpoint: how the BLS reaches sub-models

@@ -1,0 +1,1 @@
+"""Test support: scripted fake engines, a fake TensorRT-LLM engine, server fixtures. Never shipped."""
