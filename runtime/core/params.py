@@ -6,11 +6,12 @@ so a bad value gives the same typed error, naming the field, wherever it comes f
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+from runtime.core import validate
 from runtime.core.errors import RequestValidationError
 
 METHOD_NAMES = ("rsd", "gsi", "cos", "sd", "target", "draft", "bon")
@@ -71,8 +72,7 @@ class RequestParams:
         _number("cos_mu", self.cos_mu, lo=0.0)
         _integer("cos_gamma_target", self.cos_gamma_target, lo=1, hi=64)
         for name in ("stop_at_boxed", "bon_soft"):
-            if not isinstance(getattr(self, name), bool):
-                raise RequestValidationError(name, f"must be a boolean, got {getattr(self, name)!r}")
+            validate.boolean(name, getattr(self, name), RequestValidationError)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], base: RequestParams | None = None) -> RequestParams:
@@ -84,84 +84,16 @@ class RequestParams:
                 raise RequestValidationError(key, f"unknown parameter; known: {', '.join(sorted(fields))}")
             if value is None:
                 continue
-            updates[key] = _coerce(key, value, type(getattr(base or _DEFAULTS, key)))
+            updates[key] = validate.coerce(key, value, type(getattr(base or _DEFAULTS, key)), RequestValidationError)
         return dataclasses.replace(base or _DEFAULTS, **updates)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _coerce(key: str, value: Any, kind: type) -> Any:
-    """Turn JSON/numpy scalars into the field's type without silently changing meaning."""
-    if hasattr(value, "item") and callable(value.item):  # numpy scalar
-        value = value.item()
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", errors="replace")
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
-            return value.lower() in ("true", "1")
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise RequestValidationError(key, f"must be a boolean, got {value!r}")
-    if kind is int:
-        if isinstance(value, bool):
-            raise RequestValidationError(key, f"must be an integer, got {value!r}")
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        if isinstance(value, int):
-            return value
-        raise RequestValidationError(key, f"must be an integer, got {value!r}")
-    if kind is float:
-        if isinstance(value, bool):
-            raise RequestValidationError(key, f"must be a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise RequestValidationError(key, f"must be a number, got {value!r}") from None
-    if not isinstance(value, str):
-        raise RequestValidationError(key, f"must be a string, got {value!r}")
-    return value
-
-
-def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise RequestValidationError(name, f"unknown value {value!r}; expected one of {', '.join(allowed)}")
-
-
-def _number(
-    name: str,
-    value: object,
-    lo: float | None = None,
-    hi: float | None = None,
-    lo_open: bool = False,
-    allow_inf: bool = False,
-) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RequestValidationError(name, f"must be a number, got {value!r}")
-    if math.isnan(value):
-        raise RequestValidationError(name, "must not be NaN")
-    if math.isinf(value) and not allow_inf:
-        raise RequestValidationError(name, f"must be finite, got {value}")
-    if lo is not None and (value < lo or (lo_open and value == lo)):
-        raise RequestValidationError(name, f"must be {'>' if lo_open else '>='} {lo}, got {value}")
-    if hi is not None and value > hi:
-        raise RequestValidationError(name, f"must be <= {hi}, got {value}")
-
-
-def _integer(name: str, value: object, lo: int | None = None, hi: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise RequestValidationError(name, f"must be an integer, got {value!r}")
-    if lo is not None and value < lo:
-        raise RequestValidationError(name, f"must be >= {lo}, got {value}")
-    if hi is not None and value > hi:
-        raise RequestValidationError(name, f"must be <= {hi}, got {value}")
-
+# The toolkit's checks, raising RequestValidationError (the field's name leads the message).
+_choice = partial(validate.choice, error=RequestValidationError)
+_number = partial(validate.number, error=RequestValidationError)
+_integer = partial(validate.integer, error=RequestValidationError)
 
 _DEFAULTS = RequestParams()
