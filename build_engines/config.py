@@ -10,6 +10,8 @@ from enum import Enum
 from pathlib import Path
 
 from build_engines.errors import ConfigError
+from runtime.core import validate
+from runtime.core.types import PrmKind
 
 
 class GpuArch(str, Enum):
@@ -51,9 +53,8 @@ class Role(str, Enum):
     PRM = "prm"
 
 
-class PrmFormat(str, Enum):
-    VALUE_HEAD = "value_head"  # Skywork: v_head.summary Linear(h, 1) + bias, sigmoid at separators
-    TWO_CLASS = "two_class"  # Qwen2.5-Math-PRM: score.0 Linear(h,h) -> ReLU -> score.2 Linear(h,2)
+# The PRM formats are the core's one type; an engine build takes the ones with a head (value_head:
+# Skywork v_head.summary Linear(h, 1) + bias; two_class: Qwen2.5-Math-PRM score.0 -> ReLU -> score.2).
 
 
 class HeadLayout(str, Enum):
@@ -64,11 +65,6 @@ class HeadLayout(str, Enum):
 
 GEMM_PLUGIN_CHOICES = ("auto", "float16", "bfloat16", "float32", "disable")
 MAX_VOCAB_ROW_VOCAB = 32768  # a full-vocab context-logit row per token is only cheap for small vocabs
-
-
-def _check_range(key: str, value: int, lo: int, hi: int) -> None:
-    if not lo <= value <= hi:
-        raise ConfigError(key, f"must be in [{lo}, {hi}], got {value}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,17 +78,17 @@ class Limits:
     where: str = "limits"
 
     def __post_init__(self) -> None:
-        _check_range(f"{self.where}.max_batch_size", self.max_batch_size, 1, 4096)
-        _check_range(f"{self.where}.max_seq_len", self.max_seq_len, 2, 262144)
-        _check_range(f"{self.where}.max_input_len", self.max_input_len, 1, self.max_seq_len - 1)
-        _check_range(f"{self.where}.max_num_tokens", self.max_num_tokens, 1, 1 << 20)
+        validate.integer(f"{self.where}.max_batch_size", self.max_batch_size, lo=1, hi=4096)
+        validate.integer(f"{self.where}.max_seq_len", self.max_seq_len, lo=2, hi=262144)
+        validate.integer(f"{self.where}.max_input_len", self.max_input_len, lo=1, hi=self.max_seq_len - 1)
+        validate.integer(f"{self.where}.max_num_tokens", self.max_num_tokens, lo=1, hi=1 << 20)
 
 
 @dataclass(frozen=True, slots=True)
 class PrmSpec:
     """How the PRM head is mapped into a TRT-LLM engine and how the BLS reads rewards."""
 
-    format: PrmFormat
+    format: PrmKind
     head_layout: HeadLayout
     num_labels: int
     separator: str
@@ -102,7 +98,9 @@ class PrmSpec:
 
     def __post_init__(self) -> None:
         w = self.where
-        if self.format is PrmFormat.TWO_CLASS:
+        if not self.format.has_head:
+            raise ConfigError(f"{w}.format", "a likelihood PRM has no head: build it as an LM engine")
+        if self.format is PrmKind.TWO_CLASS:
             if self.head_layout is not HeadLayout.TWO_CLASS_CUSTOM:
                 raise ConfigError(f"{w}.head_layout", "format two_class needs head_layout two_class_custom")
             if self.num_labels != 2:
@@ -112,7 +110,7 @@ class PrmSpec:
         else:
             if self.head_layout is HeadLayout.TWO_CLASS_CUSTOM:
                 raise ConfigError(f"{w}.head_layout", "value_head takes score_head or vocab_row")
-            _check_range(f"{w}.num_labels", self.num_labels, 1, 2)
+            validate.integer(f"{w}.num_labels", self.num_labels, lo=1, hi=2)
             if self.model_cls_name not in (None, "QWenValueHeadPRM"):
                 raise ConfigError(f"{w}.model_cls_name", "value_head takes QWenValueHeadPRM or nothing")
             if self.model_cls_name and self.head_layout is not HeadLayout.SCORE_HEAD:
@@ -120,12 +118,12 @@ class PrmSpec:
         if not self.separator:
             raise ConfigError(f"{w}.separator", "must not be empty")
         if self.separator_token_id is not None:
-            _check_range(f"{w}.separator_token_id", self.separator_token_id, 0, 10_000_000)
+            validate.integer(f"{w}.separator_token_id", self.separator_token_id, lo=0, hi=10_000_000)
 
     @property
     def custom_class(self) -> str | None:
         """The class passed to trtllm-build --model_cls_name, if any."""
-        if self.format is PrmFormat.TWO_CLASS:
+        if self.format is PrmKind.TWO_CLASS:
             return "QWenTwoClassPRM"
         return self.model_cls_name
 
@@ -152,13 +150,13 @@ class EngineSpec:
         w = f"engines.{self.role.value}"
         if {a for a, _ in self.quantization} != set(GpuArch) or len(self.quantization) != len(GpuArch):
             raise ConfigError(f"{w}.quantization", "needs exactly one entry per GPU arch")
-        _check_range(f"{w}.tp_size", self.tp_size, 1, 64)
+        validate.integer(f"{w}.tp_size", self.tp_size, lo=1, hi=64)
         if self.gemm_plugin not in GEMM_PLUGIN_CHOICES:
             raise ConfigError(f"{w}.gemm_plugin", f"must be one of {GEMM_PLUGIN_CHOICES}")
         tpb = self.tokens_per_block
         if tpb < 8 or tpb > 512 or tpb & (tpb - 1):
             raise ConfigError(f"{w}.tokens_per_block", f"must be a power of two in [8, 512], got {tpb}")
-        _check_range(f"{w}.max_draft_len", self.max_draft_len, 0, 64)
+        validate.integer(f"{w}.max_draft_len", self.max_draft_len, lo=0, hi=64)
         if self.max_draft_len and self.role is not Role.TARGET:
             raise ConfigError(f"{w}.max_draft_len", "only the target engine verifies draft tokens")
         self._check_prm(w)
@@ -189,9 +187,9 @@ class Calibration:
     def __post_init__(self) -> None:
         if not self.dataset:
             raise ConfigError("calibration.dataset", "must not be empty")
-        _check_range("calibration.size", self.size, 1, 100_000)
-        _check_range("calibration.max_seq_length", self.max_seq_length, 16, 131072)
-        _check_range("calibration.batch_size", self.batch_size, 1, 1024)
+        validate.integer("calibration.size", self.size, lo=1, hi=100_000)
+        validate.integer("calibration.max_seq_length", self.max_seq_length, lo=16, hi=131072)
+        validate.integer("calibration.batch_size", self.batch_size, lo=1, hi=1024)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,10 +14,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from build_engines.config import HeadLayout, PrmFormat
+from build_engines.config import HeadLayout
 from build_engines.models import ModelInfo
 from build_engines.plan import TWO_CLASS_HEAD_FILE, EnginePlan, Step, StepKind
 from build_engines.prm_remap import HEAD_INFO, HeadInfo
+from runtime.core.types import PrmKind
 from runtime.engines.prm_readout import TWO_CLASS_INPUT, VALUE_HEAD_INPUT, RewardReadout
 
 SCHEMA = "rsd.engine_manifest/1"
@@ -109,7 +110,7 @@ def make_readout(engine: EnginePlan, head: HeadInfo | None, info: ModelInfo | No
     """The reward rule of a PRM engine; `head`/`info` are None in a dry run (values 'planned')."""
     prm = engine.spec.prm
     assert prm is not None
-    two_class = prm.format is PrmFormat.TWO_CLASS
+    two_class = prm.format is PrmKind.TWO_CLASS
     if prm.custom_class is not None:
         vocab = prm.num_labels  # the custom classes set the engine vocab to the head width
     else:

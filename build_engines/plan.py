@@ -17,7 +17,7 @@ from build_engines.config import (
     EngineSpec,
     GpuArch,
     KvCacheDtype,
-    PrmFormat,
+    PrmKind,
     Quantization,
     Role,
 )
@@ -123,7 +123,7 @@ def _plan_engine(config: EngineSetConfig, spec: EngineSpec, arch: GpuArch, tc: T
         steps.append(_prepare_step(spec, paths, tc))
         source = paths.prm_hf
     steps.append(_checkpoint_step(config, spec, quant, source, paths, tc))
-    if spec.prm is not None and spec.prm.format is PrmFormat.TWO_CLASS:
+    if spec.prm is not None and spec.prm.format is PrmKind.TWO_CLASS:
         steps.append(_attach_step(spec, paths, tc))
     steps.append(_build_step(spec, quant, paths, tc))
     return EnginePlan(spec, quant, paths, tuple(steps))

@@ -7,11 +7,8 @@ is resolved against `models_root`, which the CLI can override (--models-root).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
-from typing import Any, TypeVar
-
-import yaml
+from typing import Any
 
 from build_engines.config import (
     Calibration,
@@ -23,14 +20,12 @@ from build_engines.config import (
     KvCacheDtype,
     Limits,
     ModelFamily,
-    PrmFormat,
+    PrmKind,
     PrmSpec,
     Quantization,
     Role,
 )
-from build_engines.errors import ConfigError
-
-E = TypeVar("E", bound=Enum)
+from runtime.core import validate
 
 TOP_KEYS = {"name", "models_root", "output_root", "examples_dir", "check_tokenizers", "calibration",
             "defaults", "engines"}
@@ -52,78 +47,32 @@ class Overrides:
     quantization: Quantization | None = None  # draft and target only
 
 
-def _mapping(value: Any, key: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ConfigError(key, f"must be a mapping, got {type(value).__name__}")
-    return value
-
-
-def _check_keys(section: dict[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(section) - allowed)
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(f"{prefix}{unknown[0]}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
-
-
-def _int(section: dict[str, Any], key: str, where: str, default: int | None = None) -> int:
-    value = section.get(key, default)
-    if value is None:
-        raise ConfigError(f"{where}.{key}", "is required")
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{where}.{key}", f"must be an integer, got {value!r}")
-    return value
-
-
-def _str(section: dict[str, Any], key: str, where: str, default: str | None = None) -> str:
-    value = section.get(key, default)
-    if value is None:
-        raise ConfigError(f"{where}.{key}", "is required")
-    if not isinstance(value, str):
-        raise ConfigError(f"{where}.{key}", f"must be a string, got {value!r}")
-    return value
-
-
-def _bool(section: dict[str, Any], key: str, where: str, default: bool) -> bool:
-    value = section.get(key, default)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where}.{key}", f"must be true or false, got {value!r}")
-    return value
-
-
-def _enum(cls: type[E], value: Any, key: str) -> E:
-    try:
-        return cls(value)
-    except ValueError:
-        allowed = ", ".join(str(m.value) for m in cls)
-        raise ConfigError(key, f"must be one of {allowed}, got {value!r}") from None
-
-
 def _quantization(value: Any, key: str) -> tuple[tuple[GpuArch, Quantization], ...]:
     if isinstance(value, str):
-        q = _enum(Quantization, value, key)
+        q = validate.enum_value(key, value, Quantization)
         return tuple((arch, q) for arch in GpuArch)
-    table = _mapping(value, key)
-    _check_keys(table, {a.value for a in GpuArch}, key)
-    return tuple((arch, _enum(Quantization, table.get(arch.value, "auto"), f"{key}.{arch.value}"))
+    table = validate.mapping(key, value)
+    validate.known_keys(key, table, {a.value for a in GpuArch})
+    return tuple((arch, validate.enum_value(f"{key}.{arch.value}", table.get(arch.value, "auto"), Quantization))
                  for arch in GpuArch)
 
 
 def _prm(section: dict[str, Any], where: str) -> PrmSpec:
-    _check_keys(section, PRM_KEYS, where)
-    fmt = _enum(PrmFormat, section.get("format"), f"{where}.format")
-    default_layout = "two_class_custom" if fmt is PrmFormat.TWO_CLASS else "score_head"
-    default_sep = "<extra_0>" if fmt is PrmFormat.TWO_CLASS else "\n\n"
+    validate.known_keys(where, section, PRM_KEYS)
+    fmt = validate.enum_value(f"{where}.format", section.get("format"), PrmKind)
+    default_layout = "two_class_custom" if fmt is PrmKind.TWO_CLASS else "score_head"
+    default_sep = "<extra_0>" if fmt is PrmKind.TWO_CLASS else "\n\n"
     token_id = section.get("separator_token_id")
     if token_id is not None:
-        token_id = _int(section, "separator_token_id", where)
+        token_id = validate.get(where, section, "separator_token_id", validate.integer)
     cls_name = section.get("model_cls_name")
     if cls_name is not None:
-        cls_name = _str(section, "model_cls_name", where)
+        cls_name = validate.get(where, section, "model_cls_name", validate.text)
     return PrmSpec(
         format=fmt,
-        head_layout=_enum(HeadLayout, section.get("head_layout", default_layout), f"{where}.head_layout"),
-        num_labels=_int(section, "num_labels", where, 2 if fmt is PrmFormat.TWO_CLASS else 1),
-        separator=_str(section, "separator", where, default_sep),
+        head_layout=validate.enum_value(f"{where}.head_layout", section.get("head_layout", default_layout), HeadLayout),
+        num_labels=validate.get(where, section, "num_labels", validate.integer, 2 if fmt is PrmKind.TWO_CLASS else 1),
+        separator=validate.get(where, section, "separator", validate.text, default_sep),
         separator_token_id=token_id,
         model_cls_name=cls_name,
         where=where,
@@ -132,81 +81,75 @@ def _prm(section: dict[str, Any], where: str) -> PrmSpec:
 
 def _engine(role: Role, section: dict[str, Any], models_root: Path, qoverride: Quantization | None) -> EngineSpec:
     w = f"engines.{role.value}"
-    _check_keys(section, ENGINE_KEYS, w)
-    model = Path(_str(section, "model", w)).expanduser()
+    validate.known_keys(w, section, ENGINE_KEYS)
+    model = Path(validate.get(w, section, "model", validate.text)).expanduser()
     prm_section = section.get("prm")
-    prm = _prm(_mapping(prm_section, f"{w}.prm"), f"{w}.prm") if prm_section is not None else None
+    prm = _prm(validate.mapping(f"{w}.prm", prm_section), f"{w}.prm") if prm_section is not None else None
     quant = _quantization(section.get("quantization", "auto"), f"{w}.quantization")
     if qoverride is not None and role is not Role.PRM:
         quant = tuple((arch, qoverride) for arch in GpuArch)
-    limits = Limits(_int(section, "max_batch_size", w), _int(section, "max_input_len", w),
-                    _int(section, "max_seq_len", w), _int(section, "max_num_tokens", w), where=w)
+    limits = Limits(*(validate.get(w, section, key, validate.integer)
+                      for key in ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens")), where=w)
     return EngineSpec(
         role=role,
         model=model if model.is_absolute() else models_root / model,
-        family=_enum(ModelFamily, section.get("family"), f"{w}.family"),
-        dtype=_enum(Dtype, section.get("dtype", "bfloat16"), f"{w}.dtype"),
+        family=validate.enum_value(f"{w}.family", section.get("family"), ModelFamily),
+        dtype=validate.enum_value(f"{w}.dtype", section.get("dtype", "bfloat16"), Dtype),
         quantization=quant,
-        kv_cache_dtype=_enum(KvCacheDtype, section.get("kv_cache_dtype", "auto"), f"{w}.kv_cache_dtype"),
-        tp_size=_int(section, "tp_size", w, 1),
+        kv_cache_dtype=validate.enum_value(f"{w}.kv_cache_dtype", section.get("kv_cache_dtype", "auto"), KvCacheDtype),
+        tp_size=validate.get(w, section, "tp_size", validate.integer, 1),
         limits=limits,
-        gemm_plugin=_str(section, "gemm_plugin", w, "auto"),
-        tokens_per_block=_int(section, "tokens_per_block", w, 32),
-        max_draft_len=_int(section, "max_draft_len", w, 0),
-        multiple_profiles=_bool(section, "multiple_profiles", w, False),
+        gemm_plugin=validate.get(w, section, "gemm_plugin", validate.text, "auto"),
+        tokens_per_block=validate.get(w, section, "tokens_per_block", validate.integer, 32),
+        max_draft_len=validate.get(w, section, "max_draft_len", validate.integer, 0),
+        multiple_profiles=validate.get(w, section, "multiple_profiles", validate.boolean, False),
         prm=prm,
     )
 
 
 def _calibration(section: dict[str, Any]) -> Calibration:
-    _check_keys(section, CALIB_KEYS, "calibration")
+    validate.known_keys("calibration", section, CALIB_KEYS)
     d = Calibration()
     return Calibration(
-        dataset=_str(section, "dataset", "calibration", d.dataset),
-        size=_int(section, "size", "calibration", d.size),
-        max_seq_length=_int(section, "max_seq_length", "calibration", d.max_seq_length),
-        batch_size=_int(section, "batch_size", "calibration", d.batch_size),
+        dataset=validate.get("calibration", section, "dataset", validate.text, d.dataset),
+        size=validate.get("calibration", section, "size", validate.integer, d.size),
+        max_seq_length=validate.get("calibration", section, "max_seq_length", validate.integer, d.max_seq_length),
+        batch_size=validate.get("calibration", section, "batch_size", validate.integer, d.batch_size),
     )
 
 
 def _root(raw: dict[str, Any], key: str, override: Path | None, default: str | None = None) -> Path:
     if override is not None:
         return override.expanduser().resolve()
-    return Path(_str(raw, key, "config", default)).expanduser().resolve()
+    return Path(validate.get("config", raw, key, validate.text, default)).expanduser().resolve()
 
 
 def parse_config(raw: Any, overrides: Overrides = Overrides()) -> EngineSetConfig:
     """Build an EngineSetConfig from parsed YAML (a dict)."""
-    raw = _mapping(raw, "config")
-    _check_keys(raw, TOP_KEYS, "")
-    engines = _mapping(raw.get("engines"), "engines")
-    _check_keys(engines, {r.value for r in Role}, "engines")
-    defaults = _mapping(raw.get("defaults", {}), "defaults")
-    _check_keys(defaults, ENGINE_KEYS - {"model", "prm"}, "defaults")
+    raw = validate.mapping("config", raw)
+    validate.known_keys("", raw, TOP_KEYS)
+    engines = validate.mapping("engines", raw.get("engines"))
+    validate.known_keys("engines", engines, {r.value for r in Role})
+    defaults = validate.mapping("defaults", raw.get("defaults", {}))
+    validate.known_keys("defaults", defaults, ENGINE_KEYS - {"model", "prm"})
     models_root = _root(raw, "models_root", overrides.models_root, ".")
     specs = {}
     for role in Role:
-        section = _mapping(engines.get(role.value), f"engines.{role.value}")
+        section = validate.mapping(f"engines.{role.value}", engines.get(role.value))
         specs[role] = _engine(role, {**defaults, **section}, models_root, overrides.quantization)
-    examples = overrides.examples_dir or Path(_str(raw, "examples_dir", "config", str(DEFAULT_EXAMPLES_DIR)))
+    examples = overrides.examples_dir or Path(validate.get("config", raw, "examples_dir", validate.text, str(DEFAULT_EXAMPLES_DIR)))
     return EngineSetConfig(
-        name=_str(raw, "name", "config"),
+        name=validate.get("config", raw, "name", validate.text),
         output_root=_root(raw, "output_root", overrides.output_root),
         examples_dir=examples,
-        calibration=_calibration(_mapping(raw.get("calibration", {}), "calibration")),
+        calibration=_calibration(validate.mapping("calibration", raw.get("calibration", {}))),
         draft=specs[Role.DRAFT],
         target=specs[Role.TARGET],
         prm=specs[Role.PRM],
-        check_tokenizers=_bool(raw, "check_tokenizers", "config", True),
+        check_tokenizers=validate.get("config", raw, "check_tokenizers", validate.boolean, True),
     )
 
 
 def load_config(path: Path, overrides: Overrides = Overrides()) -> EngineSetConfig:
     """Read and validate a YAML engine-set config."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError("config", f"file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError("config", f"{path} is not valid YAML: {exc}") from None
-    return parse_config(raw, overrides)
+    return parse_config(validate.load_yaml(path), overrides)

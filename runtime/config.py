@@ -8,17 +8,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from runtime.core import validate
 from runtime.core.errors import ConfigError, RequestValidationError
 from runtime.core.params import RequestParams
 from runtime.core.segment import DEFAULT_DELIMITER
+from runtime.core.types import PrmKind
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
 DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("cpu", "cuda", "auto")
-PRM_FORMATS = ("value_head", "two_class", "likelihood")
+PRM_FORMATS = tuple(k.value for k in PrmKind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,12 +29,11 @@ class ModelConfig:
     format: str | None = None  # PRM only: value_head | two_class | likelihood
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ConfigError("dtype", f"unknown dtype {self.dtype!r}; expected one of {', '.join(DTYPES)}")
-        if self.device not in DEVICES and not self.device.startswith("cuda:"):
-            raise ConfigError("device", f"unknown device {self.device!r}; expected cpu, cuda, cuda:N or auto")
-        if self.format is not None and self.format not in PRM_FORMATS:
-            raise ConfigError("format", f"unknown PRM format {self.format!r}; expected {' or '.join(PRM_FORMATS)}")
+        validate.choice("dtype", self.dtype, DTYPES)
+        if not (isinstance(self.device, str) and self.device.startswith("cuda:")):
+            validate.choice("device", self.device, (*DEVICES, "cuda:N"))
+        if self.format is not None:
+            validate.choice("format", self.format, PRM_FORMATS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +42,8 @@ class EngineConfig:
     torch_threads: int = 0  # 0 keeps torch's default
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_batch_rows, int) or self.max_batch_rows < 1:
-            raise ConfigError("engine.max_batch_rows", f"must be an integer >= 1, got {self.max_batch_rows!r}")
-        if not isinstance(self.torch_threads, int) or self.torch_threads < 0:
-            raise ConfigError("engine.torch_threads", f"must be an integer >= 0, got {self.torch_threads!r}")
+        validate.integer("engine.max_batch_rows", self.max_batch_rows, lo=1)
+        validate.integer("engine.torch_threads", self.torch_threads, lo=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,30 +71,22 @@ class PipelineConfig:
 def load_config(path: str | Path | None = None) -> PipelineConfig:
     """Load a pipeline YAML (the embedded default when `path` is None)."""
     file = Path(path) if path is not None else DEFAULT_CONFIG
-    if not file.is_file():
-        raise ConfigError("config", f"config file {file} does not exist")
-    try:
-        data = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError("config", f"{file} is not valid YAML: {exc}") from exc
-    return parse_config(data, file.resolve().parent, source=file.resolve())
+    return parse_config(validate.load_yaml(file), file.resolve().parent, source=file.resolve())
 
 
 def parse_config(data: Mapping[str, Any], base: Path, source: Path | None = None) -> PipelineConfig:
-    _known("", data, {"models", "prompt_template", "step_delimiter", "defaults", "engine"})
-    models = data.get("models") or {}
-    _known("models.", models, {"draft", "target", "prm"})
+    validate.known_keys("", data, {"models", "prompt_template", "step_delimiter", "defaults", "engine"})
+    models = validate.known_keys("models", data.get("models") or {}, {"draft", "target", "prm"})
     built = {role: _model(f"models.{role}", spec, base) for role, spec in models.items() if spec is not None}
     try:
-        defaults = RequestParams.from_mapping(data.get("defaults") or {})
+        defaults = RequestParams.from_mapping(validate.mapping("defaults", data.get("defaults") or {}))
     except RequestValidationError as exc:
-        raise ConfigError(f"defaults.{exc.field}", str(exc)) from exc
-    engine = data.get("engine") or {}
-    _known("engine.", engine, {f.name for f in dataclasses.fields(EngineConfig)})
+        raise ConfigError(f"defaults.{exc.field}", str(exc).split(": ", 1)[-1]) from exc
+    engine = validate.known_keys("engine", data.get("engine") or {}, {f.name for f in dataclasses.fields(EngineConfig)})
     return PipelineConfig(
         **built,
-        prompt_template=str(data.get("prompt_template", "{question}")),
-        step_delimiter=str(data.get("step_delimiter", DEFAULT_DELIMITER)),
+        prompt_template=validate.text("prompt_template", data.get("prompt_template", "{question}")),
+        step_delimiter=validate.text("step_delimiter", data.get("step_delimiter", DEFAULT_DELIMITER)),
         defaults=defaults,
         engine=EngineConfig(**engine),
         source=source,
@@ -107,19 +96,9 @@ def parse_config(data: Mapping[str, Any], base: Path, source: Path | None = None
 def _model(key: str, spec: Any, base: Path) -> ModelConfig:
     if isinstance(spec, str):
         spec = {"path": spec}
-    if not isinstance(spec, Mapping) or "path" not in spec:
-        raise ConfigError(key, "expected a mapping with at least a `path`")
-    _known(f"{key}.", spec, {f.name for f in dataclasses.fields(ModelConfig)})
-    path = Path(spec["path"]).expanduser()
+    spec = validate.known_keys(key, spec, {f.name for f in dataclasses.fields(ModelConfig)})
+    path = validate.resolve_path(validate.required(key, spec, "path"), base)
     try:
-        return ModelConfig(**{**spec, "path": path if path.is_absolute() else (base / path).resolve()})
+        return ModelConfig(**{**spec, "path": path})
     except ConfigError as exc:
         raise ConfigError(f"{key}.{exc.key}", str(exc).split(": ", 1)[-1]) from exc
-
-
-def _known(prefix: str, mapping: Any, allowed: set[str]) -> None:
-    if not isinstance(mapping, Mapping):
-        raise ConfigError(prefix.rstrip(".") or "config", f"expected a mapping, got {type(mapping).__name__}")
-    for key in mapping:
-        if key not in allowed:
-            raise ConfigError(f"{prefix}{key}", f"unknown key; expected one of {', '.join(sorted(allowed))}")

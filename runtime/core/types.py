@@ -14,6 +14,24 @@ class Finish(str, Enum):
     LENGTH = "length"  # the per-step token cap (or the remaining budget) was reached
 
 
+class PrmKind(str, Enum):  # not StrEnum: Triton 24.10's Python is 3.10
+    """The PRM formats, declared once for configs, engines and the engine build.
+
+    value_head (Skywork-o1-Open-PRM): a scalar head, sigmoid at each step separator.
+    two_class (Qwen2.5-Math-PRM): a two-logit head, softmax[1] at each `<extra_0>`.
+    likelihood: no head; an LM's mean log-likelihood of the step is the reward.
+    """
+
+    VALUE_HEAD = "value_head"
+    TWO_CLASS = "two_class"
+    LIKELIHOOD = "likelihood"
+
+    @property
+    def has_head(self) -> bool:
+        """A trained reward head (a PRM engine of its own), not an LM scoring its own text."""
+        return self is not PrmKind.LIKELIHOOD
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
     """Work one engine call did; the stats turn it into FLOPs (2 x params per processed token)."""

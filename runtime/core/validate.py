@@ -63,6 +63,19 @@ def required(where: str, section: Mapping[str, Any], key: str, error: ErrorType 
     return section[key]
 
 
+_REQUIRED: Any = object()
+
+
+def get(where: str, section: Mapping[str, Any], key: str, check: Callable[..., Any], default: Any = _REQUIRED,
+        **limits: Any) -> Any:
+    """`section[key]` (or `default`; required without one) through `check(key, value, **limits)`,
+    e.g. `get("engines.draft", section, "tp_size", integer, 1, lo=1)`."""
+    value = section.get(key, default)
+    if value is _REQUIRED or value is None:
+        fail(join(where, key), "required")
+    return check(join(where, key), value, **limits)
+
+
 def choice(key: str, value: Any, allowed: Collection[str], error: ErrorType = ConfigError) -> str:
     if value not in allowed:
         fail(key, f"unknown value {value!r}; expected one of {', '.join(allowed)}", error)

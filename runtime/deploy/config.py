@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from runtime.core import validate
 from runtime.core.errors import ConfigError
 from runtime.deploy.trtllm_config import TrtllmConfig, parse_trtllm
 
@@ -66,23 +65,20 @@ class ServeConfig:
         if self.backend not in BACKENDS:
             raise ConfigError("backend", f"unknown backend {self.backend!r}; expected one of {', '.join(BACKENDS)}")
         for name in ("http_port", "grpc_port", "metrics_port", "openai_port"):
-            _int_in(name, getattr(self, name), 0, 65535)
+            validate.integer(name, getattr(self, name), lo=0, hi=65535)
         for role, count in self.instances:
-            _int_in(f"instances.{role}", count, 1, 64)
-        _int_in("max_batch_size", self.max_batch_size, 1, 4096)
-        _int_in("max_queue_delay_us", self.max_queue_delay_us, 0, 10**7)
-        _int_in("bls_threads", self.bls_threads, 1, 4096)
-        _int_in("cache_requests", self.cache_requests, 1, 10**6)
-        _int_in("torch_threads", self.torch_threads, 0, 1024)
-        _int_in("exit_timeout_s", self.exit_timeout_s, 1, 3600)
-        _int_in("max_prompt_bytes", self.max_prompt_bytes, 1, 2**30)
-        _int_in("max_restarts", self.max_restarts, 0, 1000)
+            validate.integer(f"instances.{role}", count, lo=1, hi=64)
+        validate.integer("max_batch_size", self.max_batch_size, lo=1, hi=4096)
+        validate.integer("max_queue_delay_us", self.max_queue_delay_us, lo=0, hi=10**7)
+        validate.integer("bls_threads", self.bls_threads, lo=1, hi=4096)
+        validate.integer("cache_requests", self.cache_requests, lo=1, hi=10**6)
+        validate.integer("torch_threads", self.torch_threads, lo=0, hi=1024)
+        validate.integer("exit_timeout_s", self.exit_timeout_s, lo=1, hi=3600)
+        validate.integer("max_prompt_bytes", self.max_prompt_bytes, lo=1, hi=2**30)
+        validate.integer("max_restarts", self.max_restarts, lo=0, hi=1000)
         for name in ("shutdown_grace_s", "restart_window_s", "restart_backoff_s"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 86400:
-                raise ConfigError(name, f"must be a number of seconds in 0..86400, got {value!r}")
-        if not isinstance(self.sub_request_timeout_s, (int, float)) or not self.sub_request_timeout_s > 0:
-            raise ConfigError("sub_request_timeout_s", f"must be a number > 0, got {self.sub_request_timeout_s!r}")
+            validate.number(name, getattr(self, name), lo=0, hi=86400)
+        validate.number("sub_request_timeout_s", self.sub_request_timeout_s, lo=0, lo_open=True)
         if (self.backend == "trtllm") != (self.trtllm is not None):
             raise ConfigError("trtllm", "required for backend trtllm, and only allowed with it")
         if self.backend == "trtllm":
@@ -102,50 +98,26 @@ class ServeConfig:
 
 def load_serve_config(path: str | Path) -> ServeConfig:
     file = Path(path)
-    if not file.is_file():
-        raise ConfigError("config", f"serving config {file} does not exist")
-    try:
-        data = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError("config", f"{file} is not valid YAML: {exc}") from exc
-    return parse_serve_config(data, file.resolve().parent, file.resolve())
+    return parse_serve_config(validate.load_yaml(file, what="serving config"), file.resolve().parent, file.resolve())
 
 
 def parse_serve_config(data: Mapping[str, Any], base: Path, source: Path | None = None) -> ServeConfig:
-    _known("", data, {"backend", "pipeline", "address", "ports", "instances", "max_batch_size",
+    validate.known_keys("", data, {"backend", "pipeline", "address", "ports", "instances", "max_batch_size",
                       "max_queue_delay_us", "sub_request_timeout_s", "bls_threads", "cache_requests",
                       "torch_threads", "exit_timeout_s", "max_prompt_bytes", "shutdown_grace_s", "restarts",
                       "trtllm"})
-    if "pipeline" not in data:
-        raise ConfigError("pipeline", "required: the pipeline config file")
-    ports = data.get("ports") or {}
-    _known("ports.", ports, {"http", "grpc", "metrics", "openai"})
-    instances = data.get("instances") or {}
-    _known("instances.", instances, set(ROLES))
-    restarts = data.get("restarts") or {}
-    _known("restarts.", restarts, {"max", "window_s", "backoff_s"})
-    pipeline = Path(str(data["pipeline"])).expanduser()
+    pipeline = validate.resolve_path(validate.required("", data, "pipeline"), base)
+    ports = validate.known_keys("ports", data.get("ports") or {}, {"http", "grpc", "metrics", "openai"})
+    instances = validate.known_keys("instances", data.get("instances") or {}, ROLES)
+    restarts = validate.known_keys("restarts", data.get("restarts") or {}, {"max", "window_s", "backoff_s"})
     scalars = {k: v for k, v in data.items() if k not in ("pipeline", "ports", "instances", "restarts", "trtllm")}
     scalars.update({f"restart_{k}" if k != "max" else "max_restarts": v for k, v in restarts.items()})
     trtllm = parse_trtllm(data["trtllm"], base) if data.get("trtllm") is not None else None
     return ServeConfig(
-        pipeline=pipeline if pipeline.is_absolute() else (base / pipeline).resolve(),
+        pipeline=pipeline,
         **{f"{k}_port": v for k, v in ports.items()},
         instances=tuple((role, instances.get(role, 1)) for role in ROLES),
         **scalars,
         trtllm=trtllm,
         source=source,
     )
-
-
-def _int_in(key: str, value: Any, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ConfigError(key, f"must be an integer in {lo}..{hi}, got {value!r}")
-
-
-def _known(prefix: str, mapping: Any, allowed: set[str]) -> None:
-    if not isinstance(mapping, Mapping):
-        raise ConfigError(prefix.rstrip(".") or "config", f"expected a mapping, got {type(mapping).__name__}")
-    for key in mapping:
-        if key not in allowed:
-            raise ConfigError(f"{prefix}{key}", f"unknown key; expected one of {', '.join(sorted(allowed))}")

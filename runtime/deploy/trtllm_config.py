@@ -20,11 +20,11 @@ Per engine: `engine_dir` (overrides engine_root), `gpu_device_ids`, `max_tokens_
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.core import validate
 from runtime.core.errors import ConfigError
 
 ENGINE_ROLES = ("draft", "target", "prm")
@@ -48,16 +48,15 @@ class EngineServing:
 
     def __post_init__(self) -> None:
         where = f"trtllm.engines.{self.role}"
-        _int_in(f"{where}.max_tokens_in_paged_kv_cache", self.max_tokens_in_paged_kv_cache, 1, 2**31 - 1)
+        validate.integer(f"{where}.max_tokens_in_paged_kv_cache", self.max_tokens_in_paged_kv_cache, lo=1, hi=2**31 - 1)
         ids = self.gpu_device_ids
         if not ids or len(set(ids)) != len(ids):
             raise ConfigError(f"{where}.gpu_device_ids", f"must be a non-empty list of distinct GPU ids, got {list(ids)}")
         for gpu in ids:
-            _int_in(f"{where}.gpu_device_ids", gpu, 0, 1023)
-        fraction = self.kv_cache_free_gpu_mem_fraction
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
-            raise ConfigError(f"{where}.kv_cache_free_gpu_mem_fraction", f"must be a number in (0, 1], got {fraction!r}")
-        _bool(f"{where}.enable_kv_cache_reuse", self.enable_kv_cache_reuse)
+            validate.integer(f"{where}.gpu_device_ids", gpu, lo=0, hi=1023)
+        validate.number(f"{where}.kv_cache_free_gpu_mem_fraction", self.kv_cache_free_gpu_mem_fraction,
+                        lo=0.0, hi=1.0, lo_open=True)
+        validate.boolean(f"{where}.enable_kv_cache_reuse", self.enable_kv_cache_reuse)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +72,8 @@ class TrtllmConfig:
         if self.batch_scheduler_policy not in POLICIES:
             raise ConfigError("trtllm.batch_scheduler_policy",
                               f"must be one of {', '.join(POLICIES)}, got {self.batch_scheduler_policy!r}")
-        _int_in("trtllm.max_queue_size", self.max_queue_size, 0, 10**6)
-        _bool("trtllm.native_verify", self.native_verify)
+        validate.integer("trtllm.max_queue_size", self.max_queue_size, lo=0, hi=10**6)
+        validate.boolean("trtllm.native_verify", self.native_verify)
         if not isinstance(self.image, str) or not self.image:
             raise ConfigError("trtllm.image", "must be a container image name")
 
@@ -101,28 +100,20 @@ class TrtllmConfig:
 
 def parse_trtllm(data: Any, base: Path) -> TrtllmConfig:
     """The `trtllm` mapping of a serving YAML; unknown keys fail, naming the key."""
-    _known("trtllm", data, _TOP_KEYS)
-    sections = data.get("engines") or {}
-    _known("trtllm.engines", sections, set(ENGINE_ROLES))
+    data = validate.known_keys("trtllm", data, _TOP_KEYS)
+    sections = validate.known_keys("trtllm.engines", data.get("engines") or {}, ENGINE_ROLES)
     engines = []
     for role, section in sections.items():
-        _known(f"trtllm.engines.{role}", section, _ENGINE_KEYS)
-        if "max_tokens_in_paged_kv_cache" not in section:
-            raise ConfigError(f"trtllm.engines.{role}.max_tokens_in_paged_kv_cache", "required: the engine's KV budget")
-        values = dict(section)
+        values = dict(validate.known_keys(f"trtllm.engines.{role}", section, _ENGINE_KEYS))
+        validate.required(f"trtllm.engines.{role}", values, "max_tokens_in_paged_kv_cache")
         if "engine_dir" in values:
-            values["engine_dir"] = _path(values["engine_dir"], base)
+            values["engine_dir"] = validate.resolve_path(values["engine_dir"], base)
         if "gpu_device_ids" in values:
             values["gpu_device_ids"] = _int_list(f"trtllm.engines.{role}.gpu_device_ids", values["gpu_device_ids"])
         engines.append(EngineServing(role=role, **values))
     scalars = {k: v for k, v in data.items() if k not in ("engines", "engine_root")}
-    root = _path(data["engine_root"], base) if data.get("engine_root") is not None else None
+    root = validate.resolve_path(data["engine_root"], base) if data.get("engine_root") is not None else None
     return TrtllmConfig(engines=tuple(engines), engine_root=root, **scalars)
-
-
-def _path(value: Any, base: Path) -> Path:
-    path = Path(str(value)).expanduser()
-    return path if path.is_absolute() else (base / path).resolve()
 
 
 def _int_list(key: str, value: Any) -> tuple[int, ...]:
@@ -131,21 +122,3 @@ def _int_list(key: str, value: Any) -> tuple[int, ...]:
     if not isinstance(value, list):
         raise ConfigError(key, f"expected a list of GPU ids, got {value!r}")
     return tuple(value)
-
-
-def _int_in(key: str, value: Any, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ConfigError(key, f"must be an integer in {lo}..{hi}, got {value!r}")
-
-
-def _bool(key: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(key, f"must be true or false, got {value!r}")
-
-
-def _known(where: str, mapping: Any, allowed: set[str]) -> None:
-    if not isinstance(mapping, Mapping):
-        raise ConfigError(where, f"expected a mapping, got {type(mapping).__name__}")
-    for key in mapping:
-        if key not in allowed:
-            raise ConfigError(f"{where}.{key}", f"unknown key; expected one of {', '.join(sorted(allowed))}")

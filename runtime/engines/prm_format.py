@@ -15,10 +15,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from runtime.core.errors import ConfigError
+from runtime.core.types import PrmKind
 from runtime.engines.hf import HFTokenizer
 
 QWEN_PRM_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
-PRM_FORMATS = ("value_head", "two_class")
+PRM_FORMATS = tuple(k.value for k in PrmKind if k.has_head)
 
 
 @dataclass(frozen=True, slots=True)
