@@ -11,18 +11,19 @@ whatever they are handed at the same time, which gives in-flight batching everyw
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from runtime.core.boxed import has_boxed
-from runtime.core.errors import RequestValidationError
+from runtime.core.errors import EngineError, RequestValidationError
 from runtime.core.methods import Engines, StepContext, get_method
 from runtime.core.params import RequestParams
 from runtime.core.protocols import Tokenizer
 from runtime.core.segment import StepSegmenter, prm_step_text
-from runtime.core.stats import RequestStats
+from runtime.core.stats import RequestStats, draft_tokens
+from runtime.core.stopping import StopScanner, logit_rules
 from runtime.core.types import Finish, StepEvent, StepOutcome
 
 
@@ -43,6 +44,7 @@ class RequestState:
     tokens: list[int] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)
     stats: RequestStats = field(default_factory=RequestStats)
+    stops: StopScanner = field(default_factory=lambda: StopScanner(()))
 
     def step_cap(self) -> int:
         p = self.request.params
@@ -50,19 +52,34 @@ class RequestState:
         left_context = self.max_len - len(self.request.prompt_ids) - len(self.tokens)
         return max(0, min(p.max_step_tokens, left_total, left_context))
 
-    def commit(self, outcome: StepOutcome, text: str, draft_text: str | None, delimiter: str) -> StepEvent:
+    def commit(self, outcome: StepOutcome, text: str, draft_text: str | None, delimiter: str,
+               decode: Callable[[Sequence[int]], str]) -> StepEvent:
+        p = self.request.params
+        if p.return_log_probs and len(outcome.token_logprobs) != len(outcome.token_ids):
+            raise EngineError(f"{outcome.source}: reported {len(outcome.token_logprobs)} log-probs for "
+                              f"{len(outcome.token_ids)} tokens")
+        stop = self.stops.scan(text, outcome.token_ids, decode, len(self.tokens), p.min_tokens)
+        if stop is not None:  # the output ends right after the stop string
+            text, kept = stop
+            outcome = replace(outcome, token_ids=outcome.token_ids[:kept], token_logprobs=outcome.token_logprobs[:kept])
         self.tokens.extend(outcome.token_ids)
         self.steps.append(prm_step_text(text, delimiter))
         self.stats.observe_step(outcome)
-        reason = self.finish_reason(outcome, text)
+        reason = "stop" if stop is not None else self.finish_reason(outcome, text)
+        drafted, accepted = draft_tokens(outcome)
         return StepEvent(len(self.steps) - 1, text, outcome.token_ids, outcome.source, outcome.reward,
-                         outcome.accepted, draft_text, finished=reason is not None, finish_reason=reason)
+                         outcome.accepted, draft_text, finished=reason is not None, finish_reason=reason,
+                         token_logprobs=outcome.token_logprobs, draft_tokens=drafted, accepted_draft_tokens=accepted)
 
     def finish_reason(self, outcome: StepOutcome, text: str) -> str | None:
+        """Hard limits (max_tokens, context, max_steps) always end the request; an end token or a
+        boxed answer only once min_tokens tokens are out (an engine that cannot hold end tokens
+        back, e.g. TensorRT-LLM on an EOS id other than end_id, then just goes on)."""
         p = self.request.params
-        if outcome.finish == Finish.EOS:
+        short = len(self.tokens) < p.min_tokens
+        if outcome.finish == Finish.EOS and not short:
             return "eos"
-        if p.stop_at_boxed and has_boxed(text):
+        if p.stop_at_boxed and not short and has_boxed(text):
             return "boxed"
         if len(self.tokens) >= p.max_tokens:
             return "max_tokens"
@@ -88,18 +105,19 @@ async def run_request(
     if len(request.prompt_ids) >= max_len:
         raise RequestValidationError(
             "text_input", f"prompt is {len(request.prompt_ids)} tokens; the models accept at most {max_len - 1}")
-    state = RequestState(request, max_len)
+    state = RequestState(request, max_len, stops=StopScanner(request.params.stop_words))
+    rules = logit_rules(request.params, tokenizer)
     rng = np.random.default_rng(request.params.seed)
     started = time.perf_counter()
     try:
         while True:
             ctx = StepContext(request.request_id, request.params, request.question,
                               request.prompt_ids + tuple(state.tokens), tuple(state.steps), state.step_cap(),
-                              engines, tokenizer, segmenter, rng, state.stats)
+                              engines, tokenizer, segmenter, rng, state.stats, rules, len(state.tokens))
             outcome = await method.step(ctx)
             text = tokenizer.decode(outcome.token_ids)
             draft_text = tokenizer.decode(outcome.draft_token_ids) if outcome.draft_token_ids else None
-            event = state.commit(outcome, text, draft_text, segmenter.delimiter)
+            event = state.commit(outcome, text, draft_text, segmenter.delimiter, tokenizer.decode)
             if event.finished:
                 state.stats.wall_time_s = time.perf_counter() - started
                 event = _with_stats(event, state.stats)
@@ -111,6 +129,4 @@ async def run_request(
 
 
 def _with_stats(event: StepEvent, stats: RequestStats) -> StepEvent:
-    from dataclasses import replace
-
     return replace(event, stats=stats.to_dict())

@@ -18,6 +18,18 @@ from typing import Any
 from runtime.core.types import StepOutcome, Usage
 
 
+def draft_tokens(outcome: StepOutcome) -> tuple[int, int]:
+    """(draft tokens proposed, of which accepted) in one step. Judged step methods (rsd, gsi): the
+    tokens of the drafted step, and all of them when it was accepted; token-level methods (sd,
+    cos): the proposed and accepted draft tokens; other methods: none."""
+    drafted, accepted = outcome.drafted_tokens, outcome.accepted_draft_tokens
+    if outcome.accepted is not None:
+        n = len(outcome.token_ids)
+        drafted += n if outcome.accepted else len(outcome.draft_token_ids)
+        accepted += n if outcome.accepted else 0
+    return drafted, accepted
+
+
 @dataclass(slots=True)
 class ModelCounters:
     calls: int = 0
@@ -69,11 +81,9 @@ class RequestStats:
         if outcome.accepted is not None:
             self.steps_drafted += 1
             self.steps_accepted += int(outcome.accepted)
-            drafted = n if outcome.accepted else len(outcome.draft_token_ids)
-            self.draft_tokens_drafted += drafted
-            self.draft_tokens_accepted += n if outcome.accepted else 0
-        self.draft_tokens_drafted += outcome.drafted_tokens
-        self.draft_tokens_accepted += outcome.accepted_draft_tokens
+        drafted, accepted = draft_tokens(outcome)
+        self.draft_tokens_drafted += drafted
+        self.draft_tokens_accepted += accepted
 
     @classmethod
     def total(cls, parts: Iterable[RequestStats]) -> RequestStats:

@@ -53,6 +53,35 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class LogitRules:
+    """A request's changes to a generator's next-token logits, before temperature, top-k and top-p.
+
+    The same rule everywhere: `runtime.core.sampling.adjust` (reference) and the torch engine's
+    `runtime.engines.torch.sampling.RuleState` (tests/test_sampling_agreement.py). "Seen" tokens
+    are those of the sequence the model continues (prompt, accepted steps, this step so far), as
+    TensorRT-LLM counts them.
+    """
+
+    repetition_penalty: float = 1.0  # seen token: logit / p if logit > 0 else logit * p
+    presence_penalty: float = 0.0  # seen token: logit - presence
+    frequency_penalty: float = 0.0  # seen token: logit - frequency * its count
+    bias: tuple[tuple[int, float], ...] = ()  # (token id, added logit)
+    bad_words: tuple[tuple[int, ...], ...] = ()  # a word's last id is banned when the rest ends the context
+    end_ids: frozenset[int] = frozenset()  # banned while a call is short of its min_new_tokens
+
+    @property
+    def penalizes(self) -> bool:
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+    @property
+    def neutral(self) -> bool:
+        return not (self.penalizes or self.bias or self.bad_words)
+
+
+NO_RULES = LogitRules()
+
+
+@dataclass(frozen=True, slots=True)
 class StepRequest:
     """Generate `n` candidate steps continuing `prefix` (prompt + accepted tokens)."""
 
@@ -64,6 +93,9 @@ class StepRequest:
     max_new_tokens: int
     seed: int
     want_logprobs: bool = False
+    top_k: int = 0  # 0: off; 1: greedy
+    rules: LogitRules = NO_RULES
+    min_new_tokens: int = 0  # the rules' end ids are banned for this many tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +110,7 @@ class Generation:
     token_ids: tuple[int, ...]  # [step_len], EOS excluded
     finish: Finish
     logprob: float = 0.0
+    token_logprobs: tuple[float, ...] = ()  # [step_len] when asked for (want_logprobs); sums to logprob
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +177,9 @@ class VerifyRequest:
     temperature: float
     top_p: float
     seed: int
+    top_k: int = 0
+    rules: LogitRules = NO_RULES
+    min_new_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +187,7 @@ class VerifyResult:
     tokens: tuple[int, ...]  # accepted draft tokens, then one corrected or bonus token
     num_accepted: int
     usage: Usage
+    logprobs: tuple[float, ...] = ()  # [len(tokens)] under the target's processed distribution (if known)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +202,7 @@ class StepOutcome:
     draft_token_ids: tuple[int, ...] = ()  # the rejected draft step, when one was regenerated
     drafted_tokens: int = 0  # draft tokens proposed in this step (token-level methods)
     accepted_draft_tokens: int = 0  # of which accepted
+    token_logprobs: tuple[float, ...] = ()  # [len(token_ids)] when the request asked for log-probs
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,5 +217,8 @@ class StepEvent:
     accepted: bool | None
     draft_text: str | None = None  # the rejected draft step, when the target regenerated it
     finished: bool = False
-    finish_reason: str | None = None  # eos | max_tokens | max_steps | boxed | context (last event only)
+    finish_reason: str | None = None  # eos | stop | max_tokens | max_steps | boxed | context (last event only)
+    token_logprobs: tuple[float, ...] = ()  # [len(token_ids)] when asked for
+    draft_tokens: int = 0  # this step's share of RequestStats.draft_tokens_drafted
+    accepted_draft_tokens: int = 0  # and of draft_tokens_accepted
     stats: dict[str, Any] | None = field(default=None)  # request stats (last event only)

@@ -9,7 +9,7 @@ cache is evicted instead of leaking; the BLS cannot tell the sub-model that a re
 Differences from TensorRT-LLM's `tensorrt_llm`, invisible to the BLS: generation stops at the
 pipeline's step delimiter and the tokenizer's EOS ids (the same rules the BLS encodes in
 `stop_words_list` / `end_id`); logits requests must ask for one output token and one sequence;
-`output_log_probs` is not produced (the BLS reads `cum_log_probs`).
+`output_log_probs` gives 0 for an appended end token.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import numpy as np
 from runtime.config import PipelineConfig, load_config
 from runtime.core.errors import ConfigError, EngineError
 from runtime.core.segment import StepSegmenter
-from runtime.core.types import Finish, LogitsRequest, StepRequest
+from runtime.core.types import Finish, LogitRules, LogitsRequest, StepRequest
 from runtime.engines.triton.contract import (
     LmCall,
     LmReply,
@@ -84,18 +84,27 @@ class LmSubModel:
                        else self._generate(call, key))
         _report(self.lm, self.counters)
         if not call.exclude_input:
+            per_token = (None if reply.token_logprobs is None else
+                         tuple((0.0,) * len(call.ids) + row for row in reply.token_logprobs))
             reply = LmReply(tuple(call.ids + s for s in reply.sequences), reply.cum_logprobs,
-                            reply.context_logits, reply.generation_logits)
+                            reply.context_logits, reply.generation_logits, per_token)
         return lm_reply_tensors(reply, call.pad_id)
 
     async def _generate(self, call: LmCall, key: str) -> LmReply:
         self.lru.touch(key)
+        ends = self.lm.segmenter.eos_ids if call.min_tokens > 0 else frozenset()  # type: ignore[attr-defined]
+        rules = LogitRules(call.repetition_penalty, call.presence_penalty, call.frequency_penalty, call.bias,
+                           call.bad_words, frozenset(ends))
         req = StepRequest(key, call.ids, call.n, call.temperature, call.top_p, call.output_len,
-                          call.seed % (2**63), call.logprobs)
+                          call.seed % (2**63), call.logprobs, call.top_k, rules, call.min_tokens)
         result = await self.lm.generate(req)  # type: ignore[attr-defined]
-        seqs = tuple(g.token_ids + ((call.end_id,) if g.finish == Finish.EOS else ()) for g in result.generations)
-        logps = tuple(g.logprob for g in result.generations) if call.logprobs else None
-        return LmReply(seqs, logps)
+        ended = [g.finish == Finish.EOS for g in result.generations]
+        seqs = tuple(g.token_ids + ((call.end_id,) if end else ()) for g, end in zip(result.generations, ended))
+        if not call.logprobs:
+            return LmReply(seqs)
+        # the end token is not part of the step, nor of its log-prob (0 keeps the rows aligned)
+        per_token = tuple(g.token_logprobs + ((0.0,) if end else ()) for g, end in zip(result.generations, ended))
+        return LmReply(seqs, tuple(g.logprob for g in result.generations), token_logprobs=per_token)
 
     async def _logits(self, call: LmCall, key: str) -> LmReply:
         if call.output_len != 1 or call.n != 1:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime.core.sampling import logprob_of, process, sample
+from runtime.core.sampling import adjust, is_greedy, logprob_of, process, sample, sampled_logprob
 from runtime.core.types import (
     Finish,
     GenerateResult,
@@ -98,25 +98,25 @@ class FakeLM:
         seg = StepSegmenter(lambda i: DEFAULT_PIECES[i] if i < len(DEFAULT_PIECES) else "?", frozenset({0}))
         gens = []
         for _ in range(req.n):
-            ids, logprob, finish = list(req.prefix), 0.0, Finish.LENGTH
+            ids, lps, finish = list(req.prefix), [], Finish.LENGTH
             tail, out = "", []
             while len(out) < req.max_new_tokens:
-                logits = self.next_logits(ids)
-                probs = process(logits, req.temperature, req.top_p)
+                # the engine's rule: logit rules, then greedy / tempered top-k top-p (runtime.core.sampling)
+                logits = adjust(self.next_logits(ids), req.rules, ids, ban_ends=len(out) < req.min_new_tokens)
+                probs = process(logits, req.temperature, req.top_p, req.top_k)
                 token = sample(probs, rng)
                 if token == 0:
                     finish = Finish.EOS
                     break
                 # the log-prob under the distribution sampled from (top-p renormalised), like the engine
-                logprob += (float(np.log(probs[token])) if req.temperature > 0
-                            else logprob_of(logits, token, req.temperature))
+                lps.append(sampled_logprob(logits, probs, token, is_greedy(req.temperature, req.top_k)))
                 out.append(token)
                 ids.append(token)
                 ended, tail = seg.advance(tail, token)
                 if ended:
                     finish = Finish.STEP
                     break
-            gens.append(Generation(tuple(out), finish, logprob))
+            gens.append(Generation(tuple(out), finish, float(sum(lps)), tuple(lps) if req.want_logprobs else ()))
         generated = sum(len(g.token_ids) for g in gens)
         return GenerateResult(tuple(gens), Usage(prefill_tokens=len(req.prefix), decode_tokens=generated,
                                                  generated_tokens=generated))
@@ -196,7 +196,7 @@ class ScriptedLM:
             finish = Finish.EOS if eos else (Finish.STEP if text.endswith("\n\n") else Finish.LENGTH)
             if len(ids) > req.max_new_tokens:
                 ids, finish = ids[: req.max_new_tokens], Finish.LENGTH
-            gens.append(Generation(tuple(ids), finish, -float(len(ids))))
+            gens.append(Generation(tuple(ids), finish, -float(len(ids)), (-1.0,) * len(ids) if req.want_logprobs else ()))
         self.calls["generate"] += 1
         self.prefixes.append(req.prefix)
         return GenerateResult(tuple(gens), Usage(prefill_tokens=len(req.prefix),

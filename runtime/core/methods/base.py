@@ -15,12 +15,15 @@ import numpy.typing as npt
 from runtime.core.errors import EngineError, RequestValidationError
 from runtime.core.params import RequestParams
 from runtime.core.protocols import StepGenerator, StepScorer, TokenModel, TokenVerifier, Tokenizer
+from runtime.core.sampling import adjust, is_greedy, process, sampled_logprob
 from runtime.core.segment import StepSegmenter, prm_step_text
 from runtime.core.stats import RequestStats
 from runtime.core.types import (
+    NO_RULES,
     GenerateResult,
     Generation,
     LogitsRequest,
+    LogitRules,
     LogitsResult,
     RewardRequest,
     ScoreRequest,
@@ -93,6 +96,23 @@ class StepContext:
     segmenter: StepSegmenter
     rng: np.random.Generator
     stats: RequestStats
+    rules: LogitRules = NO_RULES  # the request's logit rules (runtime.core.loop.logit_rules)
+    generated: int = 0  # tokens the request has output before this step
+
+    def min_new_tokens(self, emitted: int = 0) -> int:
+        """Tokens this step must still write before an end id may be drawn (`emitted` already)."""
+        return max(0, self.params.min_tokens - self.generated - emitted)
+
+    def processed(self, row: npt.NDArray[np.floating[Any]], ids: tuple[int, ...], emitted: int
+                  ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """(adjusted logits, the distribution to sample from) for the token after `ids`, `emitted`
+        tokens into this step: the rule every generator call follows (runtime.core.sampling)."""
+        p = self.params
+        z = adjust(row, self.rules, ids, ban_ends=self.min_new_tokens(emitted) > 0)
+        return z, process(z, p.temperature, p.top_p, p.top_k)
+
+    def logprob(self, z: npt.NDArray[np.float64], probs: npt.NDArray[np.float64], token: int) -> float:
+        return sampled_logprob(z, probs, token, is_greedy(self.params.temperature, self.params.top_k))
 
     def next_seed(self) -> int:
         return int(self.rng.integers(0, 2**63 - 1))
@@ -104,7 +124,8 @@ class StepContext:
         engine = self.engines.role(role)
         p = self.params
         req = StepRequest(self.key, self.prefix, n, p.temperature, p.top_p, self.max_new_tokens,
-                          self.next_seed(), logprobs)
+                          self.next_seed(), logprobs or p.return_log_probs, p.top_k, self.rules,
+                          self.min_new_tokens())
         result: GenerateResult = await engine.generate(req)
         self._record(role, engine, result.usage)
         if len(result.generations) != n:
@@ -135,16 +156,19 @@ class StepContext:
         return rows
 
     async def verify(self, role: str, prefix: tuple[int, ...], tokens: tuple[int, ...],
-                     probs: npt.NDArray[np.float64]) -> tuple[tuple[int, ...], int]:
+                     probs: npt.NDArray[np.float64], emitted: int = 0
+                     ) -> tuple[tuple[int, ...], int, tuple[float, ...]]:
+        """(emitted tokens, accepted draft tokens, their log-probs if the verifier knows them)."""
         from runtime.core.verify import ReferenceVerifier  # local: verify imports this module's types
 
         engine = self.engines.role(role)
         verifier = engine if isinstance(engine, TokenVerifier) else ReferenceVerifier(engine)
         p = self.params
-        req = VerifyRequest(self.key, prefix, tokens, probs, p.temperature, p.top_p, self.next_seed())
+        req = VerifyRequest(self.key, prefix, tokens, probs, p.temperature, p.top_p, self.next_seed(), p.top_k,
+                            self.rules, self.min_new_tokens(emitted))
         result = await verifier.verify(req)
         self._record(role, engine, result.usage)
-        return result.tokens, result.num_accepted
+        return result.tokens, result.num_accepted, result.logprobs
 
     def _record(self, role: str, engine: Any, usage: Any) -> None:
         self.stats.observe_call(role, usage, engine.num_params)

@@ -32,4 +32,5 @@ class BestOfN:
         candidates = await ctx.generate(p.bon_model, p.n)
         rewards = np.array(await ctx.rewards(tuple(c.token_ids for c in candidates)))
         i = sample(softmax(p.beta * rewards), ctx.rng) if p.bon_soft else int(np.argmax(rewards))
-        return StepOutcome(candidates[i].token_ids, candidates[i].finish, p.bon_model, float(rewards[i]))
+        return StepOutcome(candidates[i].token_ids, candidates[i].finish, p.bon_model, float(rewards[i]),
+                           token_logprobs=candidates[i].token_logprobs)

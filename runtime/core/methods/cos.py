@@ -15,6 +15,8 @@ contrastive decoding r = softmax((l_p - mu l_q) / T) (CD, default mu 0.1), where
 The output follows r exactly (lossless w.r.t. r). Greedy (T = 0) means argmax of r, computed
 from untempered distributions (the reference returned model 0's greedy token for WE, bug C3).
 Models are scored in the fixed order [draft, target] whatever the proposer (bug C5/npu order).
+The request's logit rules and top-k apply to the proposer's q and inside r (see
+`runtime.core.sampling.combine`); reported log-probs are log r (untempered r when greedy).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import numpy.typing as npt
 from runtime.core.methods.base import Needs, StepContext
 from runtime.core.params import RequestParams
 from runtime.core.segment import TokenStep
-from runtime.core.sampling import combine, process, residual, sample
+from runtime.core.sampling import adjust, combine, is_greedy, residual, sample
 from runtime.core.types import StepOutcome
 
 ROLES = ("draft", "target")
@@ -59,12 +61,14 @@ class CollaborativeSpeculation:
     async def step(self, ctx: StepContext) -> StepOutcome:
         step = TokenStep(ctx.segmenter, ctx.max_new_tokens)
         counts = [0, 0]  # drafted, accepted
+        logprobs: list[float] = []
         while step.finish is None:
-            await self._cycle(ctx, step, counts)
+            await self._cycle(ctx, step, counts, logprobs)
         return StepOutcome(tuple(step.out), step.finish, "ensemble", drafted_tokens=counts[0],
-                           accepted_draft_tokens=counts[1])
+                           accepted_draft_tokens=counts[1],
+                           token_logprobs=tuple(logprobs[:len(step.out)]) if ctx.params.return_log_probs else ())
 
-    async def _cycle(self, ctx: StepContext, step: TokenStep, counts: list[int]) -> None:
+    async def _cycle(self, ctx: StepContext, step: TokenStep, counts: list[int], logprobs: list[float]) -> None:
         """From a clean state: default proposer drafts, then score/verify/alternate until a
         rejection (return to the caller for a fresh cycle) or the end of the step."""
         spec = _Speculation()
@@ -73,7 +77,7 @@ class CollaborativeSpeculation:
             scorer = min(ROLES, key=lambda r: len(spec.rows[r]))
             bonus_row = await self._score(ctx, step, spec, scorer)
             while spec.tokens and all(spec.rows[r] for r in ROLES):
-                if not self._verify_front(ctx, step, spec, counts):
+                if not self._verify_front(ctx, step, spec, counts, logprobs):
                     return  # rejected (a corrected token was emitted) or the step ended
             if step.finish is None and not spec.tokens:
                 await self._draft(ctx, step, spec, scorer, bonus_row, self._gamma(ctx, scorer))
@@ -93,13 +97,12 @@ class CollaborativeSpeculation:
     async def _draft(self, ctx: StepContext, step: TokenStep, spec: _Speculation, role: str,
                      first_row: Logits | None, gamma: int) -> None:
         """`role` proposes up to gamma tokens; `first_row` is its already-computed next row."""
-        p = ctx.params
         row = first_row
         for _ in range(min(gamma, step.room)):
+            ids = ctx.prefix + tuple(step.out) + tuple(spec.tokens)
             if row is None:
-                ids = ctx.prefix + tuple(step.out) + tuple(spec.tokens)
                 row = (await ctx.logits(role, ids, 1))[0]
-            q = process(row, p.temperature, p.top_p)
+            _, q = ctx.processed(row, ids, len(step.out) + len(spec.tokens))
             spec.tokens.append(sample(q, ctx.rng))
             spec.proposer_q.append(q)
             spec.rows[role].append(row)
@@ -107,16 +110,31 @@ class CollaborativeSpeculation:
             if step.proposal_ends(spec.tokens):
                 break
 
-    def _verify_front(self, ctx: StepContext, step: TokenStep, spec: _Speculation, counts: list[int]) -> bool:
+    def _verify_front(self, ctx: StepContext, step: TokenStep, spec: _Speculation, counts: list[int],
+                      logprobs: list[float]) -> bool:
         """Verify the first proposal token against r; False ends the cycle."""
         p = ctx.params
         weights = (p.cos_lambda, 1.0 - p.cos_lambda)
-        r = combine([spec.rows[x][0] for x in ROLES], p.cos_combine, weights, p.cos_mu, p.temperature, p.top_p)
+        ids = ctx.prefix + tuple(step.out)
+        ban = ctx.min_new_tokens(len(step.out)) > 0
+
+        def rule(z: Logits) -> npt.NDArray[np.float64]:
+            return adjust(z, ctx.rules, ids, ban_ends=ban)
+
+        rows = [spec.rows[x][0] for x in ROLES]
+        r = combine(rows, p.cos_combine, weights, p.cos_mu, p.temperature, p.top_p, p.top_k, rule)
         token, q = spec.tokens[0], spec.proposer_q[0]
         counts[0] += 1
-        if q[token] > 0.0 and ctx.rng.random() < min(1.0, r[token] / q[token]):
+        accepted = q[token] > 0.0 and ctx.rng.random() < min(1.0, r[token] / q[token])
+        if not accepted:
+            token = sample(residual(r, q), ctx.rng)
+        if p.return_log_probs:
+            soft = r if not is_greedy(p.temperature, p.top_k) else combine(
+                rows, p.cos_combine, weights, p.cos_mu, p.temperature, p.top_p, p.top_k, rule, soft=True)
+            logprobs.append(float(np.log(soft[token])))
+        if accepted:
             counts[1] += 1
             spec.pop_front()
             return not step.push(token)
-        step.push(sample(residual(r, q), ctx.rng))
+        step.push(token)
         return False

@@ -17,7 +17,9 @@ top-p renormalised), because importance weights must divide by the true proposal
 log pi_B is the target's log-prob at the same temperature T without top-p, because the
 fallback branch samples pi_B at T: both branches then aim at the same tilted policy
 pi_B^T exp(beta r), and the target log-prob stays finite on tokens outside its nucleus.
-At T = 0 both are untempered (T = 1) log-probs. Deliberate differences from the reference:
+At T = 0 both are untempered (T = 1) log-probs. The request's logit rules and top-k shape both
+models' samples (log pi_S includes them); log pi_B stays the tempered target without them, so with
+penalties the tilt aims at the unpenalised target. Deliberate differences from the reference:
 the candidate step itself is scored (the reference scores an empty trailing step, bug G2),
 ">=" on the threshold, and no early stop when all rewards are low (G6).
 """
@@ -52,9 +54,11 @@ class Gsi:
         i = sample(softmax(tilted), ctx.rng)
         chosen = candidates[i]
         if tilted[i] >= p.beta * p.gsi_u:
-            return StepOutcome(chosen.token_ids, chosen.finish, "draft", float(rewards[i]), accepted=True)
+            return StepOutcome(chosen.token_ids, chosen.finish, "draft", float(rewards[i]), accepted=True,
+                               token_logprobs=chosen.token_logprobs if p.return_log_probs else ())
         fallback = await ctx.generate("target", p.n)
         fallback_rewards = np.array(await ctx.rewards(tuple(c.token_ids for c in fallback)))
         j = sample(softmax(p.beta * fallback_rewards), ctx.rng)
         return StepOutcome(fallback[j].token_ids, fallback[j].finish, "target", float(fallback_rewards[j]),
-                           accepted=False, draft_token_ids=chosen.token_ids)
+                           accepted=False, draft_token_ids=chosen.token_ids,
+                           token_logprobs=fallback[j].token_logprobs)

@@ -36,7 +36,8 @@ class Rsd:
         (draft,) = await ctx.generate("draft")
         (reward,) = await ctx.rewards((draft.token_ids,))
         if omega.accept(p.omega, reward, p.threshold, p.omega_sharpness, ctx.rng):
-            return StepOutcome(draft.token_ids, draft.finish, "draft", reward, accepted=True)
+            return StepOutcome(draft.token_ids, draft.finish, "draft", reward, accepted=True,
+                               token_logprobs=draft.token_logprobs)
         (target,) = await ctx.generate("target")
         return StepOutcome(target.token_ids, target.finish, "target", reward, accepted=False,
-                           draft_token_ids=draft.token_ids)
+                           draft_token_ids=draft.token_ids, token_logprobs=target.token_logprobs)

@@ -7,7 +7,9 @@ token is drawn from p_{gamma+1}. The output is distributed exactly as the target
 (at temperature 0: identical to target greedy). Rounds repeat until the step ends (delimiter,
 EOS, cap); the draft stops proposing at a step end. Default gamma = 5.
 Verification goes through the target's TokenVerifier (native in TensorRT-LLM) or the core's
-reference rule (`runtime.core.sampling.speculative_verify`).
+reference rule (`runtime.core.sampling.speculative_verify`). The request's logit rules and top-k
+apply to both models' rows (runtime.core.sampling.adjust / process), so the output follows the
+processed target distribution; reported log-probs are the target's.
 """
 from __future__ import annotations
 
@@ -17,10 +19,11 @@ from typing import ClassVar
 import numpy as np
 import numpy.typing as npt
 
+from runtime.core.errors import RequestValidationError
 from runtime.core.methods.base import Needs, StepContext
 from runtime.core.params import RequestParams
 from runtime.core.segment import TokenStep
-from runtime.core.sampling import process, sample
+from runtime.core.sampling import sample
 from runtime.core.types import StepOutcome
 
 
@@ -35,27 +38,35 @@ class SpeculativeDecoding:
         p = ctx.params
         step = TokenStep(ctx.segmenter, ctx.max_new_tokens)
         drafted = accepted = 0
+        logprobs: list[float] = []
         while step.finish is None:
             base = ctx.prefix + tuple(step.out)
             tokens, probs = await self._propose(ctx, step, base, min(p.gamma, step.room - 1))
-            emitted, n_accepted = await ctx.verify("target", base, tuple(tokens), probs)
+            emitted, n_accepted, lps = await ctx.verify("target", base, tuple(tokens), probs, len(step.out))
+            if p.return_log_probs and len(lps) != len(emitted):
+                raise RequestValidationError("return_log_probs", "the target's verifier reports no log-probs; "
+                                                                 "send it false for method sd on this server")
             drafted += len(tokens)
             accepted += n_accepted
-            for token in emitted:
-                if step.push(token):
+            for token, lp in zip(emitted, lps or (0.0,) * len(emitted)):
+                ended = step.push(token)
+                if token not in ctx.segmenter.eos_ids:
+                    logprobs.append(lp)
+                if ended:
                     break
         assert step.finish is not None
         return StepOutcome(tuple(step.out), step.finish, "target", drafted_tokens=drafted,
-                           accepted_draft_tokens=accepted)
+                           accepted_draft_tokens=accepted,
+                           token_logprobs=tuple(logprobs) if p.return_log_probs else ())
 
     async def _propose(self, ctx: StepContext, step: TokenStep, base: tuple[int, ...], gamma: int
                        ) -> tuple[list[int], npt.NDArray[np.float64]]:
-        p = ctx.params
         tokens: list[int] = []
         probs: list[npt.NDArray[np.float64]] = []
         for _ in range(max(gamma, 0)):
-            row = (await ctx.logits("draft", base + tuple(tokens), 1))[0]
-            q = process(row, p.temperature, p.top_p)
+            ids = base + tuple(tokens)
+            row = (await ctx.logits("draft", ids, 1))[0]
+            _, q = ctx.processed(row, ids, len(step.out) + len(tokens))
             tokens.append(sample(q, ctx.rng))
             probs.append(q)
             if step.proposal_ends(tokens):

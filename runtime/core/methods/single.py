@@ -23,4 +23,4 @@ class SingleModel:
 
     async def step(self, ctx: StepContext) -> StepOutcome:
         (gen,) = await ctx.generate(self.role)
-        return StepOutcome(gen.token_ids, gen.finish, source=self.role)
+        return StepOutcome(gen.token_ids, gen.finish, source=self.role, token_logprobs=gen.token_logprobs)

@@ -25,7 +25,7 @@ from runtime.core.types import (
 )
 from runtime.engines.torch.kvcache import SeqCache
 from runtime.engines.torch.runner import Drawn, Row, Sampler
-from runtime.engines.torch.sampling import logprob_rows, sample_token
+from runtime.engines.torch.sampling import RuleState, logprob_rows, sample_token
 from runtime.engines.torch.scheduler import ForwardScheduler
 
 
@@ -35,6 +35,7 @@ class _Candidate:
     sampler: Sampler
     step: TokenStep
     logprob: float = 0.0
+    logprobs: list[float] = field(default_factory=list)  # per token, EOS excluded
 
 
 @dataclass(slots=True)
@@ -58,8 +59,9 @@ class TorchLM:
         cache = self._cache(req.key, req.prefix, keep_new=1)
         fed = len(req.prefix) - cache.length
         new = list(req.prefix[cache.length:])
-        samplers = [Sampler(req.temperature, req.top_p, self._generator(req.seed, i), req.want_logprobs)
-                    for i in range(req.n)]
+        rules = RuleState.start(req.rules, req.prefix, req.min_new_tokens)
+        samplers = [Sampler(req.temperature, req.top_p, self._generator(req.seed, i), req.want_logprobs, req.top_k,
+                            rules.fork() if rules is not None else None) for i in range(req.n)]
         cands: list[_Candidate] = []
         try:
             if req.n == 1:
@@ -71,7 +73,8 @@ class TorchLM:
                 first = self._logits(hidden)[0]
                 for s in samplers:
                     cands.append(_Candidate(cache.fork(), s, TokenStep(self.segmenter, req.max_new_tokens)))
-                    self._push(cands[-1], Drawn(*sample_token(first, req.temperature, req.top_p, s.generator)))
+                    row = s.rules.apply(first) if s.rules is not None else first
+                    self._push(cands[-1], Drawn(*sample_token(row, req.temperature, req.top_p, s.generator, req.top_k)))
             decoded = 0
             while active := [c for c in cands if c.step.finish is None]:
                 drawn_rows = await self._draw([Row(c.cache, [c.step.out[-1]], sample=c.sampler) for c in active])
@@ -82,7 +85,8 @@ class TorchLM:
             if req.n > 1:
                 for cand in cands:
                     cand.cache.free()
-        gens = tuple(Generation(tuple(c.step.out), c.step.finish or Finish.LENGTH, c.logprob) for c in cands)
+        gens = tuple(Generation(tuple(c.step.out), c.step.finish or Finish.LENGTH, c.logprob,
+                                tuple(c.logprobs) if req.want_logprobs else ()) for c in cands)
         usage = _usage(fed) + Usage(decode_tokens=decoded, generated_tokens=sum(len(g.token_ids) for g in gens))
         return GenerateResult(gens, usage)
 
@@ -138,6 +142,9 @@ class TorchLM:
     def _push(self, cand: _Candidate, drawn: Drawn) -> None:
         if drawn.token not in self.segmenter.eos_ids:  # EOS is not part of the step, nor of its log-prob
             cand.logprob += drawn.logprob
+            cand.logprobs.append(drawn.logprob)
+        if cand.sampler.rules is not None:
+            cand.sampler.rules.push(drawn.token)
         cand.step.push(drawn.token)
 
 

@@ -20,7 +20,7 @@ from typing import Union
 import torch
 
 from runtime.engines.torch.kvcache import KVArena, SeqCache
-from runtime.engines.torch.sampling import sample_token
+from runtime.engines.torch.sampling import RuleState, sample_token
 
 
 IDLE_ROWS = 16  # most idle rows a decode batch carries to stay a view of the arena
@@ -32,6 +32,12 @@ class Sampler:
     top_p: float
     generator: torch.Generator
     logprobs: bool = True  # report the token's log-prob (greedy rows skip the softmax without it)
+    top_k: int = 0
+    rules: RuleState | None = None  # the request's logit rules for this sequence (None: none apply)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,8 +214,15 @@ class BatchRunner:
         else:
             last = hidden[torch.tensor(index), torch.tensor([len(r.new_ids) - 1 for r in rows])]  # [R, hidden]
         logits = self.head(last).float()[:, : self.vocab_size]
+        ruled = [i for i, r in enumerate(rows) if r.sample is not None and r.sample.rules is not None]
+        if ruled:  # rows with logit rules (penalties, bans, bias) are adjusted one by one
+            logits = logits.clone()
+            for i in ruled:
+                state = rows[i].sample.rules  # type: ignore[union-attr]
+                assert state is not None
+                logits[i] = state.apply(logits[i])
         drawn: list[Drawn | None] = [None] * len(rows)
-        greedy = [i for i, r in enumerate(rows) if r.sample is not None and r.sample.temperature == 0.0]
+        greedy = [i for i, r in enumerate(rows) if r.sample is not None and r.sample.greedy]
         if greedy:
             chosen = logits if len(greedy) == len(rows) else logits[greedy]
             tokens = chosen.argmax(-1)
@@ -225,5 +238,5 @@ class BatchRunner:
             if drawn[i] is None:
                 s = row.sample
                 assert s is not None
-                drawn[i] = Drawn(*sample_token(logits[i], s.temperature, s.top_p, s.generator))
+                drawn[i] = Drawn(*sample_token(logits[i], s.temperature, s.top_p, s.generator, s.top_k))
         return [d for d in drawn if d is not None]

@@ -1,20 +1,87 @@
-"""Token sampling on torch tensors, matching `runtime.core.sampling` (the reference rules)."""
+"""Token sampling on torch tensors, matching `runtime.core.sampling` (the reference rules).
+
+`RuleState` is one candidate's running view of a request's logit rules (runtime.core.types.
+LogitRules): counts of the ids it continues, its last ids (for bad words) and how many tokens it
+drew (the min-new-tokens ban on end ids); `apply` is `runtime.core.sampling.adjust` on torch.
+"""
 from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
 
 import torch
 
+from runtime.core.sampling import ends_with
+from runtime.core.types import LogitRules
 
-def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> tuple[int, float]:
-    """Sample one token from a [vocab] float32 row; returns (token, log-prob under the sampled
-    distribution). Greedy at T == 0, reporting the untempered log-prob."""
-    if temperature == 0.0:
+
+@dataclass(slots=True)
+class RuleState:
+    rules: LogitRules
+    min_new: int  # end ids are banned until this many tokens were drawn
+    counts: Counter[int] = field(default_factory=Counter)
+    recent: list[int] = field(default_factory=list)  # the last `keep` ids
+    keep: int = 0  # the longest bad word's length - 1
+    drawn: int = 0
+
+    @classmethod
+    def start(cls, rules: LogitRules, context: tuple[int, ...], min_new: int) -> RuleState | None:
+        """None when nothing applies (the engine's fast path)."""
+        if rules.neutral and (min_new <= 0 or not rules.end_ids):
+            return None
+        keep = max((len(w) - 1 for w in rules.bad_words), default=0)
+        recent = list(context[len(context) - keep:]) if keep else []
+        return cls(rules, min_new, Counter(context) if rules.penalizes else Counter(), recent, keep)
+
+    def fork(self) -> RuleState:
+        return RuleState(self.rules, self.min_new, Counter(self.counts), list(self.recent), self.keep, self.drawn)
+
+    def push(self, token: int) -> None:
+        self.drawn += 1
+        if self.rules.penalizes:
+            self.counts[token] += 1
+        if self.keep:
+            self.recent = (self.recent + [token])[-self.keep:]
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        """The adjusted [vocab] row (a new tensor)."""
+        r = self.rules
+        z = logits.clone()
+        if r.bias:
+            ids = torch.tensor([t for t, _ in r.bias], device=z.device)
+            z.index_add_(0, ids, torch.tensor([w for _, w in r.bias], dtype=z.dtype, device=z.device))
+        if r.penalizes and self.counts:
+            ids = torch.tensor(list(self.counts), device=z.device)
+            counts = torch.tensor(list(self.counts.values()), dtype=z.dtype, device=z.device)
+            seen = z[ids]
+            if r.repetition_penalty != 1.0:
+                seen = torch.where(seen > 0, seen / r.repetition_penalty, seen * r.repetition_penalty)
+            z[ids] = seen - r.presence_penalty - r.frequency_penalty * counts
+        banned = [w[-1] for w in r.bad_words if ends_with(self.recent, w[:-1])]
+        if self.drawn < self.min_new:
+            banned += list(r.end_ids)
+        if banned:
+            z[torch.tensor(banned, device=z.device)] = float("-inf")
+        return z
+
+
+def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator,
+                 top_k: int = 0) -> tuple[int, float]:
+    """Sample one token from a [vocab] float32 row (already adjusted); returns (token, log-prob under
+    the sampled distribution). Greedy at T == 0 or top_k == 1, reporting the untempered log-prob."""
+    if temperature == 0.0 or top_k == 1:
         token = int(torch.argmax(logits))
         return token, float(torch.log_softmax(logits, -1)[token])
     probs = torch.softmax(logits / temperature, -1)
-    if top_p < 1.0:
+    k = top_k if 0 < top_k < probs.shape[-1] else 0
+    if k or top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True, stable=True)
-        before = torch.cumsum(sorted_probs, -1) - sorted_probs
-        sorted_probs = torch.where(before < top_p, sorted_probs, torch.zeros_like(sorted_probs))
+        if k:
+            sorted_probs = torch.cat([sorted_probs[:k], torch.zeros_like(sorted_probs[k:])])
+            sorted_probs = sorted_probs / sorted_probs.sum()
+        if top_p < 1.0:
+            before = torch.cumsum(sorted_probs, -1) - sorted_probs
+            sorted_probs = torch.where(before < top_p, sorted_probs, torch.zeros_like(sorted_probs))
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
         probs = probs / probs.sum()
     token = int(torch.multinomial(probs, 1, generator=generator))

@@ -4,11 +4,14 @@ Draft and target speak TensorRT-LLM's `tensorrt_llm` names and shapes (batch dim
 BLS cannot tell a `torch` sub-model from a `tensorrt_llm` one:
   inputs  input_ids INT32 [1, L], input_lengths INT32 [1, 1], request_output_len INT32 [1, 1],
           end_id / pad_id INT32 [1, 1], stop_words_list INT32 [1, 2, K], temperature FP32 [1, 1],
-          runtime_top_k INT32 [1, 1] (1 = greedy), runtime_top_p FP32 [1, 1],
+          runtime_top_k INT32 [1, 1] (0 = off, 1 = greedy), runtime_top_p FP32 [1, 1], and when
+          they apply repetition_penalty / presence_penalty / frequency_penalty FP32 [1, 1],
+          min_tokens INT32 [1, 1], bad_words_list INT32 [1, 2, K], embedding_bias FP32 [1, V],
           seed UINT64 [1, 1], num_return_sequences INT32 [1, 1], and BOOL [1, 1] flags
           return_log_probs, return_context_logits, return_generation_logits, exclude_input_in_output;
           for native verification draft_input_ids INT32 [1, G] (+ draft_logits FP32 [1, G, V])
   outputs output_ids INT32 [1, n, len], sequence_length INT32 [1, n], cum_log_probs FP32 [1, n],
+          output_log_probs FP32 [1, n, len],
           context_logits FP32 [1, L, V], generation_logits FP32 [1, n, len, V], sequence_index INT32 [1, 1]
 TensorRT-LLM may answer n sequences as n responses tagged `sequence_index`; `parse_lm_reply`
 merges them. The PRM contract is ours (TensorRT-LLM has no reward model type):
@@ -26,7 +29,8 @@ import numpy as np
 
 from runtime.core.errors import EngineError
 
-LM_OUTPUTS = ("output_ids", "sequence_length", "cum_log_probs", "context_logits", "generation_logits")
+LM_OUTPUTS = ("output_ids", "sequence_length", "cum_log_probs", "output_log_probs", "context_logits",
+              "generation_logits")
 PRM_OUTPUTS = ("step_rewards",)
 
 
@@ -45,6 +49,14 @@ class LmCall:
     context_logits: bool = False
     generation_logits: bool = False
     exclude_input: bool = True
+    top_k: int = 0  # with temperature > 0 (0 = off); greedy is sent as runtime_top_k = 1
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    min_tokens: int = 0
+    bad_words: tuple[tuple[int, ...], ...] = ()
+    bias: tuple[tuple[int, float], ...] = ()  # sent as a dense embedding_bias [1, vocab]
+    vocab_size: int = 0  # the width of embedding_bias
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +65,7 @@ class LmReply:
     cum_logprobs: tuple[float, ...] | None = None  # [n]
     context_logits: np.ndarray | None = None  # [L, V]
     generation_logits: np.ndarray | None = None  # [n, len, V]
+    token_logprobs: tuple[tuple[float, ...], ...] | None = None  # [n][len]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +87,7 @@ def lm_request_tensors(call: LmCall) -> dict[str, np.ndarray]:
         "end_id": _scalar(call.end_id, np.int32),
         "pad_id": _scalar(call.pad_id, np.int32),
         "temperature": _scalar(1.0 if greedy else call.temperature, np.float32),
-        "runtime_top_k": _scalar(1 if greedy else 0, np.int32),
+        "runtime_top_k": _scalar(1 if greedy else call.top_k, np.int32),
         "runtime_top_p": _scalar(call.top_p, np.float32),
         "seed": _scalar(call.seed, np.uint64),
         "num_return_sequences": _scalar(call.n, np.int32),
@@ -85,7 +98,26 @@ def lm_request_tensors(call: LmCall) -> dict[str, np.ndarray]:
     }
     if call.stop_words:
         tensors["stop_words_list"] = stop_words_tensor(call.stop_words)
+    tensors.update(_rule_tensors(call))
     return tensors
+
+
+def _rule_tensors(call: LmCall) -> dict[str, np.ndarray]:
+    """Only what applies: an engine without these inputs still serves requests that use none."""
+    out: dict[str, np.ndarray] = {}
+    for name, neutral in (("repetition_penalty", 1.0), ("presence_penalty", 0.0), ("frequency_penalty", 0.0)):
+        if getattr(call, name) != neutral:
+            out[name] = _scalar(getattr(call, name), np.float32)
+    if call.min_tokens > 0:
+        out["min_tokens"] = _scalar(call.min_tokens, np.int32)
+    if call.bad_words:
+        out["bad_words_list"] = stop_words_tensor(call.bad_words)
+    if call.bias:
+        bias = np.zeros((1, call.vocab_size), dtype=np.float32)
+        for token, weight in call.bias:
+            bias[0, token] += weight
+        out["embedding_bias"] = bias
+    return out
 
 
 def draft_tensors(draft: Sequence[int], draft_logits: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -129,9 +161,10 @@ def parse_lm_request(t: Mapping[str, np.ndarray]) -> LmCall:
     if not 0 < length <= ids.shape[1]:
         raise EngineError(f"input_lengths: {length} is not in 1..{ids.shape[1]}")
     top_k = _int(t, "runtime_top_k", 0)
-    if top_k not in (0, 1):
-        raise EngineError(f"runtime_top_k: only 0 (off) and 1 (greedy) are supported, got {top_k}")
-    stop = t.get("stop_words_list")
+    if top_k < 0:
+        raise EngineError(f"runtime_top_k: must be >= 0, got {top_k}")
+    stop, bad, bias = t.get("stop_words_list"), t.get("bad_words_list"), t.get("embedding_bias")
+    dense = np.asarray(bias, dtype=np.float64).reshape(-1) if bias is not None else np.zeros(0)
     return LmCall(
         ids=tuple(int(x) for x in ids[0, :length]),
         output_len=_positive(_int(t, "request_output_len", None), "request_output_len"),
@@ -146,6 +179,14 @@ def parse_lm_request(t: Mapping[str, np.ndarray]) -> LmCall:
         context_logits=_bool(t, "return_context_logits", False),
         generation_logits=_bool(t, "return_generation_logits", False),
         exclude_input=_bool(t, "exclude_input_in_output", False),
+        top_k=0 if top_k == 1 else top_k,
+        repetition_penalty=_float(t, "repetition_penalty", 1.0),
+        presence_penalty=_float(t, "presence_penalty", 0.0),
+        frequency_penalty=_float(t, "frequency_penalty", 0.0),
+        min_tokens=_int(t, "min_tokens", 0),
+        bad_words=parse_stop_words(bad) if bad is not None else (),
+        bias=tuple((int(i), float(dense[i])) for i in np.flatnonzero(dense)),
+        vocab_size=int(dense.shape[0]),
     )
 
 
@@ -159,6 +200,11 @@ def lm_reply_tensors(reply: LmReply, pad_id: int) -> dict[str, np.ndarray]:
            "sequence_length": np.array([[len(s) for s in reply.sequences]], dtype=np.int32)}
     if reply.cum_logprobs is not None:
         out["cum_log_probs"] = np.array([reply.cum_logprobs], dtype=np.float32)
+    if reply.token_logprobs is not None:
+        lps = np.zeros((1, n, max(width, 1)), dtype=np.float32)
+        for i, row in enumerate(reply.token_logprobs):
+            lps[0, i, :len(row)] = row
+        out["output_log_probs"] = lps
     if reply.context_logits is not None:
         out["context_logits"] = reply.context_logits[None].astype(np.float32)
     if reply.generation_logits is not None:
@@ -174,18 +220,24 @@ def parse_lm_reply(responses: Sequence[Mapping[str, np.ndarray]]) -> LmReply:
     parts.sort(key=lambda r: int(np.asarray(r.get("sequence_index", 0)).reshape(-1)[0]))
     seqs: list[tuple[int, ...]] = []
     logps: list[float] = []
+    per_token: list[tuple[float, ...]] = []
     for r in parts:
         ids = np.asarray(r["output_ids"]).reshape(-1, np.asarray(r["output_ids"]).shape[-1])
         lengths = np.asarray(r["sequence_length"]).reshape(-1)
         seqs.extend(tuple(int(x) for x in row[:n]) for row, n in zip(ids, lengths))
         if "cum_log_probs" in r:
             logps.extend(float(x) for x in np.asarray(r["cum_log_probs"]).reshape(-1))
+        if "output_log_probs" in r:
+            rows = np.asarray(r["output_log_probs"], dtype=np.float64)
+            rows = rows.reshape(-1, rows.shape[-1])
+            per_token.extend(tuple(float(x) for x in row[:n]) for row, n in zip(rows, lengths))
     first = parts[0]
     context = first.get("context_logits")
     generation = first.get("generation_logits")
     return LmReply(tuple(seqs), tuple(logps) if logps else None,
                    None if context is None else np.asarray(context).reshape(context.shape[-2:]),
-                   None if generation is None else np.asarray(generation)[0])
+                   None if generation is None else np.asarray(generation)[0],
+                   tuple(per_token) if len(per_token) == len(seqs) else None)
 
 
 def prm_request_tensors(call: PrmCall) -> dict[str, np.ndarray]:

@@ -55,13 +55,19 @@ class TritonLM:
         self._seen.pop(key, None)
 
     async def generate(self, req: StepRequest) -> GenerateResult:
+        r = req.rules
         call = LmCall(req.prefix, req.max_new_tokens, req.n, req.temperature, req.top_p, req.seed,
-                      self.end_id, self.pad_id, self.stop_words, logprobs=req.want_logprobs)
+                      self.end_id, self.pad_id, self.stop_words, logprobs=req.want_logprobs, top_k=req.top_k,
+                      repetition_penalty=r.repetition_penalty, presence_penalty=r.presence_penalty,
+                      frequency_penalty=r.frequency_penalty, min_tokens=req.min_new_tokens if r.end_ids else 0,
+                      bad_words=r.bad_words, bias=r.bias, vocab_size=self.vocab_size)
         reply = await self._call(req.key, call)
         if len(reply.sequences) != req.n:
             raise EngineError(f"{self.model} returned {len(reply.sequences)} sequences, asked for {req.n}")
         logps = reply.cum_logprobs or (0.0,) * req.n
-        gens = tuple(self._generation(seq, lp, req.max_new_tokens) for seq, lp in zip(reply.sequences, logps))
+        per_token = reply.token_logprobs if req.want_logprobs else None
+        gens = tuple(self._generation(seq, lp, req.max_new_tokens, per_token[i] if per_token else None)
+                     for i, (seq, lp) in enumerate(zip(reply.sequences, logps)))
         fed = self._feed(req.key, req.prefix, keep_new=1)
         if req.n == 1 and gens[0].token_ids:  # the engine cached the step too, but for its last token
             self._seen[req.key] = req.prefix + gens[0].token_ids[:-1]
@@ -99,7 +105,8 @@ class TritonLM:
         responses = await self.transport.infer(self.model, lm_request_tensors(call), self.outputs, key)
         return parse_lm_reply(responses)
 
-    def _generation(self, seq: tuple[int, ...], logprob: float, cap: int) -> Generation:
+    def _generation(self, seq: tuple[int, ...], logprob: float, cap: int,
+                    token_logprobs: tuple[float, ...] | None = None) -> Generation:
         ids, end = self.segmenter.cut(seq)
         if end == "step":
             finish = Finish.STEP
@@ -107,7 +114,10 @@ class TritonLM:
             finish = Finish.EOS
         else:
             finish = Finish.LENGTH
-        return Generation(ids[:cap], finish, logprob)
+        if token_logprobs is None:
+            return Generation(ids[:cap], finish, logprob)
+        kept = token_logprobs[:len(ids[:cap])]  # what the cut dropped (an end token, an overshoot) is not ours
+        return Generation(ids[:cap], finish, float(sum(kept)), tuple(kept))
 
     def _feed(self, key: str, ids: tuple[int, ...], keep_new: int) -> int:
         """Tokens the engine must run for `ids`, given what it holds for this request."""

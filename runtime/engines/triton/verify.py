@@ -63,7 +63,11 @@ class NativeVerifyLM(TritonLM):
 
     async def verify(self, req: VerifyRequest) -> VerifyResult:
         draft = req.draft_tokens[:self.max_draft_len]
-        call = LmCall(req.prefix, len(draft) + 1, 1, req.temperature, req.top_p, req.seed, self.end_id, self.pad_id)
+        r = req.rules  # the engine applies the request's rules and top-k to its own rows
+        call = LmCall(req.prefix, len(draft) + 1, 1, req.temperature, req.top_p, req.seed, self.end_id, self.pad_id,
+                      top_k=req.top_k, repetition_penalty=r.repetition_penalty, presence_penalty=r.presence_penalty,
+                      frequency_penalty=r.frequency_penalty, min_tokens=req.min_new_tokens if r.end_ids else 0,
+                      bad_words=r.bad_words, bias=r.bias, vocab_size=self.logits_width)
         tensors = lm_request_tensors(call)
         if draft:
             sampled = req.temperature > 0.0

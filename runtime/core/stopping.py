@@ -1,0 +1,62 @@
+"""A request's own stopping and logit rules, built once per request from its parameters.
+
+- `logit_rules`: RequestParams -> LogitRules (bad words and bias words tokenised alone, as
+  TensorRT-LLM's preprocessing does with add_special_tokens=False; the tokenizer's EOS ids are
+  the end ids min_tokens holds back).
+- `StopScanner`: stop strings are matched on the output *text* (TensorRT-LLM's BLS does the
+  same), across step boundaries: a stop may start in one step and end in the next. The output is
+  cut right after the first stop that ends at or after `min_tokens` output tokens (the stop
+  string is part of the output, as in TensorRT-LLM); the step's tokens are cut to the fewest
+  that cover that text.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from runtime.core.params import RequestParams
+from runtime.core.protocols import Tokenizer
+from runtime.core.types import LogitRules
+
+
+def logit_rules(params: RequestParams, tokenizer: Tokenizer) -> LogitRules:
+    bad = tuple(ids for ids in (tuple(tokenizer.encode(w)) for w in params.bad_words) if ids)
+    bias: list[tuple[int, float]] = []
+    for word, weight in zip(params.embedding_bias_words, params.embedding_bias_weights):
+        bias += [(token, weight) for token in tokenizer.encode(word)]
+    ends = tokenizer.eos_ids if params.min_tokens > 0 else frozenset()
+    return LogitRules(params.repetition_penalty, params.presence_penalty, params.frequency_penalty,
+                      tuple(bias), bad, frozenset(ends))
+
+
+@dataclass(slots=True)
+class StopScanner:
+    stops: tuple[str, ...]
+    tail: str = ""  # the output's last len(longest stop) - 1 characters
+
+    def scan(self, text: str, ids: Sequence[int], decode: Callable[[Sequence[int]], str], before: int,
+             min_tokens: int) -> tuple[str, int] | None:
+        """For one step (`text` = decode(ids), `before` output tokens before it): (the step's text
+        up to the end of the first stop string, the number of its tokens that cover it), or None."""
+        if not self.stops:
+            return None
+        window = self.tail + text
+        for end in self._ends(window):
+            cut = window[len(self.tail):end]
+            count = next((k for k in range(1, len(ids) + 1) if len(decode(ids[:k])) >= len(cut)), len(ids))
+            if before + count >= min_tokens:
+                return cut, count
+        keep = max(len(s) for s in self.stops) - 1
+        self.tail = window[len(window) - keep:] if keep else ""
+        return None
+
+    def _ends(self, window: str) -> list[int]:
+        """End offsets of every stop occurrence that ends in the new text, first first."""
+        ends = set()
+        for stop in self.stops:
+            start = window.find(stop)
+            while start >= 0:
+                if start + len(stop) > len(self.tail):
+                    ends.add(start + len(stop))
+                start = window.find(stop, start + 1)
+        return sorted(ends)
