@@ -115,8 +115,8 @@ def test_unknown_json_key_and_grpc_parameter_are_errors_naming_them(triton_serve
     assert status == 400 and "methd" in body
     import tritonclient.grpc as grpcclient
 
-    prompt = grpcclient.InferInput("text_input", [1], "BYTES")
-    prompt.set_data_from_numpy(np.array([b"1+1="], dtype=np.object_))
+    prompt = grpcclient.InferInput("text_input", [1, 1], "BYTES")  # [batch, 1]
+    prompt.set_data_from_numpy(np.array([[b"1+1="]], dtype=np.object_))
     errors: list = []
     client = _grpc(triton_server)
     client.start_stream(callback=lambda result, error: errors.append(error))
@@ -139,7 +139,7 @@ def test_unknown_json_key_and_grpc_parameter_are_errors_naming_them(triton_serve
     assert error is None
     by_tensor = RsdClient(triton_server.grpc_url, "grpc", timeout_s=TIMEOUT).generate("1+1=", {"method": "target",
                                                                                                "max_tokens": 6})
-    assert result.as_numpy("text_output")[0].decode() == by_tensor.text
+    assert result.as_numpy("text_output")[0][0].decode() == by_tensor.text
 
 
 def test_huge_prompt_is_refused_without_stalling_other_requests(triton_server):
@@ -185,6 +185,7 @@ def test_bad_values_get_errors_naming_the_field(triton_server, name, value, dtyp
     inputs = {"text_input": (np.array([b"1+1="], dtype=np.object_), "BYTES"), name: (value, dtype)}
     tensors = []
     for key, (array, kind) in inputs.items():
+        array = array.reshape(1, -1)  # [batch, 1]
         t = grpcclient.InferInput(key, list(array.shape), kind)
         t.set_data_from_numpy(array)
         tensors.append(t)

@@ -81,10 +81,10 @@ def test_service_streams_steps_then_closes(pipelines):
     whole = _serve(bls, _inputs("2*3=", False, max_tokens=12), FakeSink())
     assert streamed.closed == whole.closed == 1 and not streamed.errors
     assert [final for _, final in streamed.sent] == [False] * (len(streamed.sent) - 1) + [True]
-    text = b"".join(out["text_output"][0] for out, _ in streamed.sent)
+    text = b"".join(out["text_output"][0][0] for out, _ in streamed.sent)  # [batch, 1]
     (out, final), = whole.sent
-    assert final and out["text_output"][0] == text and len(out["step_source"]) == len(streamed.sent)
-    assert json.loads(out["stats"][0])["tokens"] <= 12 and out["finish_reason"][0] == b"max_tokens"
+    assert final and out["text_output"][0][0] == text and out["step_source"].shape == (1, len(streamed.sent))
+    assert json.loads(out["stats"][0][0])["tokens"] <= 12 and out["finish_reason"][0][0] == b"max_tokens"
 
 
 @pytest.mark.parametrize(("params", "field"), [({"max_tokens": 0}, "max_tokens"), ({"method": "x"}, "method"),

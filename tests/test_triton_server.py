@@ -112,12 +112,12 @@ def test_wrong_dtype_and_shape_are_errors_naming_the_field(triton_server):
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(triton_server.grpc_url)
-    prompt = grpcclient.InferInput("text_input", [1], "BYTES")
-    prompt.set_data_from_numpy(np.array([b"1+1="], dtype=np.object_))
-    wrong_type = grpcclient.InferInput("max_tokens", [1], "FP32")
-    wrong_type.set_data_from_numpy(np.array([3.0], dtype=np.float32))
-    wrong_shape = grpcclient.InferInput("max_tokens", [2], "INT32")
-    wrong_shape.set_data_from_numpy(np.array([3, 4], dtype=np.int32))
+    prompt = grpcclient.InferInput("text_input", [1, 1], "BYTES")  # [batch, 1]
+    prompt.set_data_from_numpy(np.array([[b"1+1="]], dtype=np.object_))
+    wrong_type = grpcclient.InferInput("max_tokens", [1, 1], "FP32")
+    wrong_type.set_data_from_numpy(np.array([[3.0]], dtype=np.float32))
+    wrong_shape = grpcclient.InferInput("max_tokens", [1, 2], "INT32")
+    wrong_shape.set_data_from_numpy(np.array([[3, 4]], dtype=np.int32))
     for bad in (wrong_type, wrong_shape):
         errors = []
         client.start_stream(callback=lambda result, error: errors.append(error))

@@ -47,7 +47,7 @@ def test_lm_request_validation_names_the_tensor():
     good = contract.lm_request_tensors(contract.LmCall((1, 2), 4))
     for name, value, field in (("input_ids", np.zeros((2, 3), np.int32), "input_ids"),
                                ("request_output_len", np.array([[0]], np.int32), "request_output_len"),
-                               ("runtime_top_k", np.array([[5]], np.int32), "runtime_top_k")):
+                               ("runtime_top_k", np.array([[-1]], np.int32), "runtime_top_k")):
         with pytest.raises(EngineError, match=field):
             contract.parse_lm_request({**good, name: value})
 
@@ -78,16 +78,17 @@ def _t(value, dtype=None):
 
 
 def test_parse_inputs_values_and_errors():
-    parsed = bls_io.parse_inputs({"text_input": _t(b"hi"), "stream": _t(True), "threshold": _t(0.7, np.float32),
-                                  "random_seed": _t(3, np.uint64), "min_length": _t(5, np.int32),
-                                  "bad_words": np.array([b""], dtype=np.object_)})
-    assert parsed.prompt == "hi" and parsed.stream and parsed.params == {"threshold": 0.7, "seed": 3}
+    (parsed,) = bls_io.parse_inputs({"text_input": _t(b"hi"), "stream": _t(True), "threshold": _t(0.7, np.float32),
+                                     "random_seed": _t(3, np.uint64), "min_length": _t(5, np.int32),
+                                     "bad_words": np.array([b""], dtype=np.object_)})
+    assert parsed.prompt == "hi" and parsed.stream
+    assert parsed.params == {"threshold": 0.7, "seed": 3, "min_tokens": 5, "bad_words": [""]}
     with pytest.raises(RequestValidationError, match="text_input"):
         bls_io.parse_inputs({})
     with pytest.raises(RequestValidationError, match="max_tokens"):
         bls_io.parse_inputs({"text_input": _t(b"hi"), "max_tokens": np.array([1, 2], np.int32)})
-    with pytest.raises(RequestValidationError, match="stop_words"):
-        bls_io.parse_inputs({"text_input": _t(b"hi"), "stop_words": np.array([b"x"], dtype=np.object_)})
+    with pytest.raises(RequestValidationError, match="beam_width"):
+        bls_io.parse_inputs({"text_input": _t(b"hi"), "beam_width": np.array([2], dtype=np.int32)})
     with pytest.raises(RequestValidationError, match="text_input"):
         bls_io.parse_inputs({"text_input": _t(b"\xff\xfe")})
 
@@ -100,8 +101,8 @@ def test_parse_inputs_request_parameters():
     with pytest.raises(RequestValidationError, match="^bogus: unknown input"):
         bls_io.parse_inputs({**prompt, "bogus": _t(1, np.int32)})
     # a known name given as a parameter (gRPC parameters) is its value; Triton's own are skipped
-    parsed = bls_io.parse_inputs(prompt, {"method": "target", "threshold": "0.25", "random_seed": 9,
-                                          "triton_enable_empty_final_response": True})
+    (parsed,) = bls_io.parse_inputs(prompt, {"method": "target", "threshold": "0.25", "random_seed": 9,
+                                             "triton_enable_empty_final_response": True})
     assert parsed.params == {"method": "target", "threshold": 0.25, "seed": 9}
     with pytest.raises(RequestValidationError, match="^method: given both"):
         bls_io.parse_inputs({**prompt, "method": np.array([b"rsd"], dtype=np.object_)}, {"method": "target"})
@@ -113,7 +114,7 @@ def test_parse_inputs_checks_prompt_bytes_before_decoding():
     big = {"text_input": _t(b"\xff" * 101)}  # not UTF-8 either: the size is checked first
     with pytest.raises(RequestValidationError, match="^text_input: is 101 bytes; this server accepts at most 100"):
         bls_io.parse_inputs(big, max_prompt_bytes=100)
-    assert bls_io.parse_inputs({"text_input": _t("é".encode() * 50)}, max_prompt_bytes=100).prompt == "é" * 50
+    assert bls_io.parse_inputs({"text_input": _t("é".encode() * 50)}, max_prompt_bytes=100)[0].prompt == "é" * 50
 
 
 def test_fill_rejects_leftover_placeholders_and_unknown_keys():

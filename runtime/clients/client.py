@@ -24,7 +24,8 @@ from runtime.wire.bls_io import INPUTS, TensorSpec
 
 log = logging.getLogger(__name__)
 
-_BY_FIELD = {spec.field or spec.name: spec for spec in INPUTS}
+# RequestParams field (or text_input / stream) -> its input; the first name of a field wins
+_BY_FIELD = {(spec.field or spec.name): spec for spec in reversed(INPUTS) if spec.role in ("prompt", "stream", "param")}
 _NUMPY = {"TYPE_FP32": np.float32, "TYPE_INT32": np.int32, "TYPE_UINT64": np.uint64, "TYPE_BOOL": bool,
           "TYPE_STRING": np.object_}
 
@@ -42,6 +43,7 @@ class StepMessage:
     rewards: tuple[float | None, ...]
     finish_reason: str | None = None
     stats: dict[str, Any] | None = None
+    log_probs: tuple[float, ...] | None = None  # per token of `text`, when return_log_probs
 
     @property
     def final(self) -> bool:
@@ -128,8 +130,9 @@ class RsdClient:
 
 
 def _grpc_input(grpcclient: Any, spec: TensorSpec, value: Any) -> Any:
-    data = [value.encode() if isinstance(value, str) else value] if spec.dims == (1,) else list(value)
-    array = np.array(data, dtype=_NUMPY[spec.triton_type])
+    data = [value.encode() if isinstance(value, str) else value] if spec.dims == (1,) else \
+        [v.encode() if isinstance(v, str) else v for v in value]
+    array = np.array([data], dtype=_NUMPY[spec.triton_type])  # [1 row, values]: the model batches
     tensor = grpcclient.InferInput(spec.name, list(array.shape), "BYTES" if spec.triton_type == "TYPE_STRING"
                                    else spec.triton_type.removeprefix("TYPE_"))
     tensor.set_data_from_numpy(array)
@@ -144,12 +147,16 @@ def _grpc_message(result: Any) -> StepMessage:
     rewards = result.as_numpy("step_reward")
     stats = strings("stats")
     finish = strings("finish_reason")
+    log_probs = result.as_numpy("output_log_probs")
     return StepMessage("".join(strings("text_output")), tuple(strings("step_source")),
                        tuple(_reward(r) for r in (rewards.reshape(-1) if rewards is not None else [])),
-                       finish[0] if finish else None, json.loads(stats[0]) if stats else None)
+                       finish[0] if finish else None, json.loads(stats[0]) if stats else None,
+                       None if log_probs is None else tuple(float(x) for x in log_probs.reshape(-1)))
 
 
 def _json_value(spec: TensorSpec, value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_json_value(spec, v) for v in value]
     if spec.triton_type == "TYPE_FP32":
         return float(value)
     if spec.triton_type in ("TYPE_INT32", "TYPE_UINT64"):
@@ -162,9 +169,11 @@ def _json_message(data: Mapping[str, Any]) -> StepMessage:
         return [] if value is None else value if isinstance(value, list) else [value]
 
     stats = data.get("stats")
+    log_probs = data.get("output_log_probs")
     return StepMessage(data.get("text_output", ""), tuple(listed(data.get("step_source"))),
                        tuple(_reward(r) for r in listed(data.get("step_reward"))), data.get("finish_reason"),
-                       json.loads(stats) if stats else None)
+                       json.loads(stats) if stats else None,
+                       None if log_probs is None else tuple(float(x) for x in np.asarray(log_probs).reshape(-1)))
 
 
 def _reward(value: Any) -> float | None:

@@ -28,7 +28,7 @@ from runtime.deploy.trtllm_repo import (
     tensorrt_llm_values,
     trtllm_prm_values,
 )
-from runtime.wire import bls_io
+from runtime.wire import bls_io, bls_outputs
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,8 @@ def model_values(role: str, template: str, cfg: ServeConfig, pipeline: PipelineC
               "pipeline_config": str(pipeline.source or cfg.pipeline)}
     if template == "rsd":
         values.update(inputs=bls_io.config_entries(bls_io.INPUTS, with_optional=True),
-                      outputs=bls_io.config_entries(bls_io.OUTPUTS, with_optional=False),
+                      outputs=bls_io.config_entries(bls_outputs.OUTPUTS, with_optional=False),
+                      max_batch_size=str(bls_io.MAX_BATCH_SIZE),
                       draft_model="draft", target_model="target", prm_model="prm",
                       sub_request_timeout_s=f"{cfg.sub_request_timeout_s:g}", bls_threads=str(cfg.bls_threads),
                       max_prompt_bytes=str(cfg.max_prompt_bytes),

@@ -24,7 +24,8 @@ from runtime.core.errors import RequestValidationError
 from runtime.core.params import RequestParams
 
 # The rsd model's finish reasons -> OpenAI's (a cap on steps or context is a length limit too).
-FINISH = {"eos": "stop", "boxed": "stop", "max_tokens": "length", "max_steps": "length", "context": "length"}
+FINISH = {"eos": "stop", "stop": "stop", "boxed": "stop", "max_tokens": "length", "max_steps": "length",
+          "context": "length"}
 _STANDARD = {"max_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p", "seed": "seed"}
 # OpenAI name -> (the rsd model's input, neutral value): sent when the model has the input.
 _OPTIONAL = {"presence_penalty": ("presence_penalty", 0.0), "frequency_penalty": ("frequency_penalty", 0.0),

@@ -75,9 +75,9 @@ class ModelSpec:
 
 def tensor_names() -> dict[str, str]:
     """RequestParams field -> the rsd model's input name (the BLS I/O table; `seed` is `random_seed`)."""
-    from runtime.wire.bls_io import INPUTS
+    from runtime.wire.bls_io import tensor_name
 
-    return {spec.field: spec.name for spec in INPUTS if spec.field}
+    return {f: tensor_name(f) for f in _FIELDS}
 
 
 def classify(message: str, spec: ModelSpec | None) -> BackendError:
@@ -185,12 +185,13 @@ def _tensor(spec: ModelSpec, name: str, value: Any) -> Any:
     wire = spec.inputs.get(name)
     if wire is None:
         raise BackendError(400, f"{name}: the {spec.name} model has no such input", name)
+    items = list(value) if isinstance(value, (list, tuple)) else [value]  # a list input: stop_words, ...
     try:
-        array = np.array([value.encode() if isinstance(value, str) else value], dtype=_NUMPY[wire])
+        array = np.array([v.encode() if isinstance(v, str) else v for v in items], dtype=_NUMPY[wire])
     except (OverflowError, ValueError, TypeError, KeyError):
         raise BackendError(400, f"{name}: {value!r} is not a {wire}", name) from None
     if spec.batched:
-        array = array.reshape(1, 1)
+        array = array.reshape(1, -1)
     tensor = grpcclient.InferInput(name, list(array.shape), wire)
     tensor.set_data_from_numpy(array)
     return tensor

@@ -1,27 +1,34 @@
 """Serving one `rsd` request: parse, validate, run the step loop, respond. No Triton imports.
 
 The BLS model (`triton_repo/rsd/1/model.py`) hands each request's input tensors and a
-`ResponseSink` to `RsdService.serve`. With `stream` each decided step is sent at once;
-otherwise one response carries the whole text. The last response carries finish_reason and
-stats. The sink is always closed (the final flag is sent), on success, error or cancellation:
-a decoupled request without its final flag hangs its client.
+`ResponseSink` to `RsdService.serve`. A request has 1 to MAX_BATCH_SIZE rows (TensorRT-LLM's
+clients send [B, 1] tensors); every row is its own step loop, all on this task, so their
+sub-requests meet in the engines' in-flight batcher; each response says its row
+(`batch_index`). With `stream` each decided step is sent at once; otherwise one response per
+row carries its whole text (after text_input when exclude_input_in_output is false). A row's
+last response carries finish_reason and stats; the final flag comes with the last row's. The
+sink is always closed (the final flag is sent), on success, error or cancellation: a decoupled
+request without its final flag hangs its client. One row failing fails the request.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 from runtime.core.errors import EngineError, RequestValidationError, RsdError
+from runtime.core.loop import Request
 from runtime.core.types import StepEvent
 from runtime.in_server.metrics import RequestClock, RsdMetrics
 from runtime.pipeline import Pipeline
-from runtime.wire.bls_io import DEFAULT_MAX_PROMPT_BYTES, parse_inputs, step_outputs
+from runtime.wire.bls_io import DEFAULT_MAX_PROMPT_BYTES, ParsedRequest, parse_inputs
+from runtime.wire.bls_outputs import Progress, Wanted, response_outputs
 from runtime.wire.model_env import DRAIN_ENV
 
 log = logging.getLogger(__name__)
@@ -48,6 +55,20 @@ def drain_flag() -> Callable[[], bool]:
 
 
 @dataclass(slots=True)
+class _Rows:
+    """What the rows of one request share: the sink, and how many rows are still running (the
+    final flag goes with the last row's last response)."""
+
+    sink: ResponseSink
+    running: int
+    cancelled: bool = field(default=False)
+
+    def send(self, outputs: dict[str, np.ndarray], row_done: bool) -> None:
+        self.running -= row_done
+        self.sink.send(outputs, final=self.running == 0)
+
+
+@dataclass(slots=True)
 class RsdService:
     pipeline: Pipeline
     metrics: RsdMetrics | None = None
@@ -55,18 +76,21 @@ class RsdService:
     draining: Callable[[], bool] = lambda: False
 
     async def serve(self, inputs: Mapping[str, np.ndarray], parameters: Mapping[str, Any], sink: ResponseSink) -> None:
-        """Run one request to its end; the sink is closed whatever happens."""
+        """Run one request (all its rows) to its end; the sink is closed whatever happens."""
+        arrival = time.time_ns()
         method, outcome = "unknown", "error"
         clock = self.metrics.request_started() if self.metrics else None
         try:
             if self.draining():
                 raise EngineError("the server is shutting down and takes no new requests; retry on another instance")
-            parsed = parse_inputs(inputs, parameters, self.max_prompt_bytes)
+            rows = parse_inputs(inputs, parameters, self.max_prompt_bytes)
             # Tokenising a long prompt takes milliseconds: off the loop, so other requests go on.
-            request = await asyncio.get_running_loop().run_in_executor(
-                None, self.pipeline.request, parsed.prompt, parsed.params)
-            method = request.params.method
-            outcome = await self._run(self.pipeline.run(request), parsed.stream, method, sink, clock)
+            requests = await asyncio.get_running_loop().run_in_executor(None, self._requests, rows)
+            method = requests[0].params.method
+            shared = _Rows(sink, len(rows))
+            runs = [self._run_row(i, row, request, shared, method, clock, arrival)
+                    for i, (row, request) in enumerate(zip(rows, requests))]
+            outcome = await runs[0] if len(runs) == 1 else await _all(runs)
         except RequestValidationError as exc:
             outcome = "invalid"
             sink.fail(exc)
@@ -84,21 +108,54 @@ class RsdService:
             if self.metrics:
                 self.metrics.request_ended(method, outcome, clock)
 
-    async def _run(self, events: AsyncIterator[StepEvent], stream: bool, method: str, sink: ResponseSink,
-                   clock: RequestClock | None = None) -> str:
+    def _requests(self, rows: tuple[ParsedRequest, ...]) -> list[Request]:
+        """Validated and tokenised rows (every row before any runs: one bad row fails the request)."""
+        ends = self.pipeline.tokenizer.eos_ids
+        for row in rows:
+            if row.end_id != -1 and row.end_id not in ends:
+                raise RequestValidationError("end_id", f"this model ends on its tokenizer's end ids "
+                                                       f"{sorted(ends)}; got {row.end_id} (send one of them, or -1)")
+        return [self.pipeline.request(row.prompt, row.params) for row in rows]
+
+    async def _run_row(self, index: int, row: ParsedRequest, request: Request, shared: _Rows, method: str,
+                       clock: RequestClock | None, arrival_ns: int) -> str:
+        p = request.params
+        wanted = Wanted(p.return_log_probs, row.perf_metrics,
+                        len(request.prompt_ids) if row.num_input_tokens else None, row.num_output_tokens)
+        progress = Progress(arrival_ns=arrival_ns, scheduled_ns=time.time_ns())
+        row_clock = RequestClock() if clock is not None and shared.running > 1 else clock
+        events = self.pipeline.run(request)
         done: list[StepEvent] = []
         try:
             async for event in events:
                 if self.metrics:
-                    self.metrics.observe_step(method, event, clock)
-                if sink.is_cancelled():  # between steps: no sub-request is in flight here
+                    self.metrics.observe_step(method, event, row_clock)
+                if shared.cancelled or shared.sink.is_cancelled():  # between steps: no sub-request in flight
+                    shared.cancelled = True
                     log.info("request cancelled by the client after %d steps", len(done))
                     return "cancelled"
                 done.append(event)
-                if stream:
-                    sink.send(step_outputs([event], event.text), final=event.finished)
-            if not stream:
-                sink.send(step_outputs(done, "".join(e.text for e in done)), final=True)
+                if row.stream:
+                    progress = progress.after([event], time.time_ns())
+                    shared.send(response_outputs(index, [event], event.text, progress, wanted), event.finished)
+            if not row.stream:
+                progress = progress.after(done, time.time_ns())
+                text = "".join(e.text for e in done)
+                shared.send(response_outputs(index, done, text if row.exclude_input else row.prompt + text,
+                                             progress, wanted), True)
             return "ok"
         finally:
             await events.aclose()  # type: ignore[attr-defined]  # run_request's finally releases caches
+
+
+async def _all(runs: list[Any]) -> str:
+    """Run the rows together; the first failure cancels the others and is raised."""
+    tasks = [asyncio.ensure_future(run) for run in runs]
+    try:
+        outcomes = await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    return "cancelled" if "cancelled" in outcomes else "ok"
