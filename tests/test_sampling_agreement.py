@@ -1,6 +1,6 @@
 """The torch engine samples and scores exactly as the core's reference rules (runtime.core.sampling):
-the same tempered top-p distribution (mask, ties, renormalisation), the same log-probs, the same
-greedy choice. GSI's importance weight log pi_target - log pi_draft takes the draft's log-prob from
+the same tempered top-k / top-p distribution (mask, ties, renormalisation), the same log-probs, the
+same greedy choice, the same logit rules (penalties, bias, bad words, the min-tokens ban). GSI's importance weight log pi_target - log pi_draft takes the draft's log-prob from
 the engine's sampler (under the top-p distribution actually sampled) and the target's from its
 scorer (tempered, no top-p), so a disagreement with the core's definitions biases the weights.
 """
@@ -13,11 +13,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from runtime.core.sampling import logprob_of, process
-from runtime.core.types import LogitsRequest, ScoreRequest, StepRequest
+from runtime.core.sampling import adjust, logprob_of, process
+from runtime.core.types import LogitRules, LogitsRequest, ScoreRequest, StepRequest
 
 torch = pytest.importorskip("torch")
-from runtime.engines.torch.sampling import logprob_rows, sample_token  # noqa: E402
+from runtime.engines.torch.sampling import RuleState, logprob_rows, sample_token  # noqa: E402
 
 SETTINGS = [(1.0, 1.0), (0.7, 0.9), (1.3, 0.5), (0.5, 0.3)]  # (temperature, top_p)
 DRAWS = 1000
@@ -124,3 +124,70 @@ def test_the_fake_lm_reports_logprobs_like_the_engine() -> None:
     ids = [2, 3, *gen.token_ids]
     expected = sum(math.log(process(lm.table[ids[i - 1]], 1.0, 0.5)[ids[i]]) for i in range(2, len(ids)))
     assert math.isclose(gen.logprob, expected, abs_tol=1e-9)
+
+
+RULES = [
+    LogitRules(repetition_penalty=1.7),
+    LogitRules(presence_penalty=0.6, frequency_penalty=0.4),
+    LogitRules(bias=((3, 2.0), (5, -1.5), (3, 0.5)), bad_words=((7,), (2, 9))),
+    LogitRules(repetition_penalty=0.8, presence_penalty=-0.3, frequency_penalty=0.2, bad_words=((1, 4, 6),),
+               end_ids=frozenset({0, 11})),
+]
+
+
+@pytest.mark.parametrize("rules", RULES)
+def test_the_engine_adjusts_logits_like_the_core(rules: LogitRules) -> None:
+    """RuleState (counts of the context, its last ids, the min-new-tokens ban) is core.sampling.adjust."""
+    row = logit_rows(seed=4, n=1)[0]
+    context = (2, 9, 3, 3, 1, 4, 8, 2)
+    state = RuleState.start(rules, context, min_new=2)
+    assert state is not None
+    ids = list(context)
+    for step, token in enumerate((1, 4, 5)):
+        expected = adjust(row, rules, ids, ban_ends=step < 2)
+        got = state.apply(torch.from_numpy(row)).double().numpy()
+        assert np.array_equal(np.isinf(got), np.isinf(expected))
+        finite = np.isfinite(expected)
+        assert np.allclose(got[finite], expected[finite], atol=1e-5)
+        state.push(token)
+        ids.append(token)
+
+
+@pytest.mark.parametrize(("temperature", "top_p", "top_k"), [(1.0, 1.0, 3), (0.7, 0.9, 5), (1.3, 0.5, 8)])
+def test_top_k_sampling_follows_the_core_distribution(temperature: float, top_p: float, top_k: int) -> None:
+    for row in logit_rows(seed=6):
+        ref = process(row, temperature, top_p, top_k)
+        gen = torch.Generator().manual_seed(0)
+        drawn = [sample_token(torch.from_numpy(row), temperature, top_p, gen, top_k) for _ in range(400)]
+        assert {t for t, _ in drawn} <= {t for t in range(len(ref)) if ref[t] > 0}
+        assert {t for t in range(len(ref)) if ref[t] > 0.02} <= {t for t, _ in drawn}
+        assert all(math.isclose(lp, math.log(ref[t]), abs_tol=2e-5) for t, lp in drawn)
+    token, _ = sample_token(torch.from_numpy(logit_rows()[0]), 1.5, 1.0, torch.Generator(), top_k=1)
+    assert token == int(np.argmax(logit_rows()[0]))  # top_k 1 is greedy
+
+
+@pytest.mark.slow  # builds the tiny real models
+def test_the_engine_generates_under_the_rules_the_core_defines(tiny_pipeline) -> None:  # type: ignore[no-untyped-def]
+    """A generated step with penalties, bias, bad words, top-k and min tokens: each token's
+    log-prob is log process(adjust(row)) of the model's own logits at that point."""
+    lm = tiny_pipeline.engines.draft
+    tok = tiny_pipeline.tokenizer
+    prefix = tuple(tok.encode_prompt("12+7"))
+    rules = LogitRules(1.4, 0.3, 0.2, ((tok.encode("x")[0], 1.5),), ((tok.encode("1")[0],),), frozenset(tok.eos_ids))
+    temperature, top_p, top_k = 0.9, 0.95, 6
+
+    async def run() -> tuple[object, np.ndarray]:
+        gen = await lm.generate(StepRequest("rules", prefix, 1, temperature, top_p, 12, 3, True, top_k, rules, 4))
+        (first,) = gen.generations
+        rows = (await lm.logits(LogitsRequest("rules-rows", prefix + first.token_ids, len(first.token_ids) + 1))).logits
+        for key in ("rules", "rules-rows"):
+            lm.release(key)
+        return first, rows
+
+    first, rows = asyncio.run(run())
+    tokens = first.token_ids  # type: ignore[attr-defined]
+    assert len(tokens) >= 4 and tok.encode("1")[0] not in tokens
+    for i, token in enumerate(tokens):
+        z = adjust(rows[i], rules, prefix + tokens[:i], ban_ends=i < 4)
+        expected = math.log(process(z, temperature, top_p, top_k)[token])
+        assert math.isclose(first.token_logprobs[i], expected, abs_tol=1e-3)  # type: ignore[attr-defined]

@@ -41,6 +41,27 @@ def test_bls_engines_reproduce_the_torch_pipeline(pipelines, method, temperature
     assert [s.reward for s in got.steps] == pytest.approx([s.reward for s in expected.steps], abs=1e-5)
 
 
+RULED = {"top_k": 4, "repetition_penalty": 1.8, "presence_penalty": 0.5, "frequency_penalty": 0.3,
+         "bad_words": ["a", "e"], "embedding_bias_words": ["x"], "embedding_bias_weights": [2.0], "min_tokens": 30,
+         "return_log_probs": True, "stop_words": ["zz"], "max_tokens": 40}
+
+
+@pytest.mark.parametrize("method", ["rsd", "target", "draft", "gsi", "sd", "cos", "bon"])
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_bls_engines_apply_the_request_rules_like_the_torch_pipeline(pipelines, method, temperature):
+    """Penalties, bias, bad words, top-k and min_tokens cross the sub-model contract unchanged."""
+    torch_pipeline, bls_pipeline, _ = pipelines
+    params = {"method": method, "n": 3, "temperature": temperature, "seed": 5, "threshold": 0.3, **RULED}
+    expected = torch_pipeline.generate_sync("what is 7-2?", params)
+    got = bls_pipeline.generate_sync("what is 7-2?", params)
+    banned = {bls_pipeline.tokenizer.encode(w)[0] for w in ("a", "e")}
+    assert got.text == expected.text and not banned & {t for s in got.steps for t in s.token_ids}
+    assert got.stats["tokens"] >= 30
+    mine = [lp for s in got.steps for lp in s.token_logprobs]
+    theirs = [lp for s in expected.steps for lp in s.token_logprobs]
+    assert len(mine) == got.stats["tokens"] and mine == pytest.approx(theirs, abs=1e-4)
+
+
 class FakeSink:
     def __init__(self, cancel_after: int | None = None) -> None:
         self.sent: list[tuple[dict, bool]] = []
@@ -176,3 +197,34 @@ def test_likelihood_prm_through_the_contract(tmp_path, pipeline_config, verifier
     assert got.text == expected.text
     assert [s.reward for s in got.steps] == pytest.approx([s.reward for s in expected.steps], rel=1e-4)
     assert ("prm" in transport.calls) == (verifier == "prm")
+
+
+def test_service_serves_every_row_of_a_batched_request(pipelines):
+    """TensorRT-LLM clients batch rows ([B, 1] tensors): each row is its own loop, each response says
+    its row, the final flag comes last, and row options (exclude_input_in_output, perf) are per row."""
+    bls = pipelines[1]
+    prompts = ["2*3=", "1+1="]
+    alone = [_serve(bls, _inputs(p, False, max_tokens=12), FakeSink()).sent[0][0]["text_output"][0][0]
+             for p in prompts]
+    tensors = {"text_input": np.array([[p.encode()] for p in prompts], dtype=np.object_),
+               "stream": np.array([[True], [False]]), "max_tokens": np.array([[12], [12]], np.int32),
+               "exclude_input_in_output": np.array([[True], [False]]), "return_perf_metrics": np.array([[True], [True]])}
+    sink = _serve(bls, tensors, FakeSink())
+    assert not sink.errors and sink.closed == 1
+    assert [final for _, final in sink.sent] == [False] * (len(sink.sent) - 1) + [True]
+    rows: dict[int, bytes] = {}
+    for out, _ in sink.sent:
+        row = int(out["batch_index"][0][0])
+        rows[row] = rows.get(row, b"") + out["text_output"][0][0]
+        assert 0.0 <= out["acceptance_rate"][0][0] <= 1.0
+        assert out["total_accepted_draft_tokens"][0][0] <= out["total_draft_tokens"][0][0]
+    assert rows == {0: alone[0], 1: prompts[1].encode() + alone[1]}  # row 1 repeats its input (not excluded)
+
+
+def test_service_checks_end_id_against_the_tokenizer(pipelines):
+    bls = pipelines[1]
+    ok = _serve(bls, _inputs("2*3=", False, max_tokens=4, end_id=np.int32(min(bls.tokenizer.eos_ids))), FakeSink())
+    assert not ok.errors
+    sink = _serve(bls, _inputs("2*3=", False, max_tokens=4, end_id=np.int32(7)), FakeSink())
+    (error,) = sink.errors
+    assert isinstance(error, RequestValidationError) and error.field == "end_id"

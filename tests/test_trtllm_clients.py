@@ -185,7 +185,7 @@ def test_stop_word_stops_the_request_after_it(triton_server):
 
 def test_bad_word_never_appears(triton_server):
     full, _ = greedy(triton_server)
-    banned = next(ch for ch in full if ch.isalnum())
+    banned = next(ch for ch in full if ch.isalnum() and ch not in "<pad></s>")  # special tokens print as text
     out, _ = greedy(triton_server, bad_words=[banned])
     assert out != full and banned not in out
     (body,) = http_generate(triton_server, {"text_input": PROMPT, "max_tokens": 32, "temperature": 0.0,
