@@ -117,6 +117,20 @@ def test_stop_string_cuts_the_output(front, triton_server):
     assert "".join(c.choices[0].text for c in streamed) == text[:text.index(stop)]
 
 
+def test_min_tokens_forces_the_output_length(front):
+    """vLLM's `min_tokens` (what genai-perf and AIPerf send for a fixed output length) is honoured:
+    no end before that many tokens, through the batch dimension the front sends ([1, 1])."""
+    def tokens(seed: int, **extra: object) -> tuple[int, str | None]:
+        got = sdk(front).completions.create(model="rsd", prompt=PROMPT, max_tokens=48, temperature=0.8, seed=seed,
+                                            extra_body=extra or None)
+        return got.usage.completion_tokens, got.choices[0].finish_reason
+
+    seed, (count, _) = next(((s, r) for s in range(12) if (r := tokens(s))[1] == "stop" and r[0] <= 30), (None, (0, "")))
+    assert seed is not None, "no seed ends early with the tiny models"
+    forced, _ = tokens(seed, min_tokens=count + 10)
+    assert forced >= count + 10
+
+
 def test_extension_parameters_reach_the_model(front, triton_server):
     steps = reference(triton_server, {**GREEDY, "method": "target"})
     got = sdk(front).completions.create(model="rsd", prompt=PROMPT, extra_body={"rsd": {"method": "target"}}, **GREEDY)
