@@ -37,8 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                                                    "(default from the config: 9000)")
     p.add_argument("--engines", help="trtllm: the engine-set output root of `python -m build_engines` "
                                      "(overrides trtllm.engine_root)")
-    p.add_argument("--repo", help="where to render the repository (default .build/triton_repo/<config name>)")
-    p.add_argument("--log-file", help="tritonserver log (default: <repo>.log)")
+    p.add_argument("--repo", help="where to render the repository (default: .build/triton_repo/<config name>-"
+                                  "<grpc port>, one folder per instance)")
+    p.add_argument("--log-file", help="tritonserver log (default: <repo>.log; the OpenAI front's: <repo>-openai.log)")
     p.add_argument("--render-only", action="store_true", help="render the repository, print its path and exit")
     p.add_argument("--container", metavar="IMAGE", nargs="?", const="",
                    help="GPU host: run the NGC Triton container instead (default image: "
@@ -59,6 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def cmd_serve(args: argparse.Namespace) -> int:
     from runtime.deploy.config import load_serve_config
     from runtime.deploy.repo import render_repository
+    from runtime.deploy.server import check_ports
 
     cfg = load_serve_config(args.config).with_overrides(
         pipeline=args.pipeline, address=args.address, http_port=args.http_port, grpc_port=args.grpc_port,
@@ -68,6 +70,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if cfg.trtllm is None:
             raise ConfigError("--engines", "only for a serving config with backend trtllm")
         cfg = dataclasses.replace(cfg, trtllm=cfg.trtllm.with_engine_root(Path(args.engines)))
+    if not args.render_only and args.container is None:
+        # before rendering: a running instance on these ports owns its repository folder
+        check_ports(cfg.address, cfg.http_port, cfg.grpc_port, cfg.metrics_port)
     repo = render_repository(cfg, Path(args.repo).resolve() if args.repo else None)
     if args.render_only:
         print(repo)

@@ -96,10 +96,17 @@ def template_of(role: str, backend: str, pipeline: PipelineConfig) -> str:
     return LAYOUTS[backend][role]
 
 
+def instance_dir(cfg: ServeConfig) -> Path:
+    """The default repository folder of one server instance: .build/triton_repo/<config name>-<gRPC
+    port>. Two instances on one host cannot share a gRPC port, so they never share a repository
+    (re-rendering one would pull it from under the other) nor, next to it, a log (<folder>.log)."""
+    return BUILD_ROOT / f"{cfg.source.stem if cfg.source else 'default'}-{cfg.grpc_port}"
+
+
 def render_repository(cfg: ServeConfig, out: Path | None = None, templates: Path = TEMPLATES) -> Path:
-    """Render the model repository for `cfg` into `out` (default .build/triton_repo/<config name>)."""
+    """Render the model repository for `cfg` into `out` (default: `instance_dir(cfg)`)."""
     pipeline = load_config(cfg.pipeline)
-    out = out or BUILD_ROOT / (cfg.source.stem if cfg.source else "default")
+    out = out or instance_dir(cfg)
     models = roles_served(pipeline, cfg.backend)
     if cfg.backend == "trtllm":
         check_engines(cfg, pipeline, models)

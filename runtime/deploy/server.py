@@ -67,6 +67,13 @@ def restricted_api_flags(admin_key: str) -> list[str]:
             f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={admin_key}"]
 
 
+def check_ports(address: str, http_port: int, grpc_port: int, metrics_port: int) -> None:
+    """A ConfigError naming the flag of the first port something already listens on."""
+    for flag, port in (("--http-port", http_port), ("--grpc-port", grpc_port), ("--metrics-port", metrics_port)):
+        if not port_is_free(address, port):
+            raise ConfigError(flag, f"{address}:{port} is not free; is another server running? pick another port")
+
+
 def port_is_free(address: str, port: int) -> bool:
     """Nothing listens on address:port (the TIME_WAIT connections of a killed server are fine)."""
     with socket.socket() as s:
@@ -201,11 +208,7 @@ class TritonServer:
 
     def check_ports(self) -> None:
         """Fail before starting when a port is taken: another server would answer our readiness probe."""
-        for flag, port in (("--http-port", self.http_port), ("--grpc-port", self.grpc_port),
-                           ("--metrics-port", self.metrics_port)):
-            if not port_is_free(self.address, port):
-                raise ConfigError(flag, f"{self.address}:{port} is not free; is another server running? "
-                                        f"pick another port")
+        check_ports(self.address, self.http_port, self.grpc_port, self.metrics_port)
 
     def processes(self) -> dict[str, int]:
         """The server's processes: 'tritonserver' and one entry per model stub ('stub:<model>')."""
