@@ -23,6 +23,8 @@ def add_param_flags(parser: argparse.ArgumentParser) -> None:
         shown = f"default {f.default}"
         if kind is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=shown)
+        elif kind is tuple:  # a list field: --stop-words "a b" "\n\n" (RequestParams checks the items)
+            group.add_argument(flag, dest=f.name, nargs="*", default=None, metavar="VALUE", help=f"{shown}; a list")
         elif f.name in _CHOICES:  # RequestParams checks the value (one message format, exit 2)
             group.add_argument(flag, dest=f.name, default=None, metavar="{" + ",".join(_CHOICES[f.name]) + "}",
                                help=f"{shown}; one of {', '.join(_CHOICES[f.name])}")
