@@ -192,9 +192,16 @@ def combine(
     return normed
 
 
-def logprob_of(logits: npt.NDArray[np.floating[Any]], token: int, temperature: float) -> float:
-    """log softmax(logits / T)[token]; T == 0 is scored untempered (T = 1)."""
+def log_softmax(logits: npt.NDArray[np.floating[Any]], temperature: float = 1.0) -> npt.NDArray[np.float64]:
+    """log softmax(logits / T) over the last axis, in float64; T == 0 is scored untempered (T = 1),
+    as every engine scores greedy tokens."""
     t = temperature if temperature > 0.0 else 1.0
     z = np.asarray(logits, dtype=np.float64) / t
-    m = z.max()
-    return float(z[token] - m - np.log(np.exp(z - m).sum()))
+    z = z - z.max(axis=-1, keepdims=True)
+    out: npt.NDArray[np.float64] = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    return out
+
+
+def logprob_of(logits: npt.NDArray[np.floating[Any]], token: int, temperature: float) -> float:
+    """log softmax(logits / T)[token]; T == 0 is scored untempered (T = 1)."""
+    return float(log_softmax(logits, temperature)[token])

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from runtime.core.errors import EngineError
+from runtime.core.sampling import log_softmax
 from runtime.core.segment import StepSegmenter
 from runtime.core.types import (
     Finish,
@@ -141,8 +142,5 @@ def _usage(fed: int) -> Usage:
 
 def _logprob_rows(logits: np.ndarray, tokens: tuple[int, ...], temperature: float) -> float:
     """Sum over rows of log softmax(row / T)[token]; T == 0 scores untempered (as the torch engine)."""
-    t = temperature if temperature > 0.0 else 1.0
-    x = logits.astype(np.float64) / t
-    x -= x.max(axis=-1, keepdims=True)
-    logp = x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    logp = log_softmax(logits, temperature)
     return float(logp[np.arange(len(tokens)), list(tokens)].sum())
