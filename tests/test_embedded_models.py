@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -81,9 +82,10 @@ def test_prm_separates_correct_from_corrupted_steps_on_held_out_problems(pipelin
     for n, problem in enumerate(heldout_problems(40)):
         index = rng.randrange(len(problem.steps))
         wrong = perturb_step(problem, index, rng)
-        request = RewardRequest(f"t{n}", problem.question, tuple(problem.steps[:index]),
+        request = RewardRequest(problem.question, tuple(problem.steps[:index]),
                                 (problem.steps[index], wrong))
-        rewards = asyncio.run(pipeline.engines.prm.reward(request)).rewards
+        with closing(pipeline.engines.prm.open(f"t{n}")) as session:
+            rewards = asyncio.run(session.reward(request)).rewards
         good.append(rewards[0])
         bad.append(rewards[1])
     print(f"AUROC {_auroc(good, bad):.3f}, good accepted {sum(g >= threshold for g in good)}/{len(good)}, "

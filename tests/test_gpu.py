@@ -58,7 +58,11 @@ def test_cuda_logits_match_cpu(gpu_pipeline) -> None:  # type: ignore[no-untyped
     ids = tuple(range(3, 40))
 
     async def rows(p) -> object:  # type: ignore[no-untyped-def]
-        return (await p.engines.target.logits(LogitsRequest("x", ids, 4))).logits
+        session = p.engines.target.open("x")
+        try:
+            return (await session.logits(LogitsRequest(ids, 4))).logits
+        finally:
+            session.close()
 
     assert abs(asyncio.run(rows(gpu)) - asyncio.run(rows(cpu))).max() < 1e-3
 

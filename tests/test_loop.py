@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from dataclasses import dataclass
 
 import pytest
 
@@ -10,6 +11,7 @@ from runtime.core.errors import RequestValidationError
 from runtime.core.methods import Engines
 from runtime.core.params import RequestParams
 from runtime.core.segment import StepSegmenter
+from runtime.core.types import RewardRequest, RewardResult
 from runtime.pipeline import Pipeline
 from support.fakes import FakeLM, FakePRM, FakeTokenizer, ScriptedLM
 
@@ -133,10 +135,19 @@ def test_per_step_cap() -> None:
     assert [s.text for s in result.steps] == ["aaa", "aaa"]
 
 
-def test_engines_are_released_on_completion_and_on_early_close() -> None:
-    draft, target, prm, p = scripted()
+@dataclass(slots=True)
+class PausingPRM(FakePRM):
+    async def reward(self, req: RewardRequest) -> RewardResult:
+        await asyncio.sleep(0)  # hand the event loop over, so a cancel lands mid-request
+        return await FakePRM.reward(self, req)
+
+
+def test_every_session_opened_is_closed_on_completion_early_close_error_and_cancel() -> None:
+    draft, target, prm = ScriptedLM(TOK, DRAFT_STEPS), ScriptedLM(TOK, TARGET_STEPS), PausingPRM()
+    p = pipeline(draft, target, prm)
     p.generate_sync("b", {"method": "rsd", "max_steps": 1})
-    assert draft.calls["release"] == target.calls["release"] == prm.calls["release"] == 1
+    assert draft.calls["open"] == target.calls["open"] == prm.calls["open"] == 1
+    assert draft.calls["close"] == target.calls["close"] == prm.calls["close"] == 1
 
     async def first_only() -> None:
         stream = p.stream("b", {"method": "rsd"})
@@ -144,7 +155,23 @@ def test_engines_are_released_on_completion_and_on_early_close() -> None:
         await stream.aclose()
 
     asyncio.run(first_only())
-    assert draft.calls["release"] == 2 and prm.calls["release"] == 2
+    prm.fn = lambda question, steps, candidate: 1 / 0  # an engine failing mid-request
+    with pytest.raises(ZeroDivisionError):
+        p.generate_sync("b", {"method": "rsd"})
+    prm.fn = None
+
+    async def cancelled() -> None:
+        task = asyncio.ensure_future(p.generate("b", {"method": "rsd", "max_steps": 50}))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancelled())
+    with pytest.raises(RequestValidationError):  # the prompt is checked once the sessions are open
+        pipeline(draft, target, prm, max_len=2).generate_sync("bbbb", {"method": "rsd"})
+    for fake in (draft, target, prm):
+        assert fake.calls["open"] == fake.calls["close"] == 5, fake.calls
 
 
 @pytest.mark.parametrize(("engines", "params", "field"), [

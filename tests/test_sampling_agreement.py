@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import Counter
+from contextlib import closing
 
 import numpy as np
 import pytest
@@ -97,13 +98,12 @@ def test_the_engine_reports_the_logprobs_gsi_expects(tiny_pipeline) -> None:  # 
     temperature, top_p = 0.8, 0.9
 
     async def run() -> tuple[object, np.ndarray, float]:
-        gen = await lm.generate(StepRequest("agree", prefix, 2, temperature, top_p, 12, 5, True))
-        (first,) = [g for g in gen.generations[:1]]
-        tokens = first.token_ids
-        rows = (await lm.logits(LogitsRequest("agree-rows", prefix + tokens, len(tokens) + 1))).logits
-        score = (await lm.score(ScoreRequest("agree-score", prefix, (tokens,), temperature))).logprobs[0]
-        for key in ("agree", "agree-rows", "agree-score"):
-            lm.release(key)
+        with closing(lm.open("a")) as a, closing(lm.open("b")) as b, closing(lm.open("c")) as c:
+            gen = await a.generate(StepRequest(prefix, 2, temperature, top_p, 12, 5, True))
+            (first,) = [g for g in gen.generations[:1]]
+            tokens = first.token_ids
+            rows = (await b.logits(LogitsRequest(prefix + tokens, len(tokens) + 1))).logits
+            score = (await c.score(ScoreRequest(prefix, (tokens,), temperature))).logprobs[0]
         return first, rows, score
 
     first, rows, score = asyncio.run(run())
@@ -119,7 +119,7 @@ def test_the_fake_lm_reports_logprobs_like_the_engine() -> None:
     from support.fakes import FakeLM
 
     lm = FakeLM(8, seed=3)
-    req = StepRequest("fake", (2, 3), 1, 1.0, 0.5, 3, 0, True)
+    req = StepRequest((2, 3), 1, 1.0, 0.5, 3, 0, True)
     (gen,) = asyncio.run(lm.generate(req)).generations
     ids = [2, 3, *gen.token_ids]
     expected = sum(math.log(process(lm.table[ids[i - 1]], 1.0, 0.5)[ids[i]]) for i in range(2, len(ids)))
@@ -177,11 +177,10 @@ def test_the_engine_generates_under_the_rules_the_core_defines(tiny_pipeline) ->
     temperature, top_p, top_k = 0.9, 0.95, 6
 
     async def run() -> tuple[object, np.ndarray]:
-        gen = await lm.generate(StepRequest("rules", prefix, 1, temperature, top_p, 12, 3, True, top_k, rules, 4))
-        (first,) = gen.generations
-        rows = (await lm.logits(LogitsRequest("rules-rows", prefix + first.token_ids, len(first.token_ids) + 1))).logits
-        for key in ("rules", "rules-rows"):
-            lm.release(key)
+        with closing(lm.open("rules")) as a, closing(lm.open("rules-rows")) as b:
+            gen = await a.generate(StepRequest(prefix, 1, temperature, top_p, 12, 3, True, top_k, rules, 4))
+            (first,) = gen.generations
+            rows = (await b.logits(LogitsRequest(prefix + first.token_ids, len(first.token_ids) + 1))).logits
         return first, rows
 
     first, rows = asyncio.run(run())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from contextlib import closing
 
 import pytest
 import torch
@@ -162,11 +163,10 @@ def test_logits_with_cache_equal_full_forward(tiny_pipeline: Pipeline) -> None:
 
     async def run() -> tuple:
         ids = tuple(range(3, 15))
-        await lm.logits(LogitsRequest("k", ids[:8], 1))  # warm the cache with a prefix
-        cached = (await lm.logits(LogitsRequest("k", ids, 3))).logits
-        fresh = (await lm.logits(LogitsRequest("other", ids, 3))).logits
-        lm.release("k")
-        lm.release("other")
+        with closing(lm.open("k")) as warm, closing(lm.open("other")) as cold:
+            await warm.logits(LogitsRequest(ids[:8], 1))  # warm the cache with a prefix
+            cached = (await warm.logits(LogitsRequest(ids, 3))).logits
+            fresh = (await cold.logits(LogitsRequest(ids, 3))).logits
         return cached, fresh
 
     cached, fresh = asyncio.run(run())
@@ -209,3 +209,40 @@ def test_a_cancelled_request_leaves_the_engine_consistent(tiny_pipeline: Pipelin
     assert [r.text for r in done[:4]] == expected
     for role in ("draft", "target", "prm"):  # every slot the five requests took was freed
         assert getattr(p.engines, role).scheduler.runner.arena.live == live[role], role
+
+
+def test_no_request_leaves_a_cache_behind(tiny_pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finished, failing, invalid, cancelled and abandoned requests: afterwards no engine holds a
+    KV cache (every arena slot a session took was freed when the loop closed it)."""
+    from runtime.core.errors import RequestValidationError
+    from runtime.engines.torch.prm import TorchPRM
+
+    p = tiny_pipeline
+    params = {"method": "rsd", "threshold": 0.5, "max_tokens": 40, "max_step_tokens": 8}
+
+    async def broken(*args: object) -> None:
+        raise RuntimeError("the PRM failed")
+
+    with monkeypatch.context() as patch:  # an engine failing mid-request, after both LMs ran
+        patch.setattr(TorchPRM, "rewards_at", broken)
+        for i in range(2):
+            with pytest.raises(RuntimeError, match="the PRM failed"):
+                p.generate_sync(f"{i}*7", params)
+    with pytest.raises(RequestValidationError):
+        p.generate_sync("1+1" * p.max_len, params)
+
+    async def run() -> list:
+        tasks = [asyncio.ensure_future(p.generate(f"{i}*9", params)) for i in range(6)]
+        stream = p.stream("3*3", params)
+        await stream.__anext__()
+        for _ in range(30):
+            await asyncio.sleep(0)
+        tasks[4].cancel()
+        tasks[5].cancel()
+        await stream.aclose()  # a client that went away after the first step
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    done = asyncio.run(run())
+    assert [isinstance(d, asyncio.CancelledError) for d in done] == [False] * 4 + [True] * 2
+    for role in ("draft", "target", "prm"):
+        assert getattr(p.engines, role).scheduler.runner.arena.live == 0, role

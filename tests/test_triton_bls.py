@@ -117,11 +117,14 @@ def test_service_answers_invalid_requests_with_a_typed_error(pipelines, params, 
     assert isinstance(error, RequestValidationError) and error.field == field
 
 
-def test_service_cancellation_stops_between_steps_and_releases(pipelines):
+def test_service_cancellation_stops_between_steps_and_closes_the_sessions(pipelines, monkeypatch):
     bls = pipelines[1]
+    lm_type, opened = type(bls.engines.target), []
+    original = lm_type.open
+    monkeypatch.setattr(lm_type, "open", lambda engine, key: opened.append(original(engine, key)) or opened[-1])
     sink = _serve(bls, _inputs("2*3=", True, max_tokens=200, max_step_tokens=2, method="target"), FakeSink(1))
     assert len(sink.sent) == 1 and sink.closed == 1 and not sink.errors
-    assert not bls.engines.target._seen  # the loop's finally released the request
+    assert len(opened) == 1 and opened[0].seen == ()  # the loop closed the target session
 
 
 def test_service_reports_engine_failures(pipelines):
@@ -148,19 +151,21 @@ def test_service_turns_bugs_into_error_responses(pipelines, monkeypatch):
     assert isinstance(error, EngineError) and "ZeroDivisionError" in str(error) and sink.closed == 1
 
 
-def test_sub_model_cache_lru_releases_old_requests(pipelines):
+def test_sub_model_session_lru_closes_old_requests(pipelines):
     from runtime.in_server.torch_submodels import KeyLru
 
-    released = []
+    closed = []
 
-    class Engine:
-        def release(self, key):
-            released.append(key)
+    class Session:
+        def __init__(self, key):
+            self.key = key
 
-    lru = KeyLru(Engine(), 2)
-    for key in ("a", "b", "a", "c", "d"):
-        lru.touch(key)
-    assert released == ["b", "a"] and len(lru) == 2
+        def close(self):
+            closed.append(self.key)
+
+    lru = KeyLru(type("Engine", (), {"open": lambda self, key: Session(key)})(), 2)
+    sessions = [lru.session(key) for key in ("a", "b", "a", "c", "d")]
+    assert sessions[0] is sessions[2] and closed == ["b", "a"] and len(lru) == 2
 
 
 def likelihood_config(tmp: Path, pipeline_config: Path, verifier: str) -> Path:

@@ -70,7 +70,7 @@ def test_native_verification_agrees_with_the_reference_rule_at_temperature_0(fak
     pipeline, transport = fakes
     native = pipeline.engines.target
     assert isinstance(native, NativeVerifyLM) and native.max_draft_len == 8
-    reference = ReferenceVerifier(_reference_target(native, transport.engines["target"]))
+    reference_lm = _reference_target(native, transport.engines["target"])
     rng = np.random.default_rng(0)
     eos, accepted_counts = native.end_id, set()
     for trial in range(120):
@@ -83,9 +83,9 @@ def test_native_verification_agrees_with_the_reference_rule_at_temperature_0(fak
                 draft[i] = int(rng.integers(3, native.vocab_size))
         draft_t = _until_eos(tuple(draft[:int(rng.integers(1, 9))]), eos) or (5,)
         probs = np.eye(native.vocab_size)[list(draft_t)]
-        req = VerifyRequest(f"r{trial}", prefix, draft_t, probs, 0.0, 1.0, trial)
-        got = asyncio.run(native.verify(req))
-        want = asyncio.run(reference.verify(req))
+        req = VerifyRequest(prefix, draft_t, probs, 0.0, 1.0, trial)
+        got = asyncio.run(native.open(f"r{trial}").verify(req))
+        want = asyncio.run(ReferenceVerifier(reference_lm.open(f"r{trial}")).verify(req))
         assert (_until_eos(got.tokens, eos), got.num_accepted) == (_until_eos(want.tokens, eos), want.num_accepted)
         accepted_counts.add(got.num_accepted)
     assert len(accepted_counts) >= 4  # rejections early, late and full acceptance all occurred
@@ -96,8 +96,8 @@ def test_native_verification_sends_drafts_to_the_engine(fakes):
     before = len(transport.requests)
     probs = np.full((3, pipeline.engines.target.vocab_size), 1.0 / pipeline.engines.target.vocab_size)
     long_draft = tuple(range(3, 13))  # longer than max_draft_len: cut to 8
-    asyncio.run(pipeline.engines.target.verify(VerifyRequest("k", (3, 4), long_draft, np.tile(probs[:1], (10, 1)),
-                                                             0.8, 1.0, 3)))
+    asyncio.run(pipeline.engines.target.open("k").verify(VerifyRequest((3, 4), long_draft, np.tile(probs[:1], (10, 1)),
+                                                                       0.8, 1.0, 3)))
     model, sent = transport.requests[before]
     assert model == "target" and sent["draft_input_ids"].tolist() == [list(range(3, 11))]
     assert sent["draft_logits"].shape == (1, 8, pipeline.engines.target.logits_width)
@@ -120,8 +120,8 @@ def test_rsd_and_candidates_complete(fakes):
     pipeline, _ = fakes
     result = asyncio.run(pipeline.generate(PROMPTS[2], {"method": "rsd", "max_tokens": 48, "threshold": 0.5}))
     assert result.finish_reason in ("eos", "max_tokens") and {s.source for s in result.steps} == {"draft", "target"}
-    generations = asyncio.run(pipeline.engines.draft.generate(
-        StepRequest("n", tuple(pipeline.tokenizer.encode("Q: abc\n")), 3, 0.7, 1.0, 12, 5, True)))
+    generations = asyncio.run(pipeline.engines.draft.open("n").generate(
+        StepRequest(tuple(pipeline.tokenizer.encode("Q: abc\n")), 3, 0.7, 1.0, 12, 5, True)))
     assert len(generations.generations) == 3  # three responses tagged sequence_index, merged
 
 

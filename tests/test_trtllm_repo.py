@@ -106,7 +106,7 @@ def test_every_tensor_the_bls_sends_is_declared(rendered, fake_cfg):
         asyncio.run(pipeline.generate("1+1=", {"max_tokens": 24, **params_}))
     target = pipeline.engines.target
     probs = np.full((2, 57), 1 / 57)
-    asyncio.run(target.verify(VerifyRequest("k", (3, 4, 5), (6, 7), probs, 0.7, 1.0, 1)))  # draft_logits
+    asyncio.run(target.open("k").verify(VerifyRequest((3, 4, 5), (6, 7), probs, 0.7, 1.0, 1)))  # draft_logits
     sent = {(model, name) for model, tensors in transport.requests for name in tensors}
     assert ("target", "draft_input_ids") in sent and ("target", "draft_logits") in sent
     assert ("draft", "stop_words_list") in sent and ("prm_engine", "return_context_logits") in sent

@@ -1,12 +1,15 @@
 """The step loop: one async generator per request, the same in-process, in tests and in Triton.
 
-    while not finished:
-        outcome = await method.step(context)   # the method decides one step
-        event = state.commit(outcome)          # append, count, check the stop rules
-        yield event
+    with engines.open(request_id, needs) as sessions:   # closed however the request ends
+        while not finished:
+            outcome = await method.step(context)   # the method decides one step
+            event = state.commit(outcome)          # append, count, check the stop rules
+            yield event
 
-It holds no tensors and no transport code. Concurrent requests each run this loop; engines batch
-whatever they are handed at the same time, which gives in-flight batching everywhere.
+It holds no tensors and no transport code; the request's engine state (KV caches, the ids a
+server holds) lives in its sessions, never on the engines. Concurrent requests each run this
+loop; engines batch whatever they are handed at the same time, which gives in-flight batching
+everywhere.
 """
 from __future__ import annotations
 
@@ -101,19 +104,19 @@ async def run_request(
 ) -> AsyncIterator[StepEvent]:
     """Yield one StepEvent per decided step; the last has `finished` set and carries the stats."""
     method = get_method(request.params.method)
-    engines.check(method.needs(request.params))
-    if len(request.prompt_ids) >= max_len:
-        raise RequestValidationError(
-            "text_input", f"prompt is {len(request.prompt_ids)} tokens; the models accept at most {max_len - 1}")
-    state = RequestState(request, max_len, stops=StopScanner(request.params.stop_words))
-    rules = logit_rules(request.params, tokenizer)
-    rng = np.random.default_rng(request.params.seed)
-    started = time.perf_counter()
-    try:
+    # the request's engine state lives in its sessions, closed when it finishes, fails or is cancelled
+    with engines.open(request.request_id, method.needs(request.params)) as sessions:
+        if len(request.prompt_ids) >= max_len:
+            raise RequestValidationError(
+                "text_input", f"prompt is {len(request.prompt_ids)} tokens; the models accept at most {max_len - 1}")
+        state = RequestState(request, max_len, stops=StopScanner(request.params.stop_words))
+        rules = logit_rules(request.params, tokenizer)
+        rng = np.random.default_rng(request.params.seed)
+        started = time.perf_counter()
         while True:
-            ctx = StepContext(request.request_id, request.params, request.question,
+            ctx = StepContext(request.params, request.question,
                               request.prompt_ids + tuple(state.tokens), tuple(state.steps), state.step_cap(),
-                              engines, tokenizer, segmenter, rng, state.stats, rules, len(state.tokens))
+                              sessions, tokenizer, segmenter, rng, state.stats, rules, len(state.tokens))
             outcome = await method.step(ctx)
             text = tokenizer.decode(outcome.token_ids)
             draft_text = tokenizer.decode(outcome.draft_token_ids) if outcome.draft_token_ids else None
@@ -124,8 +127,6 @@ async def run_request(
             yield event
             if event.finished:
                 return
-    finally:
-        engines.release(request.request_id)
 
 
 def _with_stats(event: StepEvent, stats: RequestStats) -> StepEvent:

@@ -1,9 +1,11 @@
 """Engine interfaces. Engines implement these structurally; the core never imports an engine.
 
-Every call is per request and carries a cache `key`: an engine batches whatever concurrent
-requests hand it (in-flight batching) and may reuse a request's KV cache across its steps by
-matching the longest cached prefix of the ids it is given (as TensorRT-LLM's block reuse does).
-`release(key)` frees that request's caches when it ends.
+An engine holds no per-request state: `open(key)` gives one request its own session (its KV
+cache, or the ids a server holds for it), every call of that request goes through the session,
+and the loop closes it when the request ends, fails or is cancelled. An engine batches whatever
+concurrent sessions hand it (in-flight batching); a session reuses its cache across the
+request's steps by matching the longest cached prefix of the ids it is given (as TensorRT-LLM's
+block reuse does). `key` names the request where a server must tell requests apart.
 """
 from __future__ import annotations
 
@@ -47,52 +49,48 @@ class Tokenizer(Protocol):
         ...
 
 
-@runtime_checkable
-class StepGenerator(Protocol):
-    """A draft or target LM generating whole steps (stops at a delimiter token, EOS, or the cap)."""
-
-    @property
-    def num_params(self) -> int: ...
-
-    @property
-    def max_len(self) -> int:
-        """Longest sequence (prompt + generated) the model accepts."""
+class Session(Protocol):
+    def close(self) -> None:
+        """Free the request's state in the engine (idempotent)."""
         ...
+
+
+@runtime_checkable
+class StepSession(Session, Protocol):
+    """One request on a draft or target LM: whole steps (stop at a delimiter, EOS, or the cap)."""
 
     async def generate(self, req: StepRequest) -> GenerateResult: ...
 
     async def score(self, req: ScoreRequest) -> ScoreResult: ...
 
-    def release(self, key: str) -> None: ...
-
 
 @runtime_checkable
-class StepScorer(Protocol):
-    """A process reward model: P(step is correct | question, previous steps)."""
-
-    @property
-    def num_params(self) -> int: ...
-
-    async def reward(self, req: RewardRequest) -> RewardResult: ...
-
-    def release(self, key: str) -> None: ...
-
-
-@runtime_checkable
-class TokenModel(Protocol):
-    """Raw next-token logits, for token-level methods (speculative decoding, CoS)."""
-
-    @property
-    def num_params(self) -> int: ...
+class TokenSession(Session, Protocol):
+    """One request on an LM's raw next-token logits, for token-level methods (sd, CoS)."""
 
     async def logits(self, req: LogitsRequest) -> LogitsResult: ...
 
-    def release(self, key: str) -> None: ...
+
+@runtime_checkable
+class ScorerSession(Session, Protocol):
+    """One request on a process reward model: P(step is correct | question, previous steps)."""
+
+    async def reward(self, req: RewardRequest) -> RewardResult: ...
+
+
+class Engine(Protocol):
+    """A draft, target or PRM model; what its sessions offer says which roles it can play."""
+
+    @property
+    def num_params(self) -> int: ...
+
+    def open(self, key: str) -> Session: ...
 
 
 @runtime_checkable
 class TokenVerifier(Protocol):
-    """Verifies draft tokens in one target pass. TensorRT-LLM does it natively (draft_input_ids);
-    other engines use `runtime.core.verify.ReferenceVerifier`, the core's reference rule."""
+    """A session that verifies draft tokens in one target pass. TensorRT-LLM does it natively
+    (draft_input_ids); other sessions are wrapped in `runtime.core.verify.ReferenceVerifier`,
+    the core's reference rule."""
 
     async def verify(self, req: VerifyRequest) -> VerifyResult: ...

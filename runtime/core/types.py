@@ -85,7 +85,6 @@ NO_RULES = LogitRules()
 class StepRequest:
     """Generate `n` candidate steps continuing `prefix` (prompt + accepted tokens)."""
 
-    key: str  # cache key: one per request, so the engine can reuse that request's KV cache
     prefix: tuple[int, ...]
     n: int
     temperature: float
@@ -123,7 +122,6 @@ class GenerateResult:
 class ScoreRequest:
     """Log-probability of each continuation given `prefix`, at `temperature` (no top-p)."""
 
-    key: str
     prefix: tuple[int, ...]
     continuations: tuple[tuple[int, ...], ...]  # [n][len_i]
     temperature: float
@@ -139,7 +137,6 @@ class ScoreResult:
 class RewardRequest:
     """PRM input: the raw question, the accepted steps so far, and candidate next steps (text)."""
 
-    key: str
     question: str
     steps: tuple[str, ...]  # accepted steps, delimiter removed
     candidates: tuple[str, ...]  # [n] candidate next steps, delimiter removed
@@ -155,7 +152,6 @@ class RewardResult:
 class LogitsRequest:
     """Next-token logits at the last `count` positions of `ids` (count <= len(ids))."""
 
-    key: str
     ids: tuple[int, ...]
     count: int
 
@@ -170,7 +166,6 @@ class LogitsResult:
 class VerifyRequest:
     """Verify draft tokens against the target by speculative sampling (one target pass)."""
 
-    key: str
     prefix: tuple[int, ...]
     draft_tokens: tuple[int, ...]  # [gamma]
     draft_probs: Any  # numpy float32 [gamma, vocab]: the processed distributions they were sampled from

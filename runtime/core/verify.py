@@ -1,7 +1,7 @@
 """The reference token verifier: one target pass over the draft tokens, then speculative sampling.
 
-Engines without native verification (the PyTorch engine) are wrapped in this; the TensorRT-LLM
-adapter verifies in the engine (draft_input_ids) and a test checks both agree. The target's rows
+Sessions of engines without native verification (the PyTorch engine) are wrapped in this; the
+TensorRT-LLM adapter verifies in the engine (draft_input_ids) and a test checks both agree. The target's rows
 go through the request's logit rules and truncation (runtime.core.sampling) exactly as a
 generator's would, so the output follows the processed target distribution.
 """
@@ -11,18 +11,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.core.protocols import TokenModel
+from runtime.core.protocols import TokenSession
 from runtime.core.sampling import adjust, is_greedy, process, sampled_logprob, speculative_verify
 from runtime.core.types import LogitsRequest, VerifyRequest, VerifyResult
 
 
 @dataclass(frozen=True, slots=True)
 class ReferenceVerifier:
-    model: TokenModel
+    model: TokenSession  # one request on the target
 
     async def verify(self, req: VerifyRequest) -> VerifyResult:
         ids = req.prefix + req.draft_tokens
-        result = await self.model.logits(LogitsRequest(req.key, ids, len(req.draft_tokens) + 1))
+        result = await self.model.logits(LogitsRequest(ids, len(req.draft_tokens) + 1))
         rows = [adjust(row, req.rules, ids[:len(req.prefix) + i], ban_ends=i < req.min_new_tokens)
                 for i, row in enumerate(result.logits)]
         target = np.stack([process(z, req.temperature, req.top_p, req.top_k) for z in rows])

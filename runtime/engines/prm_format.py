@@ -4,8 +4,8 @@ value_head (Skywork-o1-Open-PRM): input = [bos] + encode(question + "\\n"), then
   encode(step) + [id("\\n\\n")]; the reward is read at each step's separator token.
 two_class (Qwen2.5-Math-PRM): input = ChatML(system, user=question) + assistant steps, each
   terminated by <extra_0>; the reward is read at each <extra_0>.
-Each step is tokenised on its own and a request's PRM ids are kept step by step
-(`PrmHistory`), so only new steps are encoded and a PRM engine can reuse its KV cache.
+Each step is tokenised on its own and a request's PRM ids are kept step by step (`PrmHistory`,
+one per request session), so only new steps are encoded and a PRM engine can reuse its KV cache.
 The heads that turn hidden states into rewards live with the engine (`torch/prm.py`); the
 Triton BLS uses this module to build PRM inputs without loading torch.
 """
@@ -61,14 +61,14 @@ def make_prm_format(kind: str, tok: HFTokenizer, key: str) -> PrmFormat:
 
 @dataclass(slots=True)
 class PrmHistory:
-    """Per request: the question's ids and each accepted step's ids, encoded once."""
+    """One request's question ids and each accepted step's ids, encoded once."""
 
     fmt: PrmFormat
-    _known: dict[str, list[tuple[str, list[int]]]] = field(default_factory=dict)
+    _known: list[tuple[str, list[int]]] = field(default_factory=list)  # (text, ids): question, steps
 
-    def prefix(self, key: str, question: str, steps: Sequence[str]) -> list[int]:
+    def prefix(self, question: str, steps: Sequence[str]) -> list[int]:
         """Question ids + each accepted step's ids, re-encoding only steps not seen before."""
-        known = self._known.setdefault(key, [])
+        known = self._known
         if not known or known[0][0] != question:
             known[:] = [(question, self.fmt.prefix_ids(question))]
         for i, text in enumerate(steps, start=1):
@@ -78,6 +78,3 @@ class PrmHistory:
             known.append((text, self.fmt.step_ids(text)))
         del known[len(steps) + 1:]
         return [t for _, ids in known for t in ids]
-
-    def release(self, key: str) -> None:
-        self._known.pop(key, None)

@@ -3,8 +3,9 @@
 Each handler turns one request's tensors (`runtime.engines.triton.contract`) into an engine
 call and the result back into tensors; `triton_repo/torch_*/1/model.py` only moves tensors.
 Requests run as concurrent coroutines, so the engine's ForwardScheduler batches them in flight.
-KV caches are keyed by the BLS request id and bounded by an LRU (an abandoned request's
-cache is evicted instead of leaking; the BLS cannot tell the sub-model that a request ended).
+Each BLS request id gets an engine session (its KV cache) from an LRU of sessions: the BLS
+cannot tell the sub-model that a request ended, so an abandoned request's session is closed
+when it is evicted instead of leaking.
 
 Differences from TensorRT-LLM's `tensorrt_llm`, invisible to the BLS: generation stops at the
 pipeline's step delimiter and the tokenizer's EOS ids (the same rules the BLS encodes in
@@ -14,12 +15,11 @@ pipeline's step delimiter and the tokenizer's EOS ids (the same rules the BLS en
 from __future__ import annotations
 
 import logging
-import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -39,27 +39,28 @@ from runtime.engines.triton.contract import (
 log = logging.getLogger(__name__)
 
 
-class _Releasable(Protocol):
-    def release(self, key: str) -> None: ...
+class _Opens(Protocol):
+    def open(self, key: str) -> Any: ...
 
 
 @dataclass(slots=True)
 class KeyLru:
-    """Remembers the most recently used request keys; evicted keys are released in the engine."""
+    """The sessions of the most recently used request keys; an evicted session is closed."""
 
-    engine: _Releasable
+    engine: _Opens
     bound: int
-    _keys: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    _sessions: OrderedDict[str, Any] = field(default_factory=OrderedDict)
 
-    def touch(self, key: str) -> None:
-        self._keys[key] = None
-        self._keys.move_to_end(key)
-        while len(self._keys) > self.bound:
-            old, _ = self._keys.popitem(last=False)
-            self.engine.release(old)
+    def session(self, key: str) -> Any:
+        """The key's session, opened on first use, now the most recently used."""
+        session = self._sessions.pop(key, None)
+        self._sessions[key] = session if session is not None else self.engine.open(key)
+        while len(self._sessions) > self.bound:
+            self._sessions.popitem(last=False)[1].close()
+        return self._sessions[key]
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._sessions)
 
 
 class _Counters(Protocol):
@@ -91,13 +92,12 @@ class LmSubModel:
         return lm_reply_tensors(reply, call.pad_id)
 
     async def _generate(self, call: LmCall, key: str) -> LmReply:
-        self.lru.touch(key)
         ends = self.lm.segmenter.eos_ids if call.min_tokens > 0 else frozenset()  # type: ignore[attr-defined]
         rules = LogitRules(call.repetition_penalty, call.presence_penalty, call.frequency_penalty, call.bias,
                            call.bad_words, frozenset(ends))
-        req = StepRequest(key, call.ids, call.n, call.temperature, call.top_p, call.output_len,
+        req = StepRequest(call.ids, call.n, call.temperature, call.top_p, call.output_len,
                           call.seed % (2**63), call.logprobs, call.top_k, rules, call.min_tokens)
-        result = await self.lm.generate(req)  # type: ignore[attr-defined]
+        result = await self.lru.session(key).generate(req)
         ended = [g.finish == Finish.EOS for g in result.generations]
         seqs = tuple(g.token_ids + ((call.end_id,) if end else ()) for g, end in zip(result.generations, ended))
         if not call.logprobs:
@@ -110,16 +110,15 @@ class LmSubModel:
         if call.output_len != 1 or call.n != 1:
             raise EngineError("request_output_len: logits are returned for one output token and one sequence")
         if call.context_logits:
-            # Every row is needed, so nothing cached helps; a throwaway key keeps concurrent
+            # Every row is needed, so nothing cached helps; a throwaway session keeps concurrent
             # scoring requests of one BLS request off its cache.
-            scratch = f"{key}#ctx-{uuid.uuid4().hex}"
+            scratch = self.lm.open(f"{key}#ctx")  # type: ignore[attr-defined]
             try:
-                rows = (await self.lm.logits(LogitsRequest(scratch, call.ids, len(call.ids)))).logits  # type: ignore[attr-defined]
+                rows = (await scratch.logits(LogitsRequest(call.ids, len(call.ids)))).logits
             finally:
-                self.lm.release(scratch)  # type: ignore[attr-defined]
+                scratch.close()
         else:
-            self.lru.touch(key)
-            rows = (await self.lm.logits(LogitsRequest(key, call.ids, 1))).logits  # type: ignore[attr-defined]
+            rows = (await self.lru.session(key).logits(LogitsRequest(call.ids, 1))).logits
         last = rows[-1]
         return LmReply(((int(np.argmax(last)),),), None,
                        rows if call.context_logits else None,
@@ -134,8 +133,7 @@ class PrmSubModel:
 
     async def handle(self, tensors: Mapping[str, np.ndarray], key: str) -> dict[str, np.ndarray]:
         call = parse_prm_request(tensors)
-        self.lru.touch(key)
-        rewards, _ = await self.prm.rewards_at(key, call.rows, call.positions)  # type: ignore[attr-defined]
+        rewards, _ = await self.lru.session(key).rewards_at(call.rows, call.positions)
         _report(self.prm, self.counters)
         return prm_reply_tensors(rewards)
 

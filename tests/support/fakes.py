@@ -1,15 +1,18 @@
 """Scripted fake engines for unit tests of the core (the same tests also run on real models).
 
 FakeTokenizer: a fixed list of pieces. FakeLM: a deterministic "language model" whose next-token
-distribution is a seeded function of the last token (a Markov chain), implementing StepGenerator
-and TokenModel with exact probabilities, so statistical tests can compute the true distribution.
-FakePRM: rewards from a script or a function. Every fake counts its calls.
+distribution is a seeded function of the last token (a Markov chain), with step and token
+sessions and exact probabilities, so statistical tests can compute the true distribution.
+FakePRM: rewards from a script or a function. Every fake counts its calls. The fakes hold no
+per-request state, so each is its own session: `open` returns the fake and counts opens,
+`close` counts closes.
 """
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Self
 
 import numpy as np
 
@@ -87,8 +90,12 @@ class FakeLM:
     def next_logits(self, ids: Sequence[int]) -> np.ndarray:
         return self.table[ids[-1] if ids else 0]
 
-    def release(self, key: str) -> None:
-        self.calls["release"] += 1
+    def open(self, key: str) -> Self:
+        self.calls["open"] += 1
+        return self
+
+    def close(self) -> None:
+        self.calls["close"] += 1
 
     async def generate(self, req: StepRequest) -> GenerateResult:
         from runtime.core.segment import StepSegmenter
@@ -150,8 +157,12 @@ class FakePRM:
     calls: Counter[str] = field(default_factory=Counter)
     seen: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = field(default_factory=list)
 
-    def release(self, key: str) -> None:
-        self.calls["release"] += 1
+    def open(self, key: str) -> Self:
+        self.calls["open"] += 1
+        return self
+
+    def close(self) -> None:
+        self.calls["close"] += 1
 
     async def reward(self, req: RewardRequest) -> RewardResult:
         self.seen.append((req.question, req.steps, req.candidates))
@@ -181,8 +192,12 @@ class ScriptedLM:
     calls: Counter[str] = field(default_factory=Counter)
     prefixes: list[tuple[int, ...]] = field(default_factory=list)
 
-    def release(self, key: str) -> None:
-        self.calls["release"] += 1
+    def open(self, key: str) -> Self:
+        self.calls["open"] += 1
+        return self
+
+    def close(self) -> None:
+        self.calls["close"] += 1
 
     async def generate(self, req: StepRequest) -> GenerateResult:
         gens = []

@@ -2,11 +2,13 @@
 
 A method is a stateless strategy: `step(ctx)` decides one reasoning step and returns a
 `StepOutcome`. It declares the engines it needs so the loop can reject a request up front
-instead of branching on method names. All per-request state lives in `StepContext`.
+instead of branching on method names. All per-request state lives in `StepContext` and the
+request's engine `Sessions`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -14,7 +16,15 @@ import numpy.typing as npt
 
 from runtime.core.errors import EngineError, RequestValidationError
 from runtime.core.params import RequestParams
-from runtime.core.protocols import StepGenerator, StepScorer, TokenModel, TokenVerifier, Tokenizer
+from runtime.core.protocols import (
+    Engine,
+    ScorerSession,
+    Session,
+    StepSession,
+    Tokenizer,
+    TokenSession,
+    TokenVerifier,
+)
 from runtime.core.sampling import adjust, is_greedy, process, sampled_logprob
 from runtime.core.segment import StepSegmenter, prm_step_text
 from runtime.core.stats import RequestStats
@@ -26,6 +36,7 @@ from runtime.core.types import (
     LogitRules,
     LogitsResult,
     RewardRequest,
+    RewardResult,
     ScoreRequest,
     ScoreResult,
     StepOutcome,
@@ -38,9 +49,13 @@ from runtime.core.types import (
 class Needs:
     """Engines a method needs for given parameters: roles and the interfaces they must offer."""
 
-    step_roles: tuple[str, ...] = ()  # roles used as StepGenerator
-    token_roles: tuple[str, ...] = ()  # roles used as TokenModel
+    step_roles: tuple[str, ...] = ()  # roles used through a StepSession
+    token_roles: tuple[str, ...] = ()  # roles used through a TokenSession
     prm: bool = False
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.step_roles + self.token_roles + (("prm",) if self.prm else ())))
 
 
 class Method(Protocol):
@@ -57,7 +72,7 @@ class Engines:
 
     draft: Any = None
     target: Any = None
-    prm: StepScorer | None = None
+    prm: Engine | None = None
 
     def role(self, name: str) -> Any:
         engine = getattr(self, name)
@@ -65,33 +80,61 @@ class Engines:
             raise RequestValidationError("method", f"needs a {name} model, and none is configured")
         return engine
 
+    def open(self, key: str, needs: Needs) -> Sessions:
+        """One session per role the method needs; the caller closes them (`with` or `close`)."""
+        sessions = Sessions(self)
+        try:
+            for name in needs.roles:
+                sessions.by_role[name] = self.role(name).open(key)
+            sessions.check(needs)
+        except BaseException:
+            sessions.close()
+            raise
+        return sessions
+
+
+@dataclass(slots=True)
+class Sessions:
+    """One request's sessions on the engines, by role: its KV caches and the ids engines hold."""
+
+    engines: Engines
+    by_role: dict[str, Session] = field(default_factory=dict)
+
+    def role(self, name: str) -> Any:
+        """The session of a role `check` found offering what the method calls."""
+        return self.by_role[name]
+
     def check(self, needs: Needs) -> None:
         for name in needs.step_roles:
-            if not isinstance(self.role(name), StepGenerator):
+            if not isinstance(self.by_role[name], StepSession):
                 raise RequestValidationError("method", f"the {name} engine cannot generate steps")
         for name in needs.token_roles:
-            if not isinstance(self.role(name), TokenModel):
+            if not isinstance(self.by_role[name], TokenSession):
                 raise RequestValidationError("method", f"the {name} engine does not expose token logits")
-        if needs.prm and self.prm is None:
-            raise RequestValidationError("method", "needs a process reward model, and none is configured")
+        if needs.prm and not isinstance(self.by_role["prm"], ScorerSession):
+            raise RequestValidationError("method", "the prm engine cannot score steps")
 
-    def release(self, key: str) -> None:
-        for engine in (self.draft, self.target, self.prm):
-            if engine is not None:
-                engine.release(key)
+    def close(self) -> None:
+        while self.by_role:
+            self.by_role.popitem()[1].close()
+
+    def __enter__(self) -> Sessions:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
 
 
 @dataclass(slots=True)
 class StepContext:
     """Everything a method may use to decide one step; records engine usage into `stats`."""
 
-    key: str
     params: RequestParams
     question: str
     prefix: tuple[int, ...]  # prompt + accepted tokens
     steps: tuple[str, ...]  # accepted steps as the PRM sees them
     max_new_tokens: int  # cap for this step (per-step cap, remaining budget, context)
-    engines: Engines
+    sessions: Sessions
     tokenizer: Tokenizer
     segmenter: StepSegmenter
     rng: np.random.Generator
@@ -121,37 +164,33 @@ class StepContext:
         return self.tokenizer.decode(ids)
 
     async def generate(self, role: str, n: int = 1, logprobs: bool = False) -> tuple[Generation, ...]:
-        engine = self.engines.role(role)
         p = self.params
-        req = StepRequest(self.key, self.prefix, n, p.temperature, p.top_p, self.max_new_tokens,
+        req = StepRequest(self.prefix, n, p.temperature, p.top_p, self.max_new_tokens,
                           self.next_seed(), logprobs or p.return_log_probs, p.top_k, self.rules,
                           self.min_new_tokens())
-        result: GenerateResult = await engine.generate(req)
-        self._record(role, engine, result.usage)
+        result: GenerateResult = await self.sessions.role(role).generate(req)
+        self._record(role, result.usage)
         if len(result.generations) != n:
             raise EngineError(f"{role} returned {len(result.generations)} generations, asked for {n}")
         return result.generations
 
     async def score(self, role: str, continuations: tuple[tuple[int, ...], ...], temperature: float) -> tuple[float, ...]:
-        engine = self.engines.role(role)
-        result: ScoreResult = await engine.score(ScoreRequest(self.key, self.prefix, continuations, temperature))
-        self._record(role, engine, result.usage)
+        req = ScoreRequest(self.prefix, continuations, temperature)
+        result: ScoreResult = await self.sessions.role(role).score(req)
+        self._record(role, result.usage)
         return result.logprobs
 
     async def rewards(self, candidates: tuple[tuple[int, ...], ...]) -> tuple[float, ...]:
-        prm = self.engines.prm
-        assert prm is not None, "Engines.check guarantees a PRM for methods that need one"
         texts = tuple(prm_step_text(self.text(ids), self.segmenter.delimiter) for ids in candidates)
-        result = await prm.reward(RewardRequest(self.key, self.question, self.steps, texts))
-        self._record("prm", prm, result.usage)
+        result: RewardResult = await self.sessions.role("prm").reward(RewardRequest(self.question, self.steps, texts))
+        self._record("prm", result.usage)
         if len(result.rewards) != len(candidates):
             raise EngineError(f"prm returned {len(result.rewards)} rewards for {len(candidates)} steps")
         return result.rewards
 
     async def logits(self, role: str, ids: tuple[int, ...], count: int) -> npt.NDArray[np.float32]:
-        engine = self.engines.role(role)
-        result: LogitsResult = await engine.logits(LogitsRequest(self.key, ids, count))
-        self._record(role, engine, result.usage)
+        result: LogitsResult = await self.sessions.role(role).logits(LogitsRequest(ids, count))
+        self._record(role, result.usage)
         rows: npt.NDArray[np.float32] = result.logits
         return rows
 
@@ -161,14 +200,14 @@ class StepContext:
         """(emitted tokens, accepted draft tokens, their log-probs if the verifier knows them)."""
         from runtime.core.verify import ReferenceVerifier  # local: verify imports this module's types
 
-        engine = self.engines.role(role)
-        verifier = engine if isinstance(engine, TokenVerifier) else ReferenceVerifier(engine)
+        session = self.sessions.role(role)
+        verifier = session if isinstance(session, TokenVerifier) else ReferenceVerifier(session)
         p = self.params
-        req = VerifyRequest(self.key, prefix, tokens, probs, p.temperature, p.top_p, self.next_seed(), p.top_k,
+        req = VerifyRequest(prefix, tokens, probs, p.temperature, p.top_p, self.next_seed(), p.top_k,
                             self.rules, self.min_new_tokens(emitted))
         result = await verifier.verify(req)
-        self._record(role, engine, result.usage)
+        self._record(role, result.usage)
         return result.tokens, result.num_accepted, result.logprobs
 
-    def _record(self, role: str, engine: Any, usage: Any) -> None:
-        self.stats.observe_call(role, usage, engine.num_params)
+    def _record(self, role: str, usage: Any) -> None:
+        self.stats.observe_call(role, usage, self.sessions.engines.role(role).num_params)

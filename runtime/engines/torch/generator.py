@@ -1,9 +1,10 @@
-"""A draft or target LM on PyTorch: StepGenerator + TokenModel with per-request KV-cache reuse.
+"""A draft or target LM on PyTorch: step and token sessions with per-request KV-cache reuse.
 
-Each request (cache key) keeps one cache; a call crops it to the longest common prefix with the
-ids it is given and runs only the rest, so a request's steps reuse its KV cache (prefix reuse,
-as TensorRT-LLM's block reuse does). n > 1 candidates fork the prefix cache. Tokens are drawn in
-the batched forward itself (`Row.sample`), so concurrent requests share the output head too.
+Each request's session (`TorchLM.open`) owns one cache; a call crops it to the longest common
+prefix with the ids it is given and runs only the rest, so a request's steps reuse its KV cache
+(prefix reuse, as TensorRT-LLM's block reuse does); closing the session frees it. n > 1
+candidates fork the prefix cache. Tokens are drawn in the batched forward itself (`Row.sample`),
+so concurrent requests share the output head too.
 """
 from __future__ import annotations
 
@@ -48,15 +49,13 @@ class TorchLM:
     num_params: int
     max_len: int
     vocab_size: int
-    _caches: dict[str, SeqCache] = field(default_factory=dict)
 
-    def release(self, key: str) -> None:
-        cache = self._caches.pop(key, None)
-        if cache is not None:
-            cache.free()
+    def open(self, key: str) -> LmSession:
+        """A request's session, with its own cache (the engine keeps nothing per request)."""
+        return LmSession(self, self.scheduler.runner.new_cache())
 
-    async def generate(self, req: StepRequest) -> GenerateResult:
-        cache = self._cache(req.key, req.prefix, keep_new=1)
+    async def generate(self, cache: SeqCache, req: StepRequest) -> GenerateResult:
+        cache.reuse(req.prefix, keep_new=1)
         fed = len(req.prefix) - cache.length
         new = list(req.prefix[cache.length:])
         rules = RuleState.start(req.rules, req.prefix, req.min_new_tokens)
@@ -90,8 +89,8 @@ class TorchLM:
         usage = _usage(fed) + Usage(decode_tokens=decoded, generated_tokens=sum(len(g.token_ids) for g in gens))
         return GenerateResult(gens, usage)
 
-    async def score(self, req: ScoreRequest) -> ScoreResult:
-        cache = self._cache(req.key, req.prefix, keep_new=1)
+    async def score(self, cache: SeqCache, req: ScoreRequest) -> ScoreResult:
+        cache.reuse(req.prefix, keep_new=1)
         fed = len(req.prefix) - 1 - cache.length
         scored = [(i, c) for i, c in enumerate(req.continuations) if c]
         if len(scored) == 1:  # one continuation runs on the request's cache itself (kept for reuse)
@@ -112,8 +111,8 @@ class TorchLM:
         usage = Usage(prefill_tokens=max(fed, 0) + sum(len(c) for _, c in scored))
         return ScoreResult(tuple(logprobs), usage)
 
-    async def logits(self, req: LogitsRequest) -> LogitsResult:
-        cache = self._cache(req.key, req.ids, keep_new=req.count)
+    async def logits(self, cache: SeqCache, req: LogitsRequest) -> LogitsResult:
+        cache.reuse(req.ids, keep_new=req.count)
         fed = len(req.ids) - cache.length
         (hidden,) = await self._hidden([Row(cache, list(req.ids[cache.length:]), req.count)])
         return LogitsResult(self._logits(hidden).cpu().numpy(), _usage(fed))
@@ -123,14 +122,6 @@ class TorchLM:
 
     async def _draw(self, rows: list[Row]) -> list[Drawn]:
         return [d for d in await self.scheduler.run(rows) if isinstance(d, Drawn)]
-
-    def _cache(self, key: str, ids: tuple[int, ...], keep_new: int) -> SeqCache:
-        """This request's cache, cropped to its common prefix with `ids`, leaving >= keep_new to run."""
-        cache = self._caches.get(key)
-        if cache is None:
-            cache = self._caches[key] = self.scheduler.runner.new_cache()
-        cache.reuse(ids, keep_new)
-        return cache
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -146,6 +137,26 @@ class TorchLM:
         if cand.sampler.rules is not None:
             cand.sampler.rules.push(drawn.token)
         cand.step.push(drawn.token)
+
+
+@dataclass(slots=True)
+class LmSession:
+    """One request on a TorchLM: its KV cache, cropped and extended step by step."""
+
+    lm: TorchLM
+    cache: SeqCache
+
+    async def generate(self, req: StepRequest) -> GenerateResult:
+        return await self.lm.generate(self.cache, req)
+
+    async def score(self, req: ScoreRequest) -> ScoreResult:
+        return await self.lm.score(self.cache, req)
+
+    async def logits(self, req: LogitsRequest) -> LogitsResult:
+        return await self.lm.logits(self.cache, req)
+
+    def close(self) -> None:
+        self.cache.free()
 
 
 def _usage(fed: int) -> Usage:

@@ -6,14 +6,15 @@ value_head (Skywork-o1-Open-PRM): reward = sigmoid(v_head(h)) with v_head = `v_h
   Linear(hidden, 1) on the final (normed) hidden state.
 two_class (Qwen2.5-Math-PRM): reward = softmax(score(h))[1] with score = Linear(h, h) -> ReLU ->
   Linear(h, 2) (`score.0`, `score.2`).
-`TorchPRM.rewards_at` is the ids-level entry point (the Triton PRM sub-model calls it): rows that
-share a prefix reuse the request's KV cache for it, so each call runs only new tokens (the
-reference re-encoded the whole prefix every step: O(L^2)). `reward` formats text then calls it.
+A request's session (`TorchPRM.open`) owns its KV cache and its PRM ids. `rewards_at` is the
+ids-level entry point (the Triton PRM sub-model calls it): rows that share a prefix reuse the
+request's cache for it, so each call runs only new tokens (the reference re-encoded the whole
+prefix every step: O(L^2)). `reward` formats text then calls it.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,7 +27,7 @@ from runtime.engines.torch.loading import load_tensors
 from runtime.engines.torch.runner import Row
 from runtime.engines.torch.scheduler import ForwardScheduler
 
-__all__ = ["QWEN_PRM_SYSTEM", "PrmHead", "TorchPRM", "make_head", "two_class_head", "value_head"]
+__all__ = ["QWEN_PRM_SYSTEM", "PrmHead", "PrmSession", "TorchPRM", "make_head", "two_class_head", "value_head"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,31 +74,13 @@ class TorchPRM:
     head: PrmHead
     num_params: int
     fmt: PrmFormat | None = None  # needed by `reward` (text input) only
-    _caches: dict[str, SeqCache] = field(default_factory=dict)
-    _history: PrmHistory | None = None
 
-    def release(self, key: str) -> None:
-        cache = self._caches.pop(key, None)
-        if cache is not None:
-            cache.free()
-        if self._history is not None:
-            self._history.release(key)
+    def open(self, key: str) -> PrmSession:
+        """A request's session, with its own cache and PRM ids (the engine keeps nothing per request)."""
+        history = PrmHistory(self.fmt) if self.fmt is not None else None
+        return PrmSession(self, self.scheduler.runner.new_cache(), history)
 
-    @property
-    def cached_keys(self) -> int:
-        return len(self._caches)
-
-    async def reward(self, req: RewardRequest) -> RewardResult:
-        if self.fmt is None:
-            raise EngineError("this PRM was built without an input format; call rewards_at with token ids")
-        if self._history is None:
-            self._history = PrmHistory(self.fmt)
-        prefix = self._history.prefix(req.key, req.question, req.steps)
-        rows = [prefix + self.fmt.step_ids(text) for text in req.candidates]
-        rewards, usage = await self.rewards_at(req.key, rows, [[len(r) - 1] for r in rows])
-        return RewardResult(tuple(r[0] for r in rewards), usage)
-
-    async def rewards_at(self, key: str, rows: Sequence[Sequence[int]], positions: Sequence[Sequence[int]]
+    async def rewards_at(self, cache: SeqCache, rows: Sequence[Sequence[int]], positions: Sequence[Sequence[int]]
                          ) -> tuple[list[list[float]], Usage]:
         """Rewards read at `positions[i]` (indices into `rows[i]`) of each token row.
 
@@ -110,9 +93,6 @@ class TorchPRM:
         for row, pos in zip(rows, positions):
             if not pos or min(pos) < 0 or max(pos) >= len(row):
                 raise EngineError(f"reward positions {list(pos)} out of range for a row of {len(row)} tokens")
-        cache = self._caches.get(key)
-        if cache is None:
-            cache = self._caches[key] = self.scheduler.runner.new_cache()
         outputs = [len(row) - min(pos) for row, pos in zip(rows, positions)]
         if len(rows) == 1:  # run the row on the request's cache itself: one forward
             cache.reuse(list(rows[0]), keep_new=outputs[0])
@@ -140,6 +120,30 @@ class TorchPRM:
 
     async def _hidden(self, rows: list[Row]) -> list[torch.Tensor]:
         return [h for h in await self.scheduler.run(rows) if isinstance(h, torch.Tensor)]
+
+
+@dataclass(slots=True)
+class PrmSession:
+    """One request on a TorchPRM: its KV cache and, for text input, its PRM ids so far."""
+
+    prm: TorchPRM
+    cache: SeqCache
+    history: PrmHistory | None
+
+    async def reward(self, req: RewardRequest) -> RewardResult:
+        if self.history is None:
+            raise EngineError("this PRM was built without an input format; call rewards_at with token ids")
+        prefix = self.history.prefix(req.question, req.steps)
+        rows = [prefix + self.history.fmt.step_ids(text) for text in req.candidates]
+        rewards, usage = await self.rewards_at(rows, [[len(r) - 1] for r in rows])
+        return RewardResult(tuple(r[0] for r in rewards), usage)
+
+    async def rewards_at(self, rows: Sequence[Sequence[int]], positions: Sequence[Sequence[int]]
+                         ) -> tuple[list[list[float]], Usage]:
+        return await self.prm.rewards_at(self.cache, rows, positions)
+
+    def close(self) -> None:
+        self.cache.free()
 
 
 def _common_prefix(rows: Sequence[Sequence[int]]) -> int:

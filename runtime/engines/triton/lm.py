@@ -1,4 +1,4 @@
-"""A draft or target LM behind Triton: StepGenerator + TokenModel over the `tensorrt_llm` contract.
+"""A draft or target LM behind Triton: step and token sessions over the `tensorrt_llm` contract.
 
 - generate: one request per step with `num_return_sequences = n`, stop words = every token
   containing the step delimiter (plus the extra EOS ids), end_id = the tokenizer's EOS. The
@@ -10,12 +10,13 @@
   one concurrent request per continuation.
 Usage (prefill / decode tokens) is estimated here from the ids sent, assuming the engine
 reuses the longest prefix it saw for the request (what both the torch and TensorRT-LLM
-sub-models do); the sub-models do not report it.
+sub-models do); the sub-models do not report it. A request's session (`TritonLM.open`) holds
+its key (the sub-model caches by it) and those ids.
 """
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -50,45 +51,44 @@ class TritonLM:
     max_len: int
     vocab_size: int
     outputs: tuple[str, ...] = LM_OUTPUTS  # trtllm adds sequence_index (n sequences as n responses)
-    _seen: dict[str, tuple[int, ...]] = field(default_factory=dict)  # ids the engine holds per request
 
-    def release(self, key: str) -> None:
-        self._seen.pop(key, None)
+    def open(self, key: str) -> TritonLmSession:
+        return TritonLmSession(self, key)
 
-    async def generate(self, req: StepRequest) -> GenerateResult:
+    async def generate(self, session: TritonLmSession, req: StepRequest) -> GenerateResult:
         r = req.rules
         call = LmCall(req.prefix, req.max_new_tokens, req.n, req.temperature, req.top_p, req.seed,
                       self.end_id, self.pad_id, self.stop_words, logprobs=req.want_logprobs, top_k=req.top_k,
                       repetition_penalty=r.repetition_penalty, presence_penalty=r.presence_penalty,
                       frequency_penalty=r.frequency_penalty, min_tokens=req.min_new_tokens if r.end_ids else 0,
                       bad_words=r.bad_words, bias=r.bias, vocab_size=self.vocab_size)
-        reply = await self._call(req.key, call)
+        reply = await self._call(session.key, call)
         if len(reply.sequences) != req.n:
             raise EngineError(f"{self.model} returned {len(reply.sequences)} sequences, asked for {req.n}")
         logps = reply.cum_logprobs or (0.0,) * req.n
         per_token = reply.token_logprobs if req.want_logprobs else None
         gens = tuple(self._generation(seq, lp, req.max_new_tokens, per_token[i] if per_token else None)
                      for i, (seq, lp) in enumerate(zip(reply.sequences, logps)))
-        fed = self._feed(req.key, req.prefix, keep_new=1)
+        fed = session.feed(req.prefix, keep_new=1)
         if req.n == 1 and gens[0].token_ids:  # the engine cached the step too, but for its last token
-            self._seen[req.key] = req.prefix + gens[0].token_ids[:-1]
+            session.seen = req.prefix + gens[0].token_ids[:-1]
         decoded = sum(max(len(g.token_ids) + (g.finish == Finish.EOS) - 1, 0) for g in gens)
         usage = _usage(fed) + Usage(decode_tokens=decoded, generated_tokens=sum(len(g.token_ids) for g in gens))
         return GenerateResult(gens, usage)
 
-    async def logits(self, req: LogitsRequest) -> LogitsResult:
+    async def logits(self, session: TritonLmSession, req: LogitsRequest) -> LogitsResult:
         if req.count == 1:
-            reply = await self._call(req.key, LmCall(req.ids, 1, generation_logits=True, end_id=self.end_id))
+            reply = await self._call(session.key, LmCall(req.ids, 1, generation_logits=True, end_id=self.end_id))
             if reply.generation_logits is None:
                 raise EngineError(f"{self.model} returned no generation_logits")
             rows = reply.generation_logits.reshape(-1, reply.generation_logits.shape[-1])[:1]
-            return LogitsResult(self._trim(rows), _usage(self._feed(req.key, req.ids, keep_new=1)))
-        rows = await self._context_logits(req.key, req.ids)
+            return LogitsResult(self._trim(rows), _usage(session.feed(req.ids, keep_new=1)))
+        rows = await self._context_logits(session.key, req.ids)
         return LogitsResult(self._trim(rows[-req.count:]), Usage(prefill_tokens=len(req.ids)))
 
-    async def score(self, req: ScoreRequest) -> ScoreResult:
+    async def score(self, session: TritonLmSession, req: ScoreRequest) -> ScoreResult:
         scored = [(i, c) for i, c in enumerate(req.continuations) if c]
-        rows = await asyncio.gather(*(self._context_logits(req.key, req.prefix + c) for _, c in scored))
+        rows = await asyncio.gather(*(self._context_logits(session.key, req.prefix + c) for _, c in scored))
         logprobs = [0.0] * len(req.continuations)
         start = len(req.prefix) - 1
         for (i, cont), logits in zip(scored, rows):
@@ -120,19 +120,39 @@ class TritonLM:
         kept = token_logprobs[:len(ids[:cap])]  # what the cut dropped (an end token, an overshoot) is not ours
         return Generation(ids[:cap], finish, float(sum(kept)), tuple(kept))
 
-    def _feed(self, key: str, ids: tuple[int, ...], keep_new: int) -> int:
-        """Tokens the engine must run for `ids`, given what it holds for this request."""
-        seen = self._seen.get(key, ())
-        limit = min(len(seen), len(ids) - keep_new)
-        common = 0
-        while common < limit and seen[common] == ids[common]:
-            common += 1
-        self._seen[key] = ids
-        return len(ids) - common
-
     def _trim(self, rows: np.ndarray) -> np.ndarray:
         """Engines may pad the vocabulary (TensorRT-LLM does); ids past the tokenizer never occur."""
         return np.ascontiguousarray(rows[..., : self.vocab_size], dtype=np.float32)
+
+
+@dataclass(slots=True)
+class TritonLmSession:
+    """One request on a TritonLM: its key and the ids the sub-model holds for it."""
+
+    lm: TritonLM
+    key: str
+    seen: tuple[int, ...] = ()
+
+    async def generate(self, req: StepRequest) -> GenerateResult:
+        return await self.lm.generate(self, req)
+
+    async def score(self, req: ScoreRequest) -> ScoreResult:
+        return await self.lm.score(self, req)
+
+    async def logits(self, req: LogitsRequest) -> LogitsResult:
+        return await self.lm.logits(self, req)
+
+    def feed(self, ids: tuple[int, ...], keep_new: int) -> int:
+        """Tokens the engine must run for `ids`, given what it holds for this request."""
+        limit = min(len(self.seen), len(ids) - keep_new)
+        common = 0
+        while common < limit and self.seen[common] == ids[common]:
+            common += 1
+        self.seen = ids
+        return len(ids) - common
+
+    def close(self) -> None:
+        self.seen = ()  # the sub-model's own LRU evicts its cache (nothing tells it a request ended)
 
 
 def _usage(fed: int) -> Usage:

@@ -28,7 +28,7 @@ import numpy as np
 
 from runtime.core.types import Usage, VerifyRequest, VerifyResult
 from runtime.engines.triton.contract import LmCall, draft_tensors, lm_request_tensors, parse_lm_reply
-from runtime.engines.triton.lm import TritonLM
+from runtime.engines.triton.lm import TritonLM, TritonLmSession
 
 NO_PROBABILITY = -1.0e4  # draft logit of a token the draft could not sample (or a padded vocabulary id)
 
@@ -56,12 +56,15 @@ def draft_logits(probs: np.ndarray, width: int) -> np.ndarray:
 
 @dataclass(slots=True)
 class NativeVerifyLM(TritonLM):
-    """A target LM whose engine verifies draft tokens (runtime.core.protocols.TokenVerifier)."""
+    """A target LM whose engine verifies draft tokens (its sessions are runtime.core.protocols.TokenVerifier)."""
 
     max_draft_len: int = 0
     logits_width: int = 0  # the engine's vocabulary (draft_logits rows are padded to it)
 
-    async def verify(self, req: VerifyRequest) -> VerifyResult:
+    def open(self, key: str) -> NativeVerifySession:
+        return NativeVerifySession(self, key)
+
+    async def verify(self, session: TritonLmSession, req: VerifyRequest) -> VerifyResult:
         draft = req.draft_tokens[:self.max_draft_len]
         r = req.rules  # the engine applies the request's rules and top-k to its own rows
         call = LmCall(req.prefix, len(draft) + 1, 1, req.temperature, req.top_p, req.seed, self.end_id, self.pad_id,
@@ -73,12 +76,21 @@ class NativeVerifyLM(TritonLM):
             sampled = req.temperature > 0.0
             tensors.update(draft_tensors(draft, draft_logits(req.draft_probs[:len(draft)], self.logits_width)
                                          if sampled else None))
-        responses = await self.transport.infer(self.model, tensors, self.outputs, req.key)
+        responses = await self.transport.infer(self.model, tensors, self.outputs, session.key)
         reply = parse_lm_reply(responses)
         output = reply.sequences[0] if reply.sequences else ()
         tokens, accepted = accepted_tokens(draft, output, self.end_id)
-        fed = self._feed(req.key, req.prefix + draft, keep_new=len(draft))
-        self._seen[req.key] = req.prefix + tokens[:-1]  # the last token is not in the cache yet
+        fed = session.feed(req.prefix + draft, keep_new=len(draft))
+        session.seen = req.prefix + tokens[:-1]  # the last token is not in the cache yet
         extra = max(len(output) - len(tokens), 0)  # decoding past a rejection, discarded
         usage = Usage(prefill_tokens=fed, decode_tokens=extra) if fed > 1 else Usage(decode_tokens=fed + extra)
         return VerifyResult(tokens, accepted, usage)
+
+
+@dataclass(slots=True)
+class NativeVerifySession(TritonLmSession):
+    """A request on a NativeVerifyLM: a TokenVerifier session."""
+
+    async def verify(self, req: VerifyRequest) -> VerifyResult:
+        assert isinstance(self.lm, NativeVerifyLM)
+        return await self.lm.verify(self, req)
