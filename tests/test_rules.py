@@ -158,3 +158,14 @@ def test_stats_definitions() -> None:
     total = RequestStats.total([s, RequestStats.from_dict(s.to_dict())])
     assert (total.requests, total.steps, total.step_acceptance_rate) == (2, 4, 0.5)
     assert total.to_dict()["models"]["draft"]["flops"] == 2 * 2 * 100 * 15
+
+
+def test_common_prefix() -> None:
+    from runtime.core.tokens import common_prefix
+
+    assert common_prefix((1, 2, 3), (1, 2, 4)) == 2
+    assert common_prefix((1, 2), (1, 2, 3)) == 2
+    assert common_prefix((5,), (1,)) == 0
+    assert common_prefix((1, 2, 3), (1, 2, 3), (1, 9, 3)) == 1
+    assert common_prefix((1, 2, 3), (1, 2, 3), limit=1) == 1
+    assert common_prefix((1, 2, 3), (1, 2, 3), limit=-2) == 0

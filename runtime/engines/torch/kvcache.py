@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from runtime.core.tokens import common_prefix
+
 
 @dataclass(eq=False, slots=True)
 class SeqCache:
@@ -41,11 +43,7 @@ class SeqCache:
 
     def reuse(self, ids: list[int] | tuple[int, ...], keep_new: int = 0) -> None:
         """Crop to the longest common prefix with `ids`, leaving at least `keep_new` of them to run."""
-        limit = min(self.length, len(ids) - keep_new)
-        common = 0
-        while common < limit and self.ids[common] == ids[common]:
-            common += 1
-        self.crop(common)
+        self.crop(common_prefix(self.ids, ids, limit=len(ids) - keep_new))
 
     def fork(self) -> SeqCache:
         """A new sequence starting with a copy of this one's cached tokens."""

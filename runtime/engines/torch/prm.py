@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from runtime.core.errors import ConfigError, EngineError
+from runtime.core.tokens import common_prefix
 from runtime.core.types import RewardRequest, RewardResult, Usage
 from runtime.engines.prm_format import QWEN_PRM_SYSTEM, PrmFormat, PrmHistory
 from runtime.engines.torch.kvcache import SeqCache
@@ -99,7 +100,7 @@ class TorchPRM:
             fed = len(rows[0]) - cache.length
             hidden = await self._hidden([Row(cache, list(rows[0][cache.length:]), outputs[0])])
         else:
-            shared = min(_common_prefix(rows), *(len(row) - n for row, n in zip(rows, outputs)))
+            shared = min(common_prefix(*rows), *(len(row) - n for row, n in zip(rows, outputs)))
             cache.reuse(list(rows[0][:shared]))
             fed = shared - cache.length
             if fed:
@@ -144,12 +145,3 @@ class PrmSession:
 
     def close(self) -> None:
         self.cache.free()
-
-
-def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
-    first = rows[0]
-    n = min(len(r) for r in rows)
-    for i in range(n):
-        if any(r[i] != first[i] for r in rows[1:]):
-            return i
-    return n

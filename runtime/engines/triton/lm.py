@@ -23,6 +23,7 @@ import numpy as np
 from runtime.core.errors import EngineError
 from runtime.core.sampling import log_softmax
 from runtime.core.segment import StepSegmenter
+from runtime.core.tokens import common_prefix
 from runtime.core.types import (
     Finish,
     GenerateResult,
@@ -144,10 +145,7 @@ class TritonLmSession:
 
     def feed(self, ids: tuple[int, ...], keep_new: int) -> int:
         """Tokens the engine must run for `ids`, given what it holds for this request."""
-        limit = min(len(self.seen), len(ids) - keep_new)
-        common = 0
-        while common < limit and self.seen[common] == ids[common]:
-            common += 1
+        common = common_prefix(self.seen, ids, limit=len(ids) - keep_new)
         self.seen = ids
         return len(ids) - common
 

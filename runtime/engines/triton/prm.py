@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from runtime.core.tokens import common_prefix
 from runtime.core.types import RewardRequest, RewardResult, Usage
 from runtime.engines.prm_format import PrmFormat, PrmHistory
 from runtime.engines.triton.contract import PRM_OUTPUTS, PrmCall, parse_prm_reply, prm_request_tensors
@@ -48,9 +49,6 @@ class TritonPrmSession:
 
     def _fed(self, prefix: tuple[int, ...], rows: tuple[tuple[int, ...], ...]) -> int:
         """Estimated tokens run: the prefix part not held yet, plus every candidate."""
-        seen = self.seen
-        common = 0
-        while common < min(len(seen), len(prefix)) and seen[common] == prefix[common]:
-            common += 1
+        common = common_prefix(self.seen, prefix)
         self.seen = rows[0] if len(rows) == 1 else prefix
         return len(prefix) - common + sum(len(row) - len(prefix) for row in rows)
