@@ -34,6 +34,20 @@ from runtime.core.types import (
 DEFAULT_PIECES = ("<eos>", "\n\n", "a", "b", "c", "1", "2", " ")
 
 
+class CountsSessions:
+    """A fake engine is its own session; `calls` counts opens and closes (the leak tests)."""
+
+    __slots__ = ()
+    calls: Counter[str]
+
+    def open(self, key: str) -> Self:
+        self.calls["open"] += 1
+        return self
+
+    def close(self) -> None:
+        self.calls["close"] += 1
+
+
 @dataclass(frozen=True, slots=True)
 class FakeTokenizer:
     pieces: tuple[str, ...] = DEFAULT_PIECES
@@ -73,7 +87,7 @@ class FakeTokenizer:
 
 
 @dataclass(slots=True)
-class FakeLM:
+class FakeLM(CountsSessions):
     """Next-token logits depend only on the last token: logits = table[last]."""
 
     vocab: int
@@ -89,13 +103,6 @@ class FakeLM:
 
     def next_logits(self, ids: Sequence[int]) -> np.ndarray:
         return self.table[ids[-1] if ids else 0]
-
-    def open(self, key: str) -> Self:
-        self.calls["open"] += 1
-        return self
-
-    def close(self) -> None:
-        self.calls["close"] += 1
 
     async def generate(self, req: StepRequest) -> GenerateResult:
         from runtime.core.segment import StepSegmenter
@@ -148,7 +155,7 @@ class FakeLM:
 
 
 @dataclass(slots=True)
-class FakePRM:
+class FakePRM(CountsSessions):
     """Rewards from `script` in order (cycling), or from `fn(question, steps, candidate)`."""
 
     script: Sequence[float] = (0.9,)
@@ -156,13 +163,6 @@ class FakePRM:
     num_params: int = 500
     calls: Counter[str] = field(default_factory=Counter)
     seen: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = field(default_factory=list)
-
-    def open(self, key: str) -> Self:
-        self.calls["open"] += 1
-        return self
-
-    def close(self) -> None:
-        self.calls["close"] += 1
 
     async def reward(self, req: RewardRequest) -> RewardResult:
         self.seen.append((req.question, req.steps, req.candidates))
@@ -178,7 +178,7 @@ class FakePRM:
 
 
 @dataclass(slots=True)
-class ScriptedLM:
+class ScriptedLM(CountsSessions):
     """Returns scripted steps in order (cycling): "text" ends with the delimiter or is cut at the
     cap; a trailing "<eos>" means the step ends with EOS. Counts calls; `prefixes` records inputs.
     With `by_step_index`, the step is chosen by how many delimiters the prefix already holds, so
@@ -191,13 +191,6 @@ class ScriptedLM:
     max_len: int = 10_000
     calls: Counter[str] = field(default_factory=Counter)
     prefixes: list[tuple[int, ...]] = field(default_factory=list)
-
-    def open(self, key: str) -> Self:
-        self.calls["open"] += 1
-        return self
-
-    def close(self) -> None:
-        self.calls["close"] += 1
 
     async def generate(self, req: StepRequest) -> GenerateResult:
         gens = []
