@@ -132,7 +132,7 @@ def scaling(pipeline: Pipeline, problems: Sequence[Problem], runs: list[EvalRun]
                 batching[(run.label, c)] = _rows_per_forward(before, _counters(pipeline))
                 print(f"{run.label} c={c}: {summary.tokens_per_s:.0f} tokens/s", file=sys.stderr)
     head = "| method | " + " | ".join(f"tokens/s c={c}" for c in levels) + " | " + " | ".join(
-        f"c={c} / c={levels[0]}" for c in levels[1:]) + f" | rows/forward at c={levels[-1]} |"
+        f"c={c} / c={levels[0]}" for c in levels[1:]) + f" | rows/forward at c={levels[-1]} (forwards, s in them; last run) |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for run in runs:
         med = [statistics.median(speeds[(run.label, c)]) for c in levels]
@@ -143,22 +143,23 @@ def scaling(pipeline: Pipeline, problems: Sequence[Problem], runs: list[EvalRun]
     return "\n".join(lines)
 
 
-def _counters(pipeline: Pipeline) -> dict[str, tuple[int, int]]:
-    """(forwards, rows) per model, from each engine's scheduler."""
+def _counters(pipeline: Pipeline) -> dict[str, tuple[int, int, float]]:
+    """(forwards, rows, seconds in forwards) per model, from each engine's scheduler."""
     out = {}
     for role in ("draft", "target", "prm"):
         sched = getattr(getattr(pipeline.engines, role, None), "scheduler", None)
         if sched is not None:
-            out[role] = (sched.forwards, sched.batched_rows)
+            out[role] = (sched.forwards, sched.batched_rows, sched.busy_s)
     return out
 
 
-def _rows_per_forward(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> str:
+def _rows_per_forward(before: dict[str, tuple[int, int, float]], after: dict[str, tuple[int, int, float]]) -> str:
+    """Per model: rows per forward (forwards, seconds inside them) over one run."""
     parts = []
-    for role, (f1, r1) in after.items():
-        f0, r0 = before.get(role, (0, 0))
+    for role, (f1, r1, s1) in after.items():
+        f0, r0, s0 = before.get(role, (0, 0, 0.0))
         if f1 > f0:
-            parts.append(f"{role} {(r1 - r0) / (f1 - f0):.1f}")
+            parts.append(f"{role} {(r1 - r0) / (f1 - f0):.1f} ({f1 - f0} fwd, {s1 - s0:.2f} s)")
     return ", ".join(parts) or "-"
 
 

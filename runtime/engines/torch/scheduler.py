@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
 from runtime.core.errors import EngineError
@@ -37,6 +38,7 @@ class ForwardScheduler:
     name: str = "model"
     forwards: int = 0  # model forwards run (for tests, logs and metrics)
     batched_rows: int = 0
+    busy_s: float = 0.0  # wall time inside this model's forwards (where a run's time goes)
     patience: int = 0  # loop turns to wait for more rows while peers are busy (0: never wait)
     min_rows: int = 8  # ... unless this many rows are already queued
     peers: list[ForwardScheduler] = field(default_factory=list, repr=False)  # the pipeline's schedulers
@@ -70,7 +72,7 @@ class ForwardScheduler:
         for job in jobs:
             job.taken = True
         rows = [row for job in jobs for row in job.rows]
-        before = self.runner.forwards
+        before, started = self.runner.forwards, time.perf_counter()
         try:
             outputs = self.runner.run(rows)
         except Exception as exc:  # one failed forward fails its jobs, never the scheduler
@@ -79,6 +81,7 @@ class ForwardScheduler:
                 job.future.set_exception(EngineError(f"{self.name} forward failed: {exc}"))
             return
         self.forwards += self.runner.forwards - before
+        self.busy_s += time.perf_counter() - started
         self.batched_rows += len(rows)
         start = 0
         for job in jobs:
