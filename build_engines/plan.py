@@ -17,11 +17,11 @@ from build_engines.config import (
     EngineSpec,
     GpuArch,
     KvCacheDtype,
-    PrmKind,
     Quantization,
     Role,
 )
 from build_engines.quant import CheckpointTool, QuantPlan, resolve_quant
+from runtime.core.types import PrmKind
 
 MODEL_CLS_FILE = Path(__file__).resolve().parent / "trtllm_models" / "prm_heads.py"
 TWO_CLASS_HEAD_FILE = "trtllm_head/rsd_two_class_head.safetensors"  # inside the prepared PRM folder

@@ -20,12 +20,12 @@ from build_engines.config import (
     KvCacheDtype,
     Limits,
     ModelFamily,
-    PrmKind,
     PrmSpec,
     Quantization,
     Role,
 )
 from runtime.core import validate
+from runtime.core.types import PrmKind
 
 TOP_KEYS = {"name", "models_root", "output_root", "examples_dir", "check_tokenizers", "calibration",
             "defaults", "engines"}

@@ -3,6 +3,7 @@ the key). Relative model paths resolve against the config file's folder."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +31,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         validate.choice("dtype", self.dtype, DTYPES)
-        if not (isinstance(self.device, str) and self.device.startswith("cuda:")):
-            validate.choice("device", self.device, (*DEVICES, "cuda:N"))
+        if self.device not in DEVICES and not (isinstance(self.device, str) and re.fullmatch(r"cuda:\d+", self.device)):
+            validate.fail("device", f"unknown value {self.device!r}; expected one of {', '.join(DEVICES)} or cuda:N")
         if self.format is not None:
             validate.choice("format", self.format, PRM_FORMATS)
 

@@ -139,3 +139,13 @@ def test_one_prm_format_type_everywhere() -> None:
     assert HEAD_FORMATS == tuple(k.value for k in PrmKind if k.has_head) == ("value_head", "two_class")
     with pytest.raises(ConfigError, match="prm.format: a likelihood PRM has no head"):
         PrmSpec(format=PrmKind.LIKELIHOOD, head_layout=HeadLayout.SCORE_HEAD, num_labels=1, separator="\n\n")
+
+
+def test_devices() -> None:
+    from runtime.config import ModelConfig
+
+    for good in ("cpu", "cuda", "auto", "cuda:0", "cuda:12"):
+        assert ModelConfig(Path("m"), device=good).device == good
+    for bad in ("cuda:N", "cuda:", "cuda:x", "gpu"):
+        with pytest.raises(ConfigError, match=r"^device: unknown value .* or cuda:N$"):
+            ModelConfig(Path("m"), device=bad)
