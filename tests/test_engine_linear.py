@@ -101,8 +101,9 @@ def test_rewritten_steps_cost_linear_work(long_pipeline) -> None:  # type: ignor
     generated = sum(len(s.token_ids) for s in steps)
     models = steps[-1].stats["models"]
     drafted = models["draft"]["generated_tokens"]
-    for role, discarded in (("target", 0), ("draft", drafted)):
-        m = models[role]  # the draft also ran its own (rewritten) steps, once each
+    for role, discarded in (("target", drafted), ("draft", drafted)):
+        # the draft also ran its own (rewritten) steps, once each; the target checked each as a hint once
+        m = models[role]
         processed = m["prefill_tokens"] + m["decode_tokens"]
         assert processed <= prompt + generated + discarded + len(steps), (role, processed, prompt, generated)
     prm = models["prm"]["prefill_tokens"] + models["prm"]["decode_tokens"]

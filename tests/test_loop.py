@@ -46,6 +46,18 @@ def test_rsd_accepts_by_threshold_and_regenerates_from_the_same_prefix() -> None
     assert stats["step_acceptance_rate"] == 0.5 and stats["target_calls"] == 2
 
 
+def test_greedy_rsd_hints_the_target_with_the_rejected_draft_step_and_sampled_rsd_does_not() -> None:
+    draft, target, prm, p = scripted(rewards=(0.9, 0.2, 0.7, 0.69))
+    p.generate_sync("b", {"method": "rsd", "threshold": 0.7, "max_steps": 4})
+    assert target.hints == [tuple(TOK.encode("ba\n\n")), tuple(TOK.encode("a1"))]  # EOS is not in a step
+    draft, target, prm, p = scripted(rewards=(0.2,))
+    p.generate_sync("b", {"method": "rsd", "threshold": 0.7, "max_steps": 3, "temperature": 0.7})
+    assert target.hints == [(), (), ()]
+    draft, target, prm, p = scripted(rewards=(0.2,))
+    p.generate_sync("b", {"method": "rsd", "threshold": 0.7, "max_steps": 2, "temperature": 0.7, "top_k": 1})
+    assert target.hints == [tuple(TOK.encode("ab\n\n")), tuple(TOK.encode("ba\n\n"))]
+
+
 def test_rsd_threshold_zero_never_calls_the_target_and_above_one_always_does() -> None:
     draft, target, prm, p = scripted(rewards=(0.0, 0.5))
     assert all(s.source == "draft" for s in p.generate_sync("b", {"method": "rsd", "threshold": 0.0}).steps)

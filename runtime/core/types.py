@@ -95,6 +95,9 @@ class StepRequest:
     top_k: int = 0  # 0: off; 1: greedy
     rules: LogitRules = NO_RULES
     min_new_tokens: int = 0  # the rules' end ids are banned for this many tokens
+    # A proposal the engine may accept in one pass where its greedy choice agrees (TensorRT-LLM's
+    # draft_input_ids on a generation request); the step must be the same as without it.
+    draft_tokens: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -191,6 +191,7 @@ class ScriptedLM(CountsSessions):
     max_len: int = 10_000
     calls: Counter[str] = field(default_factory=Counter)
     prefixes: list[tuple[int, ...]] = field(default_factory=list)
+    hints: list[tuple[int, ...]] = field(default_factory=list)  # each call's StepRequest.draft_tokens
 
     async def generate(self, req: StepRequest) -> GenerateResult:
         gens = []
@@ -207,6 +208,7 @@ class ScriptedLM(CountsSessions):
             gens.append(Generation(tuple(ids), finish, -float(len(ids)), (-1.0,) * len(ids) if req.want_logprobs else ()))
         self.calls["generate"] += 1
         self.prefixes.append(req.prefix)
+        self.hints.append(req.draft_tokens)
         return GenerateResult(tuple(gens), Usage(prefill_tokens=len(req.prefix),
                                                  generated_tokens=sum(len(g.token_ids) for g in gens)))
 

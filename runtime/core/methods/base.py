@@ -163,11 +163,13 @@ class StepContext:
     def text(self, ids: tuple[int, ...]) -> str:
         return self.tokenizer.decode(ids)
 
-    async def generate(self, role: str, n: int = 1, logprobs: bool = False) -> tuple[Generation, ...]:
+    async def generate(self, role: str, n: int = 1, logprobs: bool = False,
+                       draft_tokens: tuple[int, ...] = ()) -> tuple[Generation, ...]:
+        """`draft_tokens`: a proposal the engine may check in one pass (StepRequest.draft_tokens)."""
         p = self.params
         req = StepRequest(self.prefix, n, p.temperature, p.top_p, self.max_new_tokens,
                           self.next_seed(), logprobs or p.return_log_probs, p.top_k, self.rules,
-                          self.min_new_tokens())
+                          self.min_new_tokens(), draft_tokens)
         result: GenerateResult = await self.sessions.role(role).generate(req)
         self._record(role, result.usage)
         if len(result.generations) != n:

@@ -12,6 +12,12 @@ Defaults (reference code): delta = threshold = 0.7, greedy (temperature 0), max 
 Degenerate cases: threshold > 1 is target-only, threshold 0 is draft-only (binary omega).
 Deliberate differences from the reference: no batch-wide "patience" cut-off (quirk Q1), a
 per-step token cap, and sequences kept as token ids across steps (no re-tokenisation).
+Draft-hinted rewrite (greedy only): the target gets the rejected draft step as draft tokens
+(`StepRequest.draft_tokens`), checks them in the forward of its catch-up prefill, keeps the
+prefix it agrees with and its correction, and decodes on only from there. At T = 0 the step is
+exactly the target's greedy step, in fewer target forwards. At T > 0 RSD keeps plain target
+decoding: the rejected step is distributed as the draft conditioned on a low reward, not as the
+draft's own q, so no acceptance rule over it would leave the step distributed as P_target.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ from typing import ClassVar
 from runtime.core import omega
 from runtime.core.methods.base import Needs, StepContext
 from runtime.core.params import RequestParams
+from runtime.core.sampling import is_greedy
 from runtime.core.types import StepOutcome
 
 
@@ -38,6 +45,7 @@ class Rsd:
         if omega.accept(p.omega, reward, p.threshold, p.omega_sharpness, ctx.rng):
             return StepOutcome(draft.token_ids, draft.finish, "draft", reward, accepted=True,
                                token_logprobs=draft.token_logprobs)
-        (target,) = await ctx.generate("target")
+        hint = draft.token_ids if is_greedy(p.temperature, p.top_k) else ()
+        (target,) = await ctx.generate("target", draft_tokens=hint)
         return StepOutcome(target.token_ids, target.finish, "target", reward, accepted=False,
                            draft_token_ids=draft.token_ids, token_logprobs=target.token_logprobs)

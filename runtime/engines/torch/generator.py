@@ -4,7 +4,10 @@ Each request's session (`TorchLM.open`) owns one cache; a call crops it to the l
 prefix with the ids it is given and runs only the rest, so a request's steps reuse its KV cache
 (prefix reuse, as TensorRT-LLM's block reuse does); closing the session frees it. n > 1
 candidates fork the prefix cache. Tokens are drawn in the batched forward itself (`Row.sample`),
-so concurrent requests share the output head too.
+so concurrent requests share the output head too. A greedy step with draft tokens
+(`StepRequest.draft_tokens`) runs them with its catch-up prefill in one forward, keeps those its
+greedy choice agrees with and its correction, and decodes on from there: the same step in fewer
+forwards (TensorRT-LLM's draft_input_ids on a generation request).
 """
 from __future__ import annotations
 
@@ -65,8 +68,12 @@ class TorchLM:
         try:
             if req.n == 1:
                 cands.append(_Candidate(cache, samplers[0], TokenStep(self.segmenter, req.max_new_tokens)))
-                (drawn,) = await self._draw([Row(cache, new, sample=samplers[0])])
-                self._push(cands[0], drawn)
+                if hint := _hint(req):
+                    await self._check_hint(cands[0], new, hint, len(req.prefix))
+                    fed += len(hint)
+                else:
+                    (drawn,) = await self._draw([Row(cache, new, sample=samplers[0])])
+                    self._push(cands[0], drawn)
             else:  # candidates share the prefix's forward, then fork its cache
                 (hidden,) = await self._hidden([Row(cache, new, 1)])
                 first = self._logits(hidden)[0]
@@ -88,6 +95,22 @@ class TorchLM:
                                 tuple(c.logprobs) if req.want_logprobs else ()) for c in cands)
         usage = _usage(fed) + Usage(decode_tokens=decoded, generated_tokens=sum(len(g.token_ids) for g in gens))
         return GenerateResult(gens, usage)
+
+    async def _check_hint(self, cand: _Candidate, new: list[int], hint: tuple[int, ...], start: int) -> None:
+        """The step's first tokens from one forward over the uncached prefix + the hint: each hint
+        token the greedy choice agrees with, then the greedy correction (or the bonus token after
+        the whole hint), as decoding would have drawn them; the cache keeps prefix + agreed tokens."""
+        (hidden,) = await self._hidden([Row(cand.cache, new + list(hint), len(hint) + 1)])
+        agreed = 0
+        for i, row in enumerate(self._logits(hidden)):
+            drawn = _greedy(row, cand.sampler)
+            self._push(cand, drawn)
+            if i == len(hint) or drawn.token != hint[i]:
+                break
+            agreed += 1
+            if cand.step.finish is not None:
+                break
+        cand.cache.crop(start + agreed)
 
     async def score(self, cache: SeqCache, req: ScoreRequest) -> ScoreResult:
         cache.reuse(req.prefix, keep_new=1)
@@ -157,6 +180,20 @@ class LmSession:
 
     def close(self) -> None:
         self.cache.free()
+
+
+def _hint(req: StepRequest) -> tuple[int, ...]:
+    """The draft tokens worth checking: only a greedy single candidate follows them (at T > 0 the
+    step is a sample, which a proposal must not change), never past the step's cap."""
+    greedy = req.temperature == 0.0 or req.top_k == 1
+    return req.draft_tokens[:req.max_new_tokens] if greedy and req.n == 1 else ()
+
+
+def _greedy(logits: torch.Tensor, sampler: Sampler) -> Drawn:
+    """The token a greedy Sampler draws from one row (BatchRunner._draw's greedy rule)."""
+    z = sampler.rules.apply(logits) if sampler.rules is not None else logits
+    token = int(torch.argmax(z))
+    return Drawn(token, float(torch.log_softmax(z, -1)[token]) if sampler.logprobs else 0.0)
 
 
 def _usage(fed: int) -> Usage:
