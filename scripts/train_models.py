@@ -17,6 +17,7 @@ Then the folders are copied to --out and scripts/check_models.py measures them o
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -150,13 +151,32 @@ def train_prm_stage(tokenizer: object, problems: list, seed: int, cache: Path) -
 
 
 def run_stage(stage: str, seed: int, cache: Path) -> None:
+    """One stage, its wall and CPU seconds written beside its folder (`<stage>.time.json`)."""
+    wall, cpu = time.time(), time.process_time()
     tokenizer = build_tokenizer()
     problems = generate_problems(TRAIN_PROBLEMS, seed, "train", unique=False)
     if stage == "prm":
         train_prm_stage(tokenizer, problems, seed, cache)
-        return
-    examples = lm_examples(tokenizer, problems)
-    (train_target if stage == "target" else train_draft)(tokenizer, examples, seed, cache)
+    else:
+        examples = lm_examples(tokenizer, problems)
+        (train_target if stage == "target" else train_draft)(tokenizer, examples, seed, cache)
+    spent = {"wall_s": round(time.time() - wall, 1), "cpu_s": round(time.process_time() - cpu, 1),
+             "load_before": round(os.getloadavg()[0], 2)}
+    (cache / f"{stage}.time.json").write_text(json.dumps(spent) + "\n")
+    print(f"stage {stage}: {spent['wall_s']:.0f} s wall, {spent['cpu_s']:.0f} s CPU")
+
+
+def cpu_summary(cache: Path) -> str:
+    """The two chains' CPU seconds: on an idle 2-core machine (one core each) the wall time is about their max."""
+    spent = {}
+    for stage in STAGES:
+        path = cache / f"{stage}.time.json"
+        spent[stage] = json.loads(path.read_text())["cpu_s"] if path.is_file() else None
+    if None in spent.values():
+        return "CPU seconds per stage: " + ", ".join(f"{k} {v}" for k, v in spent.items())
+    chains = {"target": spent["target"], "draft + prm": spent["draft"] + spent["prm"]}
+    return (f"CPU seconds per chain: target {chains['target']:.0f}, draft + prm {chains['draft + prm']:.0f}; "
+            f"on an idle 2-core machine training takes about {max(chains.values()) / 60:.1f} min")
 
 
 def run_all(args: argparse.Namespace) -> None:
@@ -199,6 +219,7 @@ def main() -> int:
     train_time = time.time() - start
     print(f"training time {train_time:.0f} s wall; load average before {load[0]:.2f}, "
           f"after {os.getloadavg()[0]:.2f} (1 min)")
+    print(cpu_summary(args.cache))
     if args.no_check:
         return 0
     import check_models
