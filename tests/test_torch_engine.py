@@ -108,6 +108,10 @@ def test_kv_cache_is_reused_across_steps(tiny_pipeline: Pipeline) -> None:
     # every token runs through the model once (a request that re-encoded its prefix each step
     # would process about steps x (prompt + generated / 2) tokens)
     assert prompt + generated - len(result.steps) <= processed <= prompt + generated
+    # one pass per drawn token (n = 1): the step's tokens, and the end token that ended the request
+    assert m["forwards"] == generated + (result.finish_reason == "eos")
+    prm = tiny_pipeline.generate_sync("12*3-4", {"method": "rsd", "max_tokens": 30, "threshold": 0.0}).stats
+    assert prm["models"]["prm"]["forwards"] == prm["models"]["prm"]["calls"]  # one row per call: one pass
 
 
 def test_steps_end_at_the_delimiter_or_the_cap(tiny_pipeline: Pipeline) -> None:

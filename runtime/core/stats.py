@@ -2,6 +2,8 @@
 
 Definitions:
 - processed tokens (per model) = prefill (context passes, cache misses) + decode tokens.
+- forwards (per model) = model passes the request's calls waited on, one after the other (each
+  may batch other requests' rows too); decode-bound calls take about one per generated token.
 - estimated FLOPs (per model) = 2 x parameters x processed tokens (the dense forward-pass cost).
 - step acceptance rate = accepted draft steps / drafted steps (steps a judge decided on: rsd, gsi).
 - token acceptance rate = accepted draft tokens / drafted tokens (RSD: tokens of accepted vs all
@@ -36,6 +38,7 @@ class ModelCounters:
     prefill_tokens: int = 0
     decode_tokens: int = 0
     generated_tokens: int = 0
+    forwards: int = 0
     flops: float = 0.0
 
     def add(self, usage: Usage, num_params: int) -> None:
@@ -43,6 +46,7 @@ class ModelCounters:
         self.prefill_tokens += usage.prefill_tokens
         self.decode_tokens += usage.decode_tokens
         self.generated_tokens += usage.generated_tokens
+        self.forwards += usage.forwards
         self.flops += 2.0 * num_params * usage.processed_tokens
 
     def merge(self, other: ModelCounters) -> None:
@@ -50,6 +54,7 @@ class ModelCounters:
         self.prefill_tokens += other.prefill_tokens
         self.decode_tokens += other.decode_tokens
         self.generated_tokens += other.generated_tokens
+        self.forwards += other.forwards
         self.flops += other.flops
 
 
@@ -157,6 +162,7 @@ class RequestStats:
                     "prefill_tokens": c.prefill_tokens,
                     "decode_tokens": c.decode_tokens,
                     "generated_tokens": c.generated_tokens,
+                    "forwards": c.forwards,
                     "flops": c.flops,
                 }
                 for role, c in sorted(self.models.items())

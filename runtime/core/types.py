@@ -34,17 +34,23 @@ class PrmKind(str, Enum):  # not StrEnum: Triton 24.10's Python is 3.10
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Work one engine call did; the stats turn it into FLOPs (2 x params per processed token)."""
+    """Work one engine call did; the stats turn it into FLOPs (2 x params per processed token).
+
+    `forwards` counts the batched model passes the call took part in, one after the other (a pass
+    may carry other requests' rows too): the call's sequential depth, what its latency scales with.
+    """
 
     prefill_tokens: int = 0  # tokens run through the model in context passes (cache misses)
     decode_tokens: int = 0  # tokens run through the model one (or a few) at a time while generating
     generated_tokens: int = 0  # tokens sampled
+    forwards: int = 0  # model passes the call waited on
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
             self.prefill_tokens + other.prefill_tokens,
             self.decode_tokens + other.decode_tokens,
             self.generated_tokens + other.generated_tokens,
+            self.forwards + other.forwards,
         )
 
     @property

@@ -81,10 +81,11 @@ class TorchLM:
                     cands.append(_Candidate(cache.fork(), s, TokenStep(self.segmenter, req.max_new_tokens)))
                     row = s.rules.apply(first) if s.rules is not None else first
                     self._push(cands[-1], Drawn(*sample_token(row, req.temperature, req.top_p, s.generator, req.top_k)))
-            decoded = 0
+            decoded, passes = 0, 1  # the prefix's pass drew every candidate's first token
             while active := [c for c in cands if c.step.finish is None]:
                 drawn_rows = await self._draw([Row(c.cache, [c.step.out[-1]], sample=c.sampler) for c in active])
                 decoded += len(active)
+                passes += 1
                 for cand, d in zip(active, drawn_rows):
                     self._push(cand, d)
         finally:
@@ -93,7 +94,8 @@ class TorchLM:
                     cand.cache.free()
         gens = tuple(Generation(tuple(c.step.out), c.step.finish or Finish.LENGTH, c.logprob,
                                 tuple(c.logprobs) if req.want_logprobs else ()) for c in cands)
-        usage = _usage(fed) + Usage(decode_tokens=decoded, generated_tokens=sum(len(g.token_ids) for g in gens))
+        usage = _usage(fed) + Usage(decode_tokens=decoded, generated_tokens=sum(len(g.token_ids) for g in gens),
+                                    forwards=passes)
         return GenerateResult(gens, usage)
 
     async def _check_hint(self, cand: _Candidate, new: list[int], hint: tuple[int, ...], start: int) -> None:
@@ -116,11 +118,13 @@ class TorchLM:
         cache.reuse(req.prefix, keep_new=1)
         fed = len(req.prefix) - 1 - cache.length
         scored = [(i, c) for i, c in enumerate(req.continuations) if c]
+        passes = 0
         if len(scored) == 1:  # one continuation runs on the request's cache itself (kept for reuse)
             rows = [Row(cache, list(req.prefix[cache.length:]) + list(scored[0][1][:-1]), len(scored[0][1]))]
         else:
             if fed > 0:
                 await self._hidden([Row(cache, list(req.prefix[cache.length:-1]), 0)])
+                passes += 1
             rows = [Row(cache.fork(), [req.prefix[-1], *c[:-1]], len(c)) for _, c in scored]
         try:
             hidden = await self._hidden(rows) if rows else []
@@ -131,14 +135,14 @@ class TorchLM:
         logprobs = [0.0] * len(req.continuations)
         for (i, cont), h in zip(scored, hidden):
             logprobs[i] = logprob_rows(self._logits(h), list(cont), req.temperature)
-        usage = Usage(prefill_tokens=max(fed, 0) + sum(len(c) for _, c in scored))
+        usage = Usage(prefill_tokens=max(fed, 0) + sum(len(c) for _, c in scored), forwards=passes + bool(rows))
         return ScoreResult(tuple(logprobs), usage)
 
     async def logits(self, cache: SeqCache, req: LogitsRequest) -> LogitsResult:
         cache.reuse(req.ids, keep_new=req.count)
         fed = len(req.ids) - cache.length
         (hidden,) = await self._hidden([Row(cache, list(req.ids[cache.length:]), req.count)])
-        return LogitsResult(self._logits(hidden).cpu().numpy(), _usage(fed))
+        return LogitsResult(self._logits(hidden).cpu().numpy(), _usage(fed) + Usage(forwards=1))
 
     async def _hidden(self, rows: list[Row]) -> list[torch.Tensor]:
         return [h for h in await self.scheduler.run(rows) if isinstance(h, torch.Tensor)]

@@ -95,6 +95,7 @@ class TorchPRM:
             if not pos or min(pos) < 0 or max(pos) >= len(row):
                 raise EngineError(f"reward positions {list(pos)} out of range for a row of {len(row)} tokens")
         outputs = [len(row) - min(pos) for row, pos in zip(rows, positions)]
+        passes = 1
         if len(rows) == 1:  # run the row on the request's cache itself: one forward
             cache.reuse(list(rows[0]), keep_new=outputs[0])
             fed = len(rows[0]) - cache.length
@@ -105,6 +106,7 @@ class TorchPRM:
             fed = shared - cache.length
             if fed:
                 await self._hidden([Row(cache, list(rows[0][cache.length:shared]), 0)])
+                passes += 1
             fed += sum(len(row) - shared for row in rows)
             forks = [Row(cache.fork(), list(row[shared:]), n) for row, n in zip(rows, outputs)]
             try:
@@ -117,7 +119,7 @@ class TorchPRM:
             first = len(row) - h.shape[0]
             with torch.inference_mode():
                 rewards.append([float(r) for r in self.head.fn(h[[p - first for p in pos]]).cpu().tolist()])
-        return rewards, Usage(prefill_tokens=fed)
+        return rewards, Usage(prefill_tokens=fed, forwards=passes)
 
     async def _hidden(self, rows: list[Row]) -> list[torch.Tensor]:
         return [h for h in await self.scheduler.run(rows) if isinstance(h, torch.Tensor)]
