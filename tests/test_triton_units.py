@@ -12,7 +12,7 @@ import pytest
 
 from runtime.core.errors import ConfigError, EngineError, RequestValidationError
 from runtime.core.params import RequestParams
-from runtime.core.types import StepEvent
+from runtime.core.types import StepEvent, Usage
 from runtime.deploy.config import parse_serve_config
 from runtime.deploy.repo import fill, render_repository
 from runtime.engines.triton import contract
@@ -33,14 +33,36 @@ def test_lm_contract_round_trip():
 
 
 def test_lm_reply_merges_sequences_and_responses():
-    reply = contract.LmReply(((1, 2, 3), (4,)), (-1.5, -0.25))
+    reply = contract.LmReply(((1, 2, 3), (4,)), (-1.5, -0.25), usage=Usage(5, 2, forwards=3))
     tensors = contract.lm_reply_tensors(reply, pad_id=0)
     assert tensors["output_ids"].shape == (1, 2, 3) and tensors["sequence_length"].tolist() == [[3, 1]]
-    assert contract.parse_lm_reply([tensors]).sequences == reply.sequences
+    assert tensors["forwards"].dtype == np.int64 and tensors["forwards"].shape == (1, 1)
+    parsed = contract.parse_lm_reply([tensors])
+    assert parsed.sequences == reply.sequences and parsed.usage == Usage(5, 2, forwards=3)
     # TensorRT-LLM style: one response per sequence, tagged sequence_index, in any order
     parts = [{"output_ids": np.array([[[4, 0]]]), "sequence_length": np.array([[1]]), "sequence_index": np.array([1])},
              {"output_ids": np.array([[[1, 2]]]), "sequence_length": np.array([[2]]), "sequence_index": np.array([0])}]
     assert contract.parse_lm_reply(parts).sequences == ((1, 2), (4,))
+    assert contract.parse_lm_reply(parts).usage is None  # TensorRT-LLM reports none
+    parts[1]["kv_cache_reused_blocks"] = np.array([[3]], np.int32)
+    assert contract.parse_lm_reply(parts).reused_blocks == 3
+
+
+def test_trtllm_usage_is_derived_from_its_outputs():
+    """Prefill = input - reused blocks x block size (the last input token always runs); decode = the
+    tokens drawn after the context pass, an end token left out of output_ids included."""
+    from runtime.engines.triton.usage import trtllm_usage
+
+    call = contract.LmCall(tuple(range(3, 23)), 8, n=2, end_id=2, stop_words=((9,),))
+    reply = contract.LmReply(((5, 6, 9), (5, 6, 7, 8, 4, 4, 4, 4)), reused_blocks=2)  # a stop word; the cap
+    assert trtllm_usage(call, reply, 4) == Usage(prefill_tokens=20 - 8, decode_tokens=2 + 7, forwards=8)
+    ended = contract.LmReply(((5, 6),), reused_blocks=5)  # stopped early: on end_id, not returned
+    assert trtllm_usage(call, ended, 4) == Usage(decode_tokens=1 + 2, forwards=3)  # reuse stops at 19 tokens
+    assert trtllm_usage(call, ended, 0) == Usage(prefill_tokens=20, decode_tokens=2, forwards=3)  # no figure
+    # native verification: prefix and draft in one pass, which emits accepted + 1 tokens; then decoding
+    verify = contract.LmCall(tuple(range(3, 13)), 4, end_id=2)
+    out = contract.LmReply(((5, 9, 4, 4),), reused_blocks=2)  # 1 of 3 accepted, then 2 more decoded
+    assert trtllm_usage(verify, out, 4, draft_len=3, accepted=1) == Usage(10 - 8 + 3, 2, forwards=3)
 
 
 def test_lm_request_validation_names_the_tensor():
@@ -56,8 +78,9 @@ def test_prm_contract_round_trip():
     call = contract.PrmCall(((1, 2, 3), (1, 2)), ((2,), (0, 1)))
     parsed = contract.parse_prm_request(contract.prm_request_tensors(call))
     assert parsed == call
-    replies = [contract.prm_reply_tensors([[0.5], [0.1, 0.9]])]
+    replies = [contract.prm_reply_tensors([[0.5], [0.1, 0.9]], Usage(prefill_tokens=4, forwards=2))]
     rewards = contract.parse_prm_reply(replies, call)
+    assert contract.parse_usage(replies) == Usage(prefill_tokens=4, forwards=2)
     assert [len(r) for r in rewards] == [1, 2]
     assert sum(rewards, []) == pytest.approx([0.5, 0.1, 0.9])
     with pytest.raises(EngineError, match="step_positions"):

@@ -59,7 +59,7 @@ def _reference_target(native: NativeVerifyLM, engine: FakeEngine) -> TritonLM:
     spec = dataclasses.replace(engine.net.spec, gather_context_logits=True, max_draft_len=0)
     transport = FakeTransport({"target": FakeEngine(FakeNet.build(spec))})
     return TritonLM("target", "target", transport, native.segmenter, native.end_id, native.pad_id, native.stop_words,
-                    native.num_params, native.max_len, native.vocab_size, native.outputs)
+                    native.num_params, native.max_len, native.vocab_size, native.outputs, native.trtllm)
 
 
 def _until_eos(tokens: tuple[int, ...], eos: int) -> tuple[int, ...]:
@@ -123,6 +123,26 @@ def test_rsd_and_candidates_complete(fakes):
     generations = asyncio.run(pipeline.engines.draft.open("n").generate(
         StepRequest(tuple(pipeline.tokenizer.encode("Q: abc\n")), 3, 0.7, 1.0, 12, 5, True)))
     assert len(generations.generations) == 3  # three responses tagged sequence_index, merged
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_usage_follows_the_engines_kv_reuse(fake_cfg, reuse):
+    """TensorRT-LLM reports no token counts: the BLS derives prefill from kv_cache_reused_blocks. With
+    block reuse a step runs what the previous step's request left uncached (the fake caches input
+    blocks only) plus under a block; without it, every step runs its whole prefix again."""
+    assert fake_cfg.trtllm is not None
+    engines = tuple(dataclasses.replace(e, enable_kv_cache_reuse=reuse) for e in fake_cfg.trtllm.engines)
+    pipeline, transport = in_process(dataclasses.replace(fake_cfg, trtllm=dataclasses.replace(fake_cfg.trtllm,
+                                                                                             engines=engines)))
+    result = asyncio.run(pipeline.generate(PROMPTS[2], {"method": "target", "max_tokens": 48, "max_step_tokens": 6}))
+    sent = [t for model, t in transport.requests if model == "target"]
+    lengths, m = [int(t["input_lengths"].item()) for t in sent], result.stats["models"]["target"]
+    assert len(lengths) == m["calls"] >= 4 and all(t["return_perf_metrics"].item() for t in sent)
+    if reuse:
+        assert 0 < m["prefill_tokens"] <= lengths[-1] + 4 * (len(lengths) - 1)  # 4 tokens per fake block
+    else:
+        assert m["prefill_tokens"] == sum(lengths)
+    assert m["forwards"] == m["calls"] + m["decode_tokens"]  # a context pass, then one token per pass
 
 
 def _sigmoid(x: float) -> float:

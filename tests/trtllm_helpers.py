@@ -8,7 +8,7 @@ from pathlib import Path
 from runtime.assembly.bls import SubModels, build_bls_pipeline
 from runtime.config import REPO_ROOT, load_config
 from runtime.deploy.config import ServeConfig, load_serve_config
-from runtime.deploy.trtllm_repo import max_draft_len
+from runtime.deploy.trtllm_repo import block_sizes, max_draft_len
 from runtime.in_server.engine_prm import ENGINE_MANIFEST, build_engine_prm
 from runtime.pipeline import Pipeline
 from support.fake_trtllm_repo import FakeTransport, load_fake_engine, write_fake_engines
@@ -34,10 +34,9 @@ def in_process(cfg: ServeConfig) -> tuple[Pipeline, FakeTransport]:
     """The BLS pipeline of `cfg` on the same fakes, without Triton."""
     assert cfg.trtllm is not None
     trt = cfg.trtllm
-    transport = FakeTransport({"draft": load_fake_engine(trt.engine_dir("draft")),
-                               "target": load_fake_engine(trt.engine_dir("target")),
-                               "prm_engine": load_fake_engine(trt.engine_dir("prm"),
-                                                              reuse=trt.engine("prm").enable_kv_cache_reuse)})
+    transport = FakeTransport({model: load_fake_engine(trt.engine_dir(role), reuse=trt.engine(role).enable_kv_cache_reuse)
+                               for model, role in (("draft", "draft"), ("target", "target"), ("prm_engine", "prm"))})
     transport.handlers["prm"] = build_engine_prm(transport, "prm_engine", trt.engine_dir("prm") / ENGINE_MANIFEST)
-    names = SubModels(backend="trtllm", max_draft_len=max_draft_len(cfg))
+    names = SubModels(backend="trtllm", max_draft_len=max_draft_len(cfg),
+                      tokens_per_block=tuple(block_sizes(cfg, ["draft", "target"])))
     return build_bls_pipeline(load_config(cfg.pipeline), transport, names), transport

@@ -17,8 +17,8 @@ from runtime.core.segment import StepSegmenter, delimiter_token_ids
 from runtime.engines.hf import HFTokenizer, check_folder, estimate_matmul_params, folder_max_positions
 from runtime.engines.likelihood_prm import LikelihoodPRM
 from runtime.engines.prm_format import make_prm_format
-from runtime.engines.triton.contract import LM_OUTPUTS
-from runtime.engines.triton.lm import TritonLM
+from runtime.engines.triton.contract import LM_OUTPUTS, REUSED_BLOCKS, USAGE_OUTPUTS
+from runtime.engines.triton.lm import TritonLM, TrtllmEngine
 from runtime.engines.triton.prm import TritonPRM
 from runtime.engines.triton.transport import SubModelTransport
 from runtime.engines.triton.verify import NativeVerifyLM
@@ -34,12 +34,30 @@ class SubModels:
     prm: str = "prm"
     backend: str = "torch"  # trtllm: TensorRT-LLM engines (n sequences may come as n responses)
     max_draft_len: int = 0  # > 0: the target verifies up to this many draft tokens natively
+    tokens_per_block: tuple[tuple[str, int], ...] = ()  # trtllm: (role, KV block size) of each LM engine
 
     def __post_init__(self) -> None:
         if self.backend not in ("torch", "trtllm"):
             raise ConfigError("submodel_backend", f"must be torch or trtllm, got {self.backend!r}")
         if self.max_draft_len < 0 or (self.max_draft_len and self.backend != "trtllm"):
             raise ConfigError("max_draft_len", "native verification needs a trtllm target (>= 0)")
+        if any(n < 0 for _, n in self.tokens_per_block) or (self.tokens_per_block and self.backend != "trtllm"):
+            raise ConfigError("tokens_per_block", "block sizes (>= 0) are for trtllm engines")
+
+    def engine(self, role: str) -> TrtllmEngine | None:
+        """What serves the role's LM: None for our torch sub-models (they report usage, cut steps)."""
+        return TrtllmEngine(dict(self.tokens_per_block).get(role, 0)) if self.backend == "trtllm" else None
+
+
+def parse_block_sizes(text: str) -> tuple[tuple[str, int], ...]:
+    """`draft:32,target:32` (the rendered `tokens_per_block` parameter) as (role, size) pairs."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        role, _, size = item.partition(":")
+        if not size.strip().isdigit():
+            raise ConfigError("tokens_per_block", f"expected role:size pairs, got {item!r}")
+        pairs.append((role.strip(), int(size)))
+    return tuple(pairs)
 
 
 def stop_words(tok: HFTokenizer, delimiter: str, end_id: int) -> tuple[tuple[int, ...], ...]:
@@ -65,12 +83,17 @@ def build_bls_pipeline(cfg: PipelineConfig, transport: SubModelTransport, names:
 
 def _lm(role: str, path: Path, names: SubModels, transport: SubModelTransport, segmenter: StepSegmenter,
         tok: HFTokenizer, end_id: int, pad_id: int, words: tuple[tuple[int, ...], ...]) -> TritonLM:
-    outputs = LM_OUTPUTS + ("sequence_index",) if names.backend == "trtllm" else LM_OUTPUTS
+    engine = names.engine(role)
     args = (role, getattr(names, role), transport, segmenter, end_id, pad_id, words, estimate_matmul_params(path),
-            folder_max_positions(path, tok), tok.vocab_size, outputs)
+            folder_max_positions(path, tok), tok.vocab_size, _outputs(engine), engine)
     if role == "target" and names.max_draft_len > 0:
         return NativeVerifyLM(*args, max_draft_len=names.max_draft_len, logits_width=_model_vocab(path, tok))
     return TritonLM(*args)
+
+
+def _outputs(engine: TrtllmEngine | None) -> tuple[str, ...]:
+    """Ours report usage; TensorRT-LLM tags n sequences (sequence_index) and tells its KV reuse."""
+    return LM_OUTPUTS + USAGE_OUTPUTS if engine is None else LM_OUTPUTS + ("sequence_index", REUSED_BLOCKS)
 
 
 def _model_vocab(path: Path, tok: HFTokenizer) -> int:
@@ -91,7 +114,8 @@ def _prm(cfg: PipelineConfig, transport: SubModelTransport, names: SubModels, lm
     if role is not None:
         verifier = lms[role]
     else:
-        some = next(iter(lms.values()))
+        some, engine = next(iter(lms.values())), names.engine("prm")
         verifier = TritonLM("prm", names.prm, transport, some.segmenter, some.end_id, some.pad_id, some.stop_words,
-                            estimate_matmul_params(path), folder_max_positions(path, tok), tok.vocab_size, some.outputs)
+                            estimate_matmul_params(path), folder_max_positions(path, tok), tok.vocab_size,
+                            _outputs(engine), engine)
     return LikelihoodPRM(verifier, tok, cfg.prompt_template, cfg.step_delimiter)

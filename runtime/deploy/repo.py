@@ -23,6 +23,7 @@ from runtime.core.errors import ConfigError
 from runtime.deploy.config import ServeConfig
 from runtime.deploy.trtllm_repo import (
     PRM_ENGINE_MODEL,
+    block_sizes,
     check_engines,
     max_draft_len,
     tensorrt_llm_values,
@@ -70,7 +71,8 @@ def model_values(role: str, template: str, cfg: ServeConfig, pipeline: PipelineC
                       draft_model="draft", target_model="target", prm_model="prm",
                       sub_request_timeout_s=f"{cfg.sub_request_timeout_s:g}", bls_threads=str(cfg.bls_threads),
                       max_prompt_bytes=str(cfg.max_prompt_bytes),
-                      submodel_backend=cfg.backend, max_draft_len=str(max_draft_len(cfg)))
+                      submodel_backend=cfg.backend, max_draft_len=str(max_draft_len(cfg)),
+                      tokens_per_block=_block_sizes(cfg, pipeline))
     elif template == "torch_lm":
         values.update(role=role, max_batch_size=str(cfg.max_batch_size), max_queue_delay_us=str(cfg.max_queue_delay_us),
                       cache_requests=str(cfg.cache_requests), torch_threads=str(cfg.torch_threads))
@@ -87,6 +89,15 @@ def roles_served(pipeline: PipelineConfig, backend: str = "torch") -> list[str]:
     if backend == "trtllm" and "prm" in served and template_of("prm", backend, pipeline) == "trtllm_prm":
         served.append(PRM_ENGINE_MODEL)
     return served
+
+
+def _block_sizes(cfg: ServeConfig, pipeline: PipelineConfig) -> str:
+    """The rsd BLS's `tokens_per_block` parameter: role:size of each LM served by a TensorRT-LLM engine."""
+    if cfg.backend != "trtllm":
+        return ""
+    lms = [r for r in roles_served(pipeline, cfg.backend) if template_of(r, cfg.backend, pipeline) == "tensorrt_llm"
+           and r != PRM_ENGINE_MODEL]
+    return ",".join(f"{role}:{size}" for role, size in block_sizes(cfg, lms))
 
 
 def template_of(role: str, backend: str, pipeline: PipelineConfig) -> str:

@@ -69,6 +69,13 @@ def max_draft_len(cfg: ServeConfig) -> int:
     return _int_field(_manifest(_trtllm(cfg), "target"), "max_draft_len", "trtllm.native_verify")
 
 
+def block_sizes(cfg: ServeConfig, models: list[str]) -> list[tuple[str, int]]:
+    """(model, KV-cache tokens per block) of LM engines, from their manifests (0: not recorded)."""
+    trt = _trtllm(cfg)
+    return [(m, _int_field(_manifest(trt, engine_role(m)), "tokens_per_block", f"trtllm.engines.{m}.engine_dir"))
+            for m in models]
+
+
 def check_engines(cfg: ServeConfig, pipeline: PipelineConfig, models: list[str]) -> None:
     """Cross-check every engine a rendered model points at with its manifest."""
     trt = _trtllm(cfg)

@@ -8,6 +8,10 @@ vocabulary, including the 1- or 2-wide vocabulary of the narrowed PRM classes). 
 readout (runtime/engines/prm_readout.py) turns the rows at the requested positions into rewards:
 value head sigmoid(row[0] + bias), two-class softmax(row[0:2])[1].
 
+Usage: the tokens the engine ran for a row are its context-logit rows (the whole row, or under
+KV reuse the suffix after the reused blocks); concurrent rows count as one forward (the engine
+schedules requests that arrive together in one iteration).
+
 KV-cache reuse: with enable_kv_cache_reuse TensorRT-LLM returns context logits only for the
 non-reused suffix of the input. Rows are therefore aligned from the end: of R rows for L input
 tokens, row i is position L - R + i; a position inside the reused prefix has no logits and fails
@@ -29,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.core.errors import ConfigError, EngineError, RsdError
+from runtime.core.types import Usage
 from runtime.engines.prm_readout import RewardReadout, reward_from_row
 from runtime.engines.triton.contract import (
     LmCall,
@@ -90,11 +95,13 @@ class EnginePrm:
 
     async def handle(self, tensors: Mapping[str, np.ndarray], key: str) -> dict[str, np.ndarray]:
         call = parse_prm_request(tensors)
-        rewards = await asyncio.gather(*(self._row(row, positions, key)
-                                         for row, positions in zip(call.rows, call.positions)))
-        return prm_reply_tensors(rewards)
+        scored = await asyncio.gather(*(self._row(row, positions, key)
+                                        for row, positions in zip(call.rows, call.positions)))
+        usage = Usage(prefill_tokens=sum(ran for _, ran in scored), forwards=1)
+        return prm_reply_tensors([rewards for rewards, _ in scored], usage)
 
-    async def _row(self, row: tuple[int, ...], positions: tuple[int, ...], key: str) -> list[float]:
+    async def _row(self, row: tuple[int, ...], positions: tuple[int, ...], key: str) -> tuple[list[float], int]:
+        """The row's rewards, and the tokens the engine ran for it."""
         call = LmCall(row, 1, end_id=0, pad_id=0, context_logits=True)
         responses = await self.transport.infer(self.engine, lm_request_tensors(call), PRM_ENGINE_OUTPUTS, key)
         logits = parse_lm_reply(responses).context_logits
@@ -110,7 +117,7 @@ class EnginePrm:
             if p < offset:
                 raise EngineError(f"step_positions: position {p} lies in the {offset} tokens the PRM engine reused "
                                   f"from its KV cache (no context logits); disable enable_kv_cache_reuse on it")
-        return [reward_from_row(logits[p - offset], self.readout) for p in positions]
+        return [reward_from_row(logits[p - offset], self.readout) for p in positions], logits.shape[0]
 
 
 def build_engine_prm(transport: SubModelTransport, engine: str, manifest: str | Path) -> EnginePrm:

@@ -10,10 +10,12 @@ when it is evicted instead of leaking.
 Differences from TensorRT-LLM's `tensorrt_llm`, invisible to the BLS: generation stops at the
 pipeline's step delimiter and the tokenizer's EOS ids (the same rules the BLS encodes in
 `stop_words_list` / `end_id`); logits requests must ask for one output token and one sequence;
-`output_log_probs` gives 0 for an appended end token.
+`output_log_probs` gives 0 for an appended end token. Every reply also carries the engine's
+`Usage` for the request (prefill_tokens, decode_tokens, forwards).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -87,8 +89,8 @@ class LmSubModel:
         if not call.exclude_input:
             per_token = (None if reply.token_logprobs is None else
                          tuple((0.0,) * len(call.ids) + row for row in reply.token_logprobs))
-            reply = LmReply(tuple(call.ids + s for s in reply.sequences), reply.cum_logprobs,
-                            reply.context_logits, reply.generation_logits, per_token)
+            reply = dataclasses.replace(reply, sequences=tuple(call.ids + s for s in reply.sequences),
+                                        token_logprobs=per_token)
         return lm_reply_tensors(reply, call.pad_id)
 
     async def _generate(self, call: LmCall, key: str) -> LmReply:
@@ -101,10 +103,11 @@ class LmSubModel:
         ended = [g.finish == Finish.EOS for g in result.generations]
         seqs = tuple(g.token_ids + ((call.end_id,) if end else ()) for g, end in zip(result.generations, ended))
         if not call.logprobs:
-            return LmReply(seqs)
+            return LmReply(seqs, usage=result.usage)
         # the end token is not part of the step, nor of its log-prob (0 keeps the rows aligned)
         per_token = tuple(g.token_logprobs + ((0.0,) if end else ()) for g, end in zip(result.generations, ended))
-        return LmReply(seqs, tuple(g.logprob for g in result.generations), token_logprobs=per_token)
+        return LmReply(seqs, tuple(g.logprob for g in result.generations), token_logprobs=per_token,
+                       usage=result.usage)
 
     async def _logits(self, call: LmCall, key: str) -> LmReply:
         if call.output_len != 1 or call.n != 1:
@@ -114,15 +117,15 @@ class LmSubModel:
             # scoring requests of one BLS request off its cache.
             scratch = self.lm.open(f"{key}#ctx")  # type: ignore[attr-defined]
             try:
-                rows = (await scratch.logits(LogitsRequest(call.ids, len(call.ids)))).logits
+                result = await scratch.logits(LogitsRequest(call.ids, len(call.ids)))
             finally:
                 scratch.close()
         else:
-            rows = (await self.lru.session(key).logits(LogitsRequest(call.ids, 1))).logits
-        last = rows[-1]
+            result = await self.lru.session(key).logits(LogitsRequest(call.ids, 1))
+        rows, last = result.logits, result.logits[-1]
         return LmReply(((int(np.argmax(last)),),), None,
                        rows if call.context_logits else None,
-                       last[None, None] if call.generation_logits else None)
+                       last[None, None] if call.generation_logits else None, usage=result.usage)
 
 
 @dataclass(slots=True)
@@ -133,9 +136,9 @@ class PrmSubModel:
 
     async def handle(self, tensors: Mapping[str, np.ndarray], key: str) -> dict[str, np.ndarray]:
         call = parse_prm_request(tensors)
-        rewards, _ = await self.lru.session(key).rewards_at(call.rows, call.positions)
+        rewards, usage = await self.lru.session(key).rewards_at(call.rows, call.positions)
         _report(self.prm, self.counters)
-        return prm_reply_tensors(rewards)
+        return prm_reply_tensors(rewards, usage)
 
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:

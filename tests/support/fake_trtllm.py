@@ -12,7 +12,9 @@ tests the BLS's robustness:
   token match; with draft_logits: speculative sampling), then decoding goes on to request_output_len;
 - context logits only from engines built with gather_context_logits (which excludes max_draft_len),
   and under enable_kv_cache_reuse only for the suffix after the full blocks a finished request
-  computed (tokens_per_block), always leaving at least the last token to compute.
+  computed (tokens_per_block), always leaving at least the last token to compute;
+- return_perf_metrics adds kv_cache_reused_blocks (those blocks), kv_cache_alloc_new_blocks and
+  kv_cache_alloc_total_blocks to every response.
 A fake engine folder holds `fake_engine.json` (FakeSpec) and the `rsd_engine_manifest.json`.
 """
 from __future__ import annotations
@@ -36,7 +38,7 @@ POSITIONS = 11
 IMPLEMENTED = {"input_ids", "input_lengths", "request_output_len", "end_id", "pad_id", "stop_words_list",
                "temperature", "runtime_top_k", "runtime_top_p", "seed", "num_return_sequences", "return_log_probs",
                "return_context_logits", "return_generation_logits", "exclude_input_in_output", "draft_input_ids",
-               "draft_logits"}
+               "draft_logits", "return_perf_metrics"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +112,7 @@ class Request:
     exclude_input: bool
     draft: tuple[int, ...]
     draft_logits: np.ndarray | None
+    perf_metrics: bool = False
 
 
 def parse_request(t: Mapping[str, np.ndarray], exclude_default: bool) -> Request:
@@ -130,7 +133,8 @@ def parse_request(t: Mapping[str, np.ndarray], exclude_default: bool) -> Request
                    value("runtime_top_k", 0) == 1, float(value("temperature", 1.0)), float(value("runtime_top_p", 1.0)),
                    int(value("seed", 0)), int(value("num_return_sequences", 1)), bool(value("return_log_probs", False)),
                    bool(value("return_context_logits", False)), bool(value("return_generation_logits", False)),
-                   bool(value("exclude_input_in_output", exclude_default)), draft, logits)
+                   bool(value("exclude_input_in_output", exclude_default)), draft, logits,
+                   bool(value("return_perf_metrics", False)))
 
 
 @dataclass(slots=True)
@@ -155,8 +159,19 @@ class FakeEngine:
         out = [self._sequence(req, i) for i in range(req.n)]
         if req.context_logits:
             out[0]["context_logits"] = self._context(req.ids)[None]
+        if req.perf_metrics:
+            for response in out:
+                response.update(self._perf(req.ids))
         self._store(req.ids)
         return out
+
+    def _perf(self, ids: tuple[int, ...]) -> dict[str, np.ndarray]:
+        block = self.net.spec.tokens_per_block
+        reused = self._reused(ids) // block if self.reuse else 0
+        total = -(-len(ids) // block)
+        return {name: np.array([[value]], np.int32) for name, value in (
+            ("kv_cache_reused_blocks", reused), ("kv_cache_alloc_new_blocks", total - reused),
+            ("kv_cache_alloc_total_blocks", total))}
 
     def _check(self, req: Request) -> None:
         spec = self.net.spec

@@ -8,16 +8,21 @@ BLS cannot tell a `torch` sub-model from a `tensorrt_llm` one:
           they apply repetition_penalty / presence_penalty / frequency_penalty FP32 [1, 1],
           min_tokens INT32 [1, 1], bad_words_list INT32 [1, 2, K], embedding_bias FP32 [1, V],
           seed UINT64 [1, 1], num_return_sequences INT32 [1, 1], and BOOL [1, 1] flags
-          return_log_probs, return_context_logits, return_generation_logits, exclude_input_in_output;
+          return_log_probs, return_context_logits, return_generation_logits, exclude_input_in_output,
+          return_perf_metrics (TensorRT-LLM engines only);
           for native verification draft_input_ids INT32 [1, G] (+ draft_logits FP32 [1, G, V])
   outputs output_ids INT32 [1, n, len], sequence_length INT32 [1, n], cum_log_probs FP32 [1, n],
           output_log_probs FP32 [1, n, len],
-          context_logits FP32 [1, L, V], generation_logits FP32 [1, n, len, V], sequence_index INT32 [1, 1]
+          context_logits FP32 [1, L, V], generation_logits FP32 [1, n, len, V], sequence_index INT32 [1, 1],
+          kv_cache_reused_blocks INT32 [1, 1] (TensorRT-LLM, with return_perf_metrics)
 TensorRT-LLM may answer n sequences as n responses tagged `sequence_index`; `parse_lm_reply`
 merges them. The PRM contract is ours (TensorRT-LLM has no reward model type):
   inputs  input_ids INT32 [B, L] (right-padded), input_lengths INT32 [B],
           step_positions INT32 [B, P] (indices into each row, padded with -1)
   outputs step_rewards FP32 [B, P] (NaN where padded)
+Our own sub-models (torch_lm, torch_prm, trtllm_prm) also report what they ran for the request:
+  outputs prefill_tokens, decode_tokens, forwards INT64 [1, 1] (runtime.core.types.Usage)
+TensorRT-LLM reports no token counts: `runtime.engines.triton.usage` derives them.
 Each side builds and parses with the functions here, so the contract lives in one file.
 """
 from __future__ import annotations
@@ -28,10 +33,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime.core.errors import EngineError
+from runtime.core.types import Usage
 
 LM_OUTPUTS = ("output_ids", "sequence_length", "cum_log_probs", "output_log_probs", "context_logits",
               "generation_logits")
-PRM_OUTPUTS = ("step_rewards",)
+USAGE_OUTPUTS = ("prefill_tokens", "decode_tokens", "forwards")  # Usage fields, as our sub-models report them
+REUSED_BLOCKS = "kv_cache_reused_blocks"  # TensorRT-LLM's KV blocks a request found cached (return_perf_metrics)
+PRM_OUTPUTS = ("step_rewards",) + USAGE_OUTPUTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +65,7 @@ class LmCall:
     bad_words: tuple[tuple[int, ...], ...] = ()
     bias: tuple[tuple[int, float], ...] = ()  # sent as a dense embedding_bias [1, vocab]
     vocab_size: int = 0  # the width of embedding_bias
+    perf_metrics: bool = False  # ask a TensorRT-LLM engine for its KV-cache figures (return_perf_metrics)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +75,8 @@ class LmReply:
     context_logits: np.ndarray | None = None  # [L, V]
     generation_logits: np.ndarray | None = None  # [n, len, V]
     token_logprobs: tuple[tuple[float, ...], ...] | None = None  # [n][len]
+    usage: Usage | None = None  # what the sub-model ran for the request, when it reports it (ours do)
+    reused_blocks: int | None = None  # TensorRT-LLM's kv_cache_reused_blocks, when asked for
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +109,8 @@ def lm_request_tensors(call: LmCall) -> dict[str, np.ndarray]:
     }
     if call.stop_words:
         tensors["stop_words_list"] = stop_words_tensor(call.stop_words)
+    if call.perf_metrics:
+        tensors["return_perf_metrics"] = _scalar(True, bool)
     tensors.update(_rule_tensors(call))
     return tensors
 
@@ -209,7 +222,22 @@ def lm_reply_tensors(reply: LmReply, pad_id: int) -> dict[str, np.ndarray]:
         out["context_logits"] = reply.context_logits[None].astype(np.float32)
     if reply.generation_logits is not None:
         out["generation_logits"] = reply.generation_logits[None].astype(np.float32)
+    if reply.usage is not None:
+        out.update(usage_tensors(reply.usage))
     return out
+
+
+def usage_tensors(usage: Usage) -> dict[str, np.ndarray]:
+    return {name: _scalar(getattr(usage, name), np.int64) for name in USAGE_OUTPUTS}
+
+
+def parse_usage(responses: Sequence[Mapping[str, np.ndarray]]) -> Usage | None:
+    """The usage a sub-model reported (summed over its responses), None if it reports none."""
+    found = [r for r in responses if all(name in r for name in USAGE_OUTPUTS)]
+    if not found:
+        return None
+    total = {name: sum(int(np.asarray(r[name]).reshape(-1)[0]) for r in found) for name in USAGE_OUTPUTS}
+    return Usage(**total)
 
 
 def parse_lm_reply(responses: Sequence[Mapping[str, np.ndarray]]) -> LmReply:
@@ -234,10 +262,12 @@ def parse_lm_reply(responses: Sequence[Mapping[str, np.ndarray]]) -> LmReply:
     first = parts[0]
     context = first.get("context_logits")
     generation = first.get("generation_logits")
+    reused = [int(np.asarray(r[REUSED_BLOCKS]).reshape(-1)[0]) for r in responses if REUSED_BLOCKS in r]
     return LmReply(tuple(seqs), tuple(logps) if logps else None,
                    None if context is None else np.asarray(context).reshape(context.shape[-2:]),
                    None if generation is None else np.asarray(generation)[0],
-                   tuple(per_token) if len(per_token) == len(seqs) else None)
+                   tuple(per_token) if len(per_token) == len(seqs) else None,
+                   parse_usage(responses), max(reused) if reused else None)
 
 
 def prm_request_tensors(call: PrmCall) -> dict[str, np.ndarray]:
@@ -265,11 +295,11 @@ def parse_prm_request(t: Mapping[str, np.ndarray]) -> PrmCall:
     return PrmCall(rows, positions)
 
 
-def prm_reply_tensors(rewards: Sequence[Sequence[float]]) -> dict[str, np.ndarray]:
+def prm_reply_tensors(rewards: Sequence[Sequence[float]], usage: Usage) -> dict[str, np.ndarray]:
     out = np.full((len(rewards), max(len(r) for r in rewards)), np.nan, dtype=np.float32)
     for b, row in enumerate(rewards):
         out[b, :len(row)] = row
-    return {"step_rewards": out}
+    return {"step_rewards": out, **usage_tensors(usage)}
 
 
 def parse_prm_reply(responses: Sequence[Mapping[str, np.ndarray]], call: PrmCall) -> list[list[float]]:

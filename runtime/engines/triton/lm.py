@@ -8,10 +8,10 @@
   (the engine reuses the request's KV cache); count > 1 reads the last rows of `context_logits`.
 - score (GSI): log-probs of each continuation from the `context_logits` of prefix + continuation,
   one concurrent request per continuation.
-Usage (prefill / decode tokens) is estimated here from the ids sent, assuming the engine
-reuses the longest prefix it saw for the request (what both the torch and TensorRT-LLM
-sub-models do); the sub-models do not report it. A request's session (`TritonLM.open`) holds
-its key (the sub-model caches by it) and those ids.
+Usage (prefill / decode tokens, forwards) is what the sub-model reports in its reply; for a
+TensorRT-LLM engine, which reports none, it is derived from what the engine returns
+(`runtime.engines.triton.usage`). A request's session (`TritonLM.open`) holds only its key,
+by which the sub-model caches the request: nothing here shadows the sub-model's cache.
 """
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ import numpy as np
 from runtime.core.errors import EngineError
 from runtime.core.sampling import log_softmax
 from runtime.core.segment import StepSegmenter
-from runtime.core.tokens import common_prefix
 from runtime.core.types import (
     Finish,
     GenerateResult,
@@ -35,8 +34,24 @@ from runtime.core.types import (
     StepRequest,
     Usage,
 )
-from runtime.engines.triton.contract import LM_OUTPUTS, LmCall, LmReply, lm_request_tensors, parse_lm_reply
+from runtime.engines.triton.contract import (
+    LM_OUTPUTS,
+    USAGE_OUTPUTS,
+    LmCall,
+    LmReply,
+    lm_request_tensors,
+    parse_lm_reply,
+)
 from runtime.engines.triton.transport import SubModelTransport
+from runtime.engines.triton.usage import trtllm_usage
+
+
+@dataclass(frozen=True, slots=True)
+class TrtllmEngine:
+    """A TensorRT-LLM engine behind a TritonLM: it reports no usage (derived from its outputs,
+    runtime.engines.triton.usage) and may overshoot a multi-token delimiter (its output is re-cut)."""
+
+    tokens_per_block: int = 0  # its KV-cache block size (0: unknown; cached tokens then go uncounted)
 
 
 @dataclass(slots=True)
@@ -51,7 +66,8 @@ class TritonLM:
     num_params: int
     max_len: int
     vocab_size: int
-    outputs: tuple[str, ...] = LM_OUTPUTS  # trtllm adds sequence_index (n sequences as n responses)
+    outputs: tuple[str, ...] = LM_OUTPUTS + USAGE_OUTPUTS  # trtllm: sequence_index, kv_cache_reused_blocks
+    trtllm: TrtllmEngine | None = None  # None: one of our sub-models (it reports usage)
 
     def open(self, key: str) -> TritonLmSession:
         return TritonLmSession(self, key)
@@ -62,7 +78,7 @@ class TritonLM:
                       self.end_id, self.pad_id, self.stop_words, logprobs=req.want_logprobs, top_k=req.top_k,
                       repetition_penalty=r.repetition_penalty, presence_penalty=r.presence_penalty,
                       frequency_penalty=r.frequency_penalty, min_tokens=req.min_new_tokens if r.end_ids else 0,
-                      bad_words=r.bad_words, bias=r.bias, vocab_size=self.vocab_size)
+                      bad_words=r.bad_words, bias=r.bias, vocab_size=self.vocab_size, perf_metrics=self.perf_metrics)
         reply = await self._call(session.key, call)
         if len(reply.sequences) != req.n:
             raise EngineError(f"{self.model} returned {len(reply.sequences)} sequences, asked for {req.n}")
@@ -70,42 +86,52 @@ class TritonLM:
         per_token = reply.token_logprobs if req.want_logprobs else None
         gens = tuple(self._generation(seq, lp, req.max_new_tokens, per_token[i] if per_token else None)
                      for i, (seq, lp) in enumerate(zip(reply.sequences, logps)))
-        fed = session.feed(req.prefix, keep_new=1)
-        if req.n == 1 and gens[0].token_ids:  # the engine cached the step too, but for its last token
-            session.seen = req.prefix + gens[0].token_ids[:-1]
-        decoded = sum(max(len(g.token_ids) + (g.finish == Finish.EOS) - 1, 0) for g in gens)
-        usage = _usage(fed) + Usage(decode_tokens=decoded, generated_tokens=sum(len(g.token_ids) for g in gens))
+        usage = self.usage(call, reply) + Usage(generated_tokens=sum(len(g.token_ids) for g in gens))
         return GenerateResult(gens, usage)
 
     async def logits(self, session: TritonLmSession, req: LogitsRequest) -> LogitsResult:
         if req.count == 1:
-            reply = await self._call(session.key, LmCall(req.ids, 1, generation_logits=True, end_id=self.end_id))
+            call = LmCall(req.ids, 1, generation_logits=True, end_id=self.end_id, perf_metrics=self.perf_metrics)
+            reply = await self._call(session.key, call)
             if reply.generation_logits is None:
                 raise EngineError(f"{self.model} returned no generation_logits")
             rows = reply.generation_logits.reshape(-1, reply.generation_logits.shape[-1])[:1]
-            return LogitsResult(self._trim(rows), _usage(session.feed(req.ids, keep_new=1)))
-        rows = await self._context_logits(session.key, req.ids)
-        return LogitsResult(self._trim(rows[-req.count:]), Usage(prefill_tokens=len(req.ids)))
+            return LogitsResult(self._trim(rows), self.usage(call, reply))
+        rows, usage = await self._context_logits(session.key, req.ids)
+        return LogitsResult(self._trim(rows[-req.count:]), usage)
 
     async def score(self, session: TritonLmSession, req: ScoreRequest) -> ScoreResult:
         scored = [(i, c) for i, c in enumerate(req.continuations) if c]
-        rows = await asyncio.gather(*(self._context_logits(session.key, req.prefix + c) for _, c in scored))
+        replies = await asyncio.gather(*(self._context_logits(session.key, req.prefix + c) for _, c in scored))
         logprobs = [0.0] * len(req.continuations)
         start = len(req.prefix) - 1
-        for (i, cont), logits in zip(scored, rows):
+        for (i, cont), (logits, _) in zip(scored, replies):
             logprobs[i] = _logprob_rows(self._trim(logits[start:start + len(cont)]), cont, req.temperature)
-        usage = Usage(prefill_tokens=sum(len(req.prefix) + len(c) for _, c in scored))
-        return ScoreResult(tuple(logprobs), usage)
+        return ScoreResult(tuple(logprobs), sum((u for _, u in replies), Usage()))
 
-    async def _context_logits(self, key: str, ids: tuple[int, ...]) -> np.ndarray:
-        reply = await self._call(key, LmCall(ids, 1, context_logits=True, end_id=self.end_id))
+    async def _context_logits(self, key: str, ids: tuple[int, ...]) -> tuple[np.ndarray, Usage]:
+        call = LmCall(ids, 1, context_logits=True, end_id=self.end_id, perf_metrics=self.perf_metrics)
+        reply = await self._call(key, call)
         if reply.context_logits is None or reply.context_logits.shape[0] != len(ids):
             raise EngineError(f"{self.model} returned no context_logits for {len(ids)} input tokens")
-        return reply.context_logits
+        return reply.context_logits, self.usage(call, reply)
 
     async def _call(self, key: str, call: LmCall) -> LmReply:
         responses = await self.transport.infer(self.model, lm_request_tensors(call), self.outputs, key)
         return parse_lm_reply(responses)
+
+    @property
+    def perf_metrics(self) -> bool:
+        """Ask for TensorRT-LLM's KV-cache figures (only an engine of known block size needs them)."""
+        return self.trtllm is not None and self.trtllm.tokens_per_block > 0
+
+    def usage(self, call: LmCall, reply: LmReply, draft_len: int = 0, accepted: int = 0) -> Usage:
+        """What the sub-model ran for `call`: as it reported, or derived from a TensorRT-LLM reply."""
+        if reply.usage is not None:
+            return reply.usage
+        if self.trtllm is None:
+            raise EngineError(f"{self.model} reported no usage ({', '.join(USAGE_OUTPUTS)})")
+        return trtllm_usage(call, reply, self.trtllm.tokens_per_block, draft_len, accepted)
 
     def _generation(self, seq: tuple[int, ...], logprob: float, cap: int,
                     token_logprobs: tuple[float, ...] | None = None) -> Generation:
@@ -128,11 +154,10 @@ class TritonLM:
 
 @dataclass(slots=True)
 class TritonLmSession:
-    """One request on a TritonLM: its key and the ids the sub-model holds for it."""
+    """One request on a TritonLM: the key the sub-model caches it by."""
 
     lm: TritonLM
     key: str
-    seen: tuple[int, ...] = ()
 
     async def generate(self, req: StepRequest) -> GenerateResult:
         return await self.lm.generate(self, req)
@@ -143,19 +168,9 @@ class TritonLmSession:
     async def logits(self, req: LogitsRequest) -> LogitsResult:
         return await self.lm.logits(self, req)
 
-    def feed(self, ids: tuple[int, ...], keep_new: int) -> int:
-        """Tokens the engine must run for `ids`, given what it holds for this request."""
-        common = common_prefix(self.seen, ids, limit=len(ids) - keep_new)
-        self.seen = ids
-        return len(ids) - common
-
     def close(self) -> None:
-        self.seen = ()  # the sub-model's own LRU evicts its cache (nothing tells it a request ended)
-
-
-def _usage(fed: int) -> Usage:
-    """A pass feeding one token is a decode step; more is a context (prefill) pass."""
-    return Usage(decode_tokens=fed) if fed == 1 else Usage(prefill_tokens=max(fed, 0))
+        """Nothing to free here: the sub-model's own LRU evicts the request's cache (nothing tells it a
+        request ended)."""
 
 
 def _logprob_rows(logits: np.ndarray, tokens: tuple[int, ...], temperature: float) -> float:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.core.types import Usage, VerifyRequest, VerifyResult
+from runtime.core.types import VerifyRequest, VerifyResult
 from runtime.engines.triton.contract import LmCall, draft_tensors, lm_request_tensors, parse_lm_reply
 from runtime.engines.triton.lm import TritonLM, TritonLmSession
 
@@ -70,7 +70,7 @@ class NativeVerifyLM(TritonLM):
         call = LmCall(req.prefix, len(draft) + 1, 1, req.temperature, req.top_p, req.seed, self.end_id, self.pad_id,
                       top_k=req.top_k, repetition_penalty=r.repetition_penalty, presence_penalty=r.presence_penalty,
                       frequency_penalty=r.frequency_penalty, min_tokens=req.min_new_tokens if r.end_ids else 0,
-                      bad_words=r.bad_words, bias=r.bias, vocab_size=self.logits_width)
+                      bad_words=r.bad_words, bias=r.bias, vocab_size=self.logits_width, perf_metrics=self.perf_metrics)
         tensors = lm_request_tensors(call)
         if draft:
             sampled = req.temperature > 0.0
@@ -80,11 +80,8 @@ class NativeVerifyLM(TritonLM):
         reply = parse_lm_reply(responses)
         output = reply.sequences[0] if reply.sequences else ()
         tokens, accepted = accepted_tokens(draft, output, self.end_id)
-        fed = session.feed(req.prefix + draft, keep_new=len(draft))
-        session.seen = req.prefix + tokens[:-1]  # the last token is not in the cache yet
-        extra = max(len(output) - len(tokens), 0)  # decoding past a rejection, discarded
-        usage = Usage(prefill_tokens=fed, decode_tokens=extra) if fed > 1 else Usage(decode_tokens=fed + extra)
-        return VerifyResult(tokens, accepted, usage)
+        # decoding past a rejection (discarded) is billed as decode tokens
+        return VerifyResult(tokens, accepted, self.usage(call, reply, len(draft), accepted))
 
 
 @dataclass(slots=True)

@@ -4,7 +4,7 @@ Parse config, build the pipeline (the same step loop as in-process, on engines t
 sub-models), then serve each request as its own task on the model's loop: validate, run,
 respond (runtime.in_server.bls). `execute` only hands requests over and returns.
 """
-from runtime.assembly.bls import SubModels, build_bls_pipeline
+from runtime.assembly.bls import SubModels, build_bls_pipeline, parse_block_sizes
 from runtime.config import load_config
 from runtime.in_server import host
 from runtime.in_server.bls import RsdService, drain_flag
@@ -22,7 +22,8 @@ class TritonPythonModel:
         self.transport = transport = host.submodel_transport(timeout_s, host.internal_token(), backend == "trtllm",
                                                              metrics.observe_submodel_call)
         names = SubModels(params["draft_model"], params["target_model"], params["prm_model"],
-                          backend, int(host.require(params, "max_draft_len")))
+                          backend, int(host.require(params, "max_draft_len")),
+                          parse_block_sizes(params.get("tokens_per_block", "")))
         pipeline = build_bls_pipeline(load_config(host.require(params, "pipeline_config")), transport, names)
         self.service = RsdService(pipeline, metrics, int(host.require(params, "max_prompt_bytes")), drain_flag())
 
