@@ -67,6 +67,28 @@ def test_bls_reports_the_usage_of_the_torch_pipeline(pipelines, method):
         assert all(m["forwards"] >= m["calls"] for m in got["models"].values())  # every call ran a pass
 
 
+def test_a_step_is_cut_once_by_the_torch_sub_model(pipelines, monkeypatch):
+    """The torch sub-model's TokenStep cuts each step and says why it ended (finish_reason); the BLS
+    keeps that cut (re-cutting serves TensorRT-LLM engines only), and the steps are the in-process
+    engine's: ids and finish alike, log-probs up to their float32 transfer."""
+    from runtime.core.segment import StepSegmenter
+    from runtime.core.types import StepRequest
+
+    torch_pipeline, bls_pipeline, _ = pipelines
+    monkeypatch.setattr(StepSegmenter, "cut", lambda *a: pytest.fail("the BLS re-cut a torch sub-model's step"))
+    finishes = set()
+    for question in ("1+1=", "what is 7-2?", "abc", "x=3, x+1="):
+        prefix = tuple(torch_pipeline.request(question).prompt_ids)
+        for cap, n, temperature in ((1, 1, 0.0), (4, 3, 0.9), (12, 1, 0.0), (40, 3, 0.9), (40, 1, 0.0)):
+            req = StepRequest(prefix, n, temperature, 1.0, cap, 5, True)
+            want = asyncio.run(torch_pipeline.engines.draft.open("a").generate(req)).generations
+            got = asyncio.run(bls_pipeline.engines.draft.open("b").generate(req)).generations
+            assert [(g.token_ids, g.finish) for g in got] == [(g.token_ids, g.finish) for g in want]
+            assert [g.logprob for g in got] == pytest.approx([g.logprob for g in want], abs=1e-5)
+            finishes.update(g.finish for g in got)
+    assert finishes == {"step", "eos", "length"}
+
+
 RULED = {"top_k": 4, "repetition_penalty": 1.8, "presence_penalty": 0.5, "frequency_penalty": 0.3,
          "bad_words": ["a", "e"], "embedding_bias_words": ["x"], "embedding_bias_weights": [2.0], "min_tokens": 30,
          "return_log_probs": True, "stop_words": ["zz"], "max_tokens": 40}

@@ -12,7 +12,7 @@ import pytest
 
 from runtime.core.errors import ConfigError, EngineError, RequestValidationError
 from runtime.core.params import RequestParams
-from runtime.core.types import StepEvent, Usage
+from runtime.core.types import Finish, StepEvent, Usage
 from runtime.deploy.config import parse_serve_config
 from runtime.deploy.repo import fill, render_repository
 from runtime.engines.triton import contract
@@ -33,12 +33,14 @@ def test_lm_contract_round_trip():
 
 
 def test_lm_reply_merges_sequences_and_responses():
-    reply = contract.LmReply(((1, 2, 3), (4,)), (-1.5, -0.25), usage=Usage(5, 2, forwards=3))
+    reply = contract.LmReply(((1, 2, 3), (4,)), (-1.5, -0.25), usage=Usage(5, 2, forwards=3),
+                             finishes=(Finish.STEP, Finish.LENGTH))
     tensors = contract.lm_reply_tensors(reply, pad_id=0)
     assert tensors["output_ids"].shape == (1, 2, 3) and tensors["sequence_length"].tolist() == [[3, 1]]
     assert tensors["forwards"].dtype == np.int64 and tensors["forwards"].shape == (1, 1)
     parsed = contract.parse_lm_reply([tensors])
     assert parsed.sequences == reply.sequences and parsed.usage == Usage(5, 2, forwards=3)
+    assert parsed.finishes == reply.finishes and tensors["finish_reason"].tolist() == [[2, 3]]
     # TensorRT-LLM style: one response per sequence, tagged sequence_index, in any order
     parts = [{"output_ids": np.array([[[4, 0]]]), "sequence_length": np.array([[1]]), "sequence_index": np.array([1])},
              {"output_ids": np.array([[[1, 2]]]), "sequence_length": np.array([[2]]), "sequence_index": np.array([0])}]
@@ -63,6 +65,45 @@ def test_trtllm_usage_is_derived_from_its_outputs():
     verify = contract.LmCall(tuple(range(3, 13)), 4, end_id=2)
     out = contract.LmReply(((5, 9, 4, 4),), reused_blocks=2)  # 1 of 3 accepted, then 2 more decoded
     assert trtllm_usage(verify, out, 4, draft_len=3, accepted=1) == Usage(10 - 8 + 3, 2, forwards=3)
+
+
+class _Scripted:
+    """A SubModelTransport answering every request with one reply."""
+
+    def __init__(self, reply):
+        self.reply = reply
+
+    async def infer(self, model, inputs, outputs, request_id):
+        return [self.reply]
+
+
+def test_a_step_is_re_cut_only_for_tensorrt_llm():
+    """TensorRT-LLM may run past a delimiter split over two tokens: its ids are cut with the core's
+    segmenter. Our torch sub-model cut the step itself: its ids and finish_reason are kept."""
+    import asyncio
+
+    from runtime.core.segment import StepSegmenter
+    from runtime.core.types import StepRequest
+    from runtime.engines.triton.lm import TritonLM, TrtllmEngine
+
+    pieces = {2: "</s>", 3: "a", 4: "\n", 5: "b"}
+    seg = StepSegmenter(pieces.__getitem__, frozenset({2}))
+
+    def step(reply, engine):
+        transport = _Scripted(contract.lm_reply_tensors(reply, pad_id=0))
+        lm = TritonLM("draft", "draft", transport, seg, 2, 0, (), 1, 64, 6, trtllm=engine)
+        (gen,) = asyncio.run(lm.open("k").generate(StepRequest((3,), 1, 0.0, 1.0, 8, 0))).generations
+        return gen.token_ids, gen.finish
+
+    overshoot = contract.LmReply(((3, 4, 4, 5, 5),))  # "a\n\nbb": no single-token stop word ended it
+    assert step(overshoot, TrtllmEngine()) == ((3, 4, 4), Finish.STEP)
+    assert step(contract.LmReply(((3, 5),)), TrtllmEngine()) == ((3, 5), Finish.EOS)  # end_id left out
+    ours = contract.LmReply(((3, 5, 2),), usage=Usage(1, 2, forwards=3), finishes=(Finish.EOS,))
+    assert step(ours, None) == ((3, 5), Finish.EOS)
+    ours = contract.LmReply(((3, 4, 5),), usage=Usage(1, 2, forwards=3), finishes=(Finish.LENGTH,))
+    assert step(ours, None) == ((3, 4, 5), Finish.LENGTH)  # kept as the sub-model cut it
+    with pytest.raises(EngineError, match="finish_reason"):
+        step(contract.LmReply(((3, 5),), usage=Usage(1, 1, forwards=2)), None)
 
 
 def test_lm_request_validation_names_the_tensor():

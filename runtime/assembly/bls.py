@@ -17,7 +17,7 @@ from runtime.core.segment import StepSegmenter, delimiter_token_ids
 from runtime.engines.hf import HFTokenizer, check_folder, estimate_matmul_params, folder_max_positions
 from runtime.engines.likelihood_prm import LikelihoodPRM
 from runtime.engines.prm_format import make_prm_format
-from runtime.engines.triton.contract import LM_OUTPUTS, REUSED_BLOCKS, USAGE_OUTPUTS
+from runtime.engines.triton.contract import FINISH_REASON, LM_OUTPUTS, REUSED_BLOCKS, USAGE_OUTPUTS
 from runtime.engines.triton.lm import TritonLM, TrtllmEngine
 from runtime.engines.triton.prm import TritonPRM
 from runtime.engines.triton.transport import SubModelTransport
@@ -45,7 +45,8 @@ class SubModels:
             raise ConfigError("tokens_per_block", "block sizes (>= 0) are for trtllm engines")
 
     def engine(self, role: str) -> TrtllmEngine | None:
-        """What serves the role's LM: None for our torch sub-models (they report usage, cut steps)."""
+        """What serves the role's LM: None for our torch sub-models (they report usage and cut steps
+        themselves); a TensorRT-LLM engine's usage is derived and its steps are re-cut."""
         return TrtllmEngine(dict(self.tokens_per_block).get(role, 0)) if self.backend == "trtllm" else None
 
 
@@ -92,8 +93,11 @@ def _lm(role: str, path: Path, names: SubModels, transport: SubModelTransport, s
 
 
 def _outputs(engine: TrtllmEngine | None) -> tuple[str, ...]:
-    """Ours report usage; TensorRT-LLM tags n sequences (sequence_index) and tells its KV reuse."""
-    return LM_OUTPUTS + USAGE_OUTPUTS if engine is None else LM_OUTPUTS + ("sequence_index", REUSED_BLOCKS)
+    """Ours report usage and where they cut each step; TensorRT-LLM tags n sequences (sequence_index)
+    and tells its KV reuse."""
+    if engine is None:
+        return LM_OUTPUTS + USAGE_OUTPUTS + (FINISH_REASON,)
+    return LM_OUTPUTS + ("sequence_index", REUSED_BLOCKS)
 
 
 def _model_vocab(path: Path, tok: HFTokenizer) -> int:

@@ -11,7 +11,9 @@ Differences from TensorRT-LLM's `tensorrt_llm`, invisible to the BLS: generation
 pipeline's step delimiter and the tokenizer's EOS ids (the same rules the BLS encodes in
 `stop_words_list` / `end_id`); logits requests must ask for one output token and one sequence;
 `output_log_probs` gives 0 for an appended end token. Every reply also carries the engine's
-`Usage` for the request (prefill_tokens, decode_tokens, forwards).
+`Usage` for the request (prefill_tokens, decode_tokens, forwards), and a generation reply each
+sequence's `finish_reason`: the engine cuts the step (runtime.core.segment.TokenStep), the BLS
+takes the cut as it is.
 """
 from __future__ import annotations
 
@@ -102,12 +104,13 @@ class LmSubModel:
         result = await self.lru.session(key).generate(req)
         ended = [g.finish == Finish.EOS for g in result.generations]
         seqs = tuple(g.token_ids + ((call.end_id,) if end else ()) for g, end in zip(result.generations, ended))
+        finishes = tuple(g.finish for g in result.generations)
         if not call.logprobs:
-            return LmReply(seqs, usage=result.usage)
+            return LmReply(seqs, usage=result.usage, finishes=finishes)
         # the end token is not part of the step, nor of its log-prob (0 keeps the rows aligned)
         per_token = tuple(g.token_logprobs + ((0.0,) if end else ()) for g, end in zip(result.generations, ended))
         return LmReply(seqs, tuple(g.logprob for g in result.generations), token_logprobs=per_token,
-                       usage=result.usage)
+                       usage=result.usage, finishes=finishes)
 
     async def _logits(self, call: LmCall, key: str) -> LmReply:
         if call.output_len != 1 or call.n != 1:

@@ -22,6 +22,8 @@ merges them. The PRM contract is ours (TensorRT-LLM has no reward model type):
   outputs step_rewards FP32 [B, P] (NaN where padded)
 Our own sub-models (torch_lm, torch_prm, trtllm_prm) also report what they ran for the request:
   outputs prefill_tokens, decode_tokens, forwards INT64 [1, 1] (runtime.core.types.Usage)
+and torch_lm why each sequence ended, having cut it at the step's end itself:
+  outputs finish_reason INT32 [1, n] (TensorRT-LLM's FinishReason codes: 1 end id, 2 stop word, 3 length)
 TensorRT-LLM reports no token counts: `runtime.engines.triton.usage` derives them.
 Each side builds and parses with the functions here, so the contract lives in one file.
 """
@@ -33,13 +35,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime.core.errors import EngineError
-from runtime.core.types import Usage
+from runtime.core.types import Finish, Usage
 
 LM_OUTPUTS = ("output_ids", "sequence_length", "cum_log_probs", "output_log_probs", "context_logits",
               "generation_logits")
 USAGE_OUTPUTS = ("prefill_tokens", "decode_tokens", "forwards")  # Usage fields, as our sub-models report them
 REUSED_BLOCKS = "kv_cache_reused_blocks"  # TensorRT-LLM's KV blocks a request found cached (return_perf_metrics)
 PRM_OUTPUTS = ("step_rewards",) + USAGE_OUTPUTS
+FINISH_REASON = "finish_reason"
+FINISH_CODES = {Finish.EOS: 1, Finish.STEP: 2, Finish.LENGTH: 3}  # TensorRT-LLM's kEND_ID, kSTOP_WORDS, kLENGTH
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +81,7 @@ class LmReply:
     token_logprobs: tuple[tuple[float, ...], ...] | None = None  # [n][len]
     usage: Usage | None = None  # what the sub-model ran for the request, when it reports it (ours do)
     reused_blocks: int | None = None  # TensorRT-LLM's kv_cache_reused_blocks, when asked for
+    finishes: tuple[Finish, ...] | None = None  # [n] why each sequence ended (torch_lm reports it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +229,8 @@ def lm_reply_tensors(reply: LmReply, pad_id: int) -> dict[str, np.ndarray]:
         out["generation_logits"] = reply.generation_logits[None].astype(np.float32)
     if reply.usage is not None:
         out.update(usage_tensors(reply.usage))
+    if reply.finishes is not None:
+        out[FINISH_REASON] = np.array([[FINISH_CODES[f] for f in reply.finishes]], dtype=np.int32)
     return out
 
 
@@ -249,6 +256,7 @@ def parse_lm_reply(responses: Sequence[Mapping[str, np.ndarray]]) -> LmReply:
     seqs: list[tuple[int, ...]] = []
     logps: list[float] = []
     per_token: list[tuple[float, ...]] = []
+    finishes: list[Finish] = []
     for r in parts:
         ids = np.asarray(r["output_ids"]).reshape(-1, np.asarray(r["output_ids"]).shape[-1])
         lengths = np.asarray(r["sequence_length"]).reshape(-1)
@@ -259,6 +267,8 @@ def parse_lm_reply(responses: Sequence[Mapping[str, np.ndarray]]) -> LmReply:
             rows = np.asarray(r["output_log_probs"], dtype=np.float64)
             rows = rows.reshape(-1, rows.shape[-1])
             per_token.extend(tuple(float(x) for x in row[:n]) for row, n in zip(rows, lengths))
+        if FINISH_REASON in r:
+            finishes.extend(_finish(int(code)) for code in np.asarray(r[FINISH_REASON]).reshape(-1))
     first = parts[0]
     context = first.get("context_logits")
     generation = first.get("generation_logits")
@@ -267,7 +277,15 @@ def parse_lm_reply(responses: Sequence[Mapping[str, np.ndarray]]) -> LmReply:
                    None if context is None else np.asarray(context).reshape(context.shape[-2:]),
                    None if generation is None else np.asarray(generation)[0],
                    tuple(per_token) if len(per_token) == len(seqs) else None,
-                   parse_usage(responses), max(reused) if reused else None)
+                   parse_usage(responses), max(reused) if reused else None,
+                   tuple(finishes) if finishes and len(finishes) == len(seqs) else None)
+
+
+def _finish(code: int) -> Finish:
+    for finish, known in FINISH_CODES.items():
+        if code == known:
+            return finish
+    raise EngineError(f"{FINISH_REASON}: unknown code {code} (1 end id, 2 stop word, 3 length)")
 
 
 def prm_request_tensors(call: PrmCall) -> dict[str, np.ndarray]:

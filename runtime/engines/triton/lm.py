@@ -1,9 +1,10 @@
 """A draft or target LM behind Triton: step and token sessions over the `tensorrt_llm` contract.
 
 - generate: one request per step with `num_return_sequences = n`, stop words = every token
-  containing the step delimiter (plus the extra EOS ids), end_id = the tokenizer's EOS. The
-  returned ids are cut again with the core's segmenter, so an engine that overshoots a
-  multi-token delimiter, or that includes or omits the end token, still yields the same step.
+  containing the step delimiter (plus the extra EOS ids), end_id = the tokenizer's EOS. A step is
+  cut in one place: the torch sub-model cuts it (it runs the core's TokenStep) and says why it
+  ended (`finish_reason`); a TensorRT-LLM engine's ids are cut with the core's segmenter, as it
+  may overshoot a delimiter split over two tokens and may include or omit the end token.
 - logits (token-level methods): count == 1 reads `generation_logits` of a one-token request
   (the engine reuses the request's KV cache); count > 1 reads the last rows of `context_logits`.
 - score (GSI): log-probs of each continuation from the `context_logits` of prefix + continuation,
@@ -35,6 +36,7 @@ from runtime.core.types import (
     Usage,
 )
 from runtime.engines.triton.contract import (
+    FINISH_REASON,
     LM_OUTPUTS,
     USAGE_OUTPUTS,
     LmCall,
@@ -66,7 +68,7 @@ class TritonLM:
     num_params: int
     max_len: int
     vocab_size: int
-    outputs: tuple[str, ...] = LM_OUTPUTS + USAGE_OUTPUTS  # trtllm: sequence_index, kv_cache_reused_blocks
+    outputs: tuple[str, ...] = LM_OUTPUTS + USAGE_OUTPUTS + (FINISH_REASON,)  # trtllm: assembly.bls._outputs
     trtllm: TrtllmEngine | None = None  # None: one of our sub-models (it reports usage)
 
     def open(self, key: str) -> TritonLmSession:
@@ -84,7 +86,10 @@ class TritonLM:
             raise EngineError(f"{self.model} returned {len(reply.sequences)} sequences, asked for {req.n}")
         logps = reply.cum_logprobs or (0.0,) * req.n
         per_token = reply.token_logprobs if req.want_logprobs else None
-        gens = tuple(self._generation(seq, lp, req.max_new_tokens, per_token[i] if per_token else None)
+        finishes = reply.finishes if self.trtllm is None else (None,) * req.n  # None: re-cut here
+        if finishes is None:
+            raise EngineError(f"{self.model} returned no finish_reason")
+        gens = tuple(self._generation(seq, lp, req.max_new_tokens, per_token[i] if per_token else None, finishes[i])
                      for i, (seq, lp) in enumerate(zip(reply.sequences, logps)))
         usage = self.usage(call, reply) + Usage(generated_tokens=sum(len(g.token_ids) for g in gens))
         return GenerateResult(gens, usage)
@@ -134,18 +139,24 @@ class TritonLM:
         return trtllm_usage(call, reply, self.trtllm.tokens_per_block, draft_len, accepted)
 
     def _generation(self, seq: tuple[int, ...], logprob: float, cap: int,
-                    token_logprobs: tuple[float, ...] | None = None) -> Generation:
-        ids, end = self.segmenter.cut(seq)
-        if end == "step":
-            finish = Finish.STEP
-        elif end == "eos" or len(ids) < cap:  # stopped early without a delimiter: it hit end_id
-            finish = Finish.EOS
+                    token_logprobs: tuple[float, ...] | None = None, finish: Finish | None = None) -> Generation:
+        """One step from a returned sequence: as the sub-model cut it (`finish` given), or re-cut."""
+        if finish is not None:
+            ids = seq[:-1] if finish == Finish.EOS and seq and seq[-1] == self.end_id else seq
         else:
-            finish = Finish.LENGTH
+            ids, finish = self._recut(seq, cap)
         if token_logprobs is None:
             return Generation(ids[:cap], finish, logprob)
         kept = token_logprobs[:len(ids[:cap])]  # what the cut dropped (an end token, an overshoot) is not ours
         return Generation(ids[:cap], finish, float(sum(kept)), tuple(kept))
+
+    def _recut(self, seq: tuple[int, ...], cap: int) -> tuple[tuple[int, ...], Finish]:
+        ids, end = self.segmenter.cut(seq)
+        if end == "step":
+            return ids, Finish.STEP
+        if end == "eos" or len(ids) < cap:  # stopped early without a delimiter: it hit end_id
+            return ids, Finish.EOS
+        return ids, Finish.LENGTH
 
     def _trim(self, rows: np.ndarray) -> np.ndarray:
         """Engines may pad the vocabulary (TensorRT-LLM does); ids past the tokenizer never occur."""
