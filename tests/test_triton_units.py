@@ -272,13 +272,16 @@ def test_metrics_export_the_request_stats():
     metrics = RsdMetrics(factory)
     metrics.request_started()
     stats = {"steps": 3, "steps_drafted": 3, "steps_accepted": 2, "target_calls": 1,
-             "tokens_by_source": {"draft": 7, "target": 4}}
+             "tokens_by_source": {"draft": 7, "target": 4},
+             "models": {"draft": {"prefill_tokens": 12, "decode_tokens": 6, "forwards": 9}}}
     metrics.observe_step("rsd", StepEvent(0, "a", (1,), "draft", 0.9, True))
     metrics.observe_step("rsd", StepEvent(1, "b", (2,), "target", 0.1, False, finished=True, stats=stats))
     metrics.request_ended("rsd", "ok")
     m = {k[0] + str(dict(k[1])): v for k, v in factory.metrics.items()}
     assert m["rsd_steps_regenerated_total{'method': 'rsd'}"].value == 1
     assert m["rsd_tokens_total{'method': 'rsd', 'source': 'draft'}"].value == 7
+    assert m["rsd_model_tokens_total{'method': 'rsd', 'model': 'draft', 'phase': 'prefill'}"].value == 12
+    assert m["rsd_model_forwards_total{'method': 'rsd', 'model': 'draft'}"].value == 9
     assert m["rsd_prm_reward{'method': 'rsd'}"].observed == [0.9, 0.1]
     assert m["rsd_requests_total{'method': 'rsd', 'outcome': 'ok'}"].value == 1
     assert m["rsd_requests_in_flight{}"].value == 0

@@ -21,6 +21,10 @@ measured by the BLS (a `RequestClock` per request) and by the sub-request transp
                                                    vLLM's spec_decode_num_accepted_tokens)
   rsd_tokens_total{method, source}                 tokens written, by the model that wrote them
   rsd_target_calls_total{method}                   calls to the target model (generate/score/logits/verify)
+  rsd_model_tokens_total{method, model, phase}     tokens each model ran for requests: prefill | decode
+                                                   (RequestStats models.*.prefill_tokens / decode_tokens,
+                                                   as the sub-models report them)
+  rsd_model_forwards_total{method, model}          model passes the requests' calls waited on (models.*.forwards)
   rsd_prm_reward{method}                           histogram of the reward of each judged step
   rsd_engine_forwards{model}                       counter: forwards the torch sub-model ran
   rsd_engine_batched_rows{model}                   counter: rows in those forwards; rows / forwards > 1
@@ -78,6 +82,8 @@ _FAMILIES: dict[str, tuple[str, str, Sequence[float] | None]] = {
     "rsd_draft_tokens_accepted_total": ("counter", "Draft tokens accepted", None),
     "rsd_tokens_total": ("counter", "Tokens written, by source model", None),
     "rsd_target_calls_total": ("counter", "Calls to the target model", None),
+    "rsd_model_tokens_total": ("counter", "Tokens a model ran for requests, by phase (prefill, decode)", None),
+    "rsd_model_forwards_total": ("counter", "Model passes the requests' calls waited on", None),
     "rsd_prm_reward": ("histogram", "PRM reward of each judged step", REWARD_BUCKETS),
     "rsd_engine_forwards": ("counter", "Forwards run by a torch sub-model", None),
     "rsd_engine_batched_rows": ("counter", "Rows (sequences) in those forwards", None),
@@ -151,6 +157,11 @@ class RsdMetrics:
             self.metric(name, method=method).increment(value)
         for source, count in (stats.get("tokens_by_source") or {}).items():
             self.metric("rsd_tokens_total", method=method, source=source).increment(count)
+        for model, used in (stats.get("models") or {}).items():
+            for phase in ("prefill", "decode"):
+                self.metric("rsd_model_tokens_total", method=method, model=model, phase=phase).increment(
+                    used.get(f"{phase}_tokens", 0))
+            self.metric("rsd_model_forwards_total", method=method, model=model).increment(used.get("forwards", 0))
 
 
 @dataclass(slots=True)
