@@ -33,7 +33,7 @@ from runtime.core.methods import Engines
 from runtime.core.params import RequestParams
 from runtime.core.segment import StepSegmenter
 from runtime.pipeline import Pipeline
-from support.fakes import FakeLM, FakePRM, FakeTokenizer
+from support.fakes import FakeLM, FakePRM, FakeTokenizer, ProposingLM
 
 TOK = FakeTokenizer(pieces=("<eos>", "\n\n", "a", "b", "c"))
 EOS, DELIM, LAST = 0, 1, 3  # the prompt "a" + "b" ends with token "b"
@@ -127,15 +127,17 @@ def chi_square(counts: Counter[Outcome], expected: dict[Outcome, float]) -> Fit:
 
 # ---- the system under test, driven through the pipeline ----
 
-def table_lm(table: Sequence[Row]) -> FakeLM:
-    lm = FakeLM(len(table), seed=0)
+def table_lm(table: Sequence[Row], proposes: bool = False) -> FakeLM:
+    lm = (ProposingLM if proposes else FakeLM)(len(table), seed=0)
     lm.table = np.log(np.array(table, dtype=np.float64))  # next-token logits given the last token
     return lm
 
 
-def make_pipeline(prm: FakePRM | None = None) -> Pipeline:
+def make_pipeline(prm: FakePRM | None = None, proposes: bool = False) -> Pipeline:
+    """`proposes`: the draft draws token-level proposals itself (a DraftProposer, as the torch engine)."""
     seg = StepSegmenter(TOK.piece, TOK.eos_ids)
-    return Pipeline(Engines(table_lm(DRAFT), table_lm(TARGET), prm), TOK, seg, "a{question}", RequestParams(), 1000)
+    return Pipeline(Engines(table_lm(DRAFT, proposes), table_lm(TARGET), prm), TOK, seg, "a{question}",
+                    RequestParams(), 1000)
 
 
 def sample_steps(pipeline: Pipeline, params: dict[str, Any], n: int = SAMPLES) -> Counter[Outcome]:
@@ -170,8 +172,9 @@ SLOW = pytest.mark.slow  # the fast tier keeps one setting per method and the sw
 SD_SETTINGS = [(1.0, 1.0), pytest.param(0.7, 0.9, marks=SLOW)]
 
 
+@pytest.mark.parametrize("proposes", [False, pytest.param(True, marks=SLOW)])
 @pytest.mark.parametrize(("temperature", "top_p"), SD_SETTINGS)
-def test_speculative_decoding_samples_the_target(temperature: float, top_p: float,
+def test_speculative_decoding_samples_the_target(temperature: float, top_p: float, proposes: bool,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     rounds: Counter[tuple[int, int]] = Counter()  # (drafted, accepted) per verification round
     real = verify_module.speculative_verify
@@ -182,7 +185,9 @@ def test_speculative_decoding_samples_the_target(temperature: float, top_p: floa
         return emitted, accepted
 
     monkeypatch.setattr(verify_module, "speculative_verify", spy)
-    counts = sample_steps(make_pipeline(), {"method": "sd", "gamma": GAMMA, "temperature": temperature, "top_p": top_p})
+    pipeline = make_pipeline(proposes=proposes)
+    counts = sample_steps(pipeline, {"method": "sd", "gamma": GAMMA, "temperature": temperature, "top_p": top_p})
+    assert (pipeline.engines.draft.calls["propose"] > 0) == proposes
     assert_fits(counts, step_distribution(chain(TARGET, temperature, top_p)),
                 step_distribution(chain(DRAFT, temperature, top_p)))
     total = sum(rounds.values())
@@ -190,6 +195,16 @@ def test_speculative_decoding_samples_the_target(temperature: float, top_p: floa
     residual_share = sum(c for (d, a), c in rounds.items() if a < d) / total
     assert rounds[(GAMMA, GAMMA)] > 0 and chains > 0.25, rounds  # chains of accepted tokens occur often
     assert 0.1 < residual_share < 0.6, rounds  # both branches matter (0.28 at T = 1, 0.48 at T = 0.7)
+
+
+@SLOW
+def test_speculative_decoding_test_rejects_a_proposer_drawing_off_the_core_rule() -> None:
+    """A draft engine whose draws do not follow the distribution the core computes from its rows
+    (it samples at T = 1, the request asks 0.7) breaks losslessness: the fit catches it."""
+    pipeline = make_pipeline(proposes=True)
+    pipeline.engines.draft.draw_temperature = 1.0
+    counts = sample_steps(pipeline, {"method": "sd", "gamma": GAMMA, "temperature": 0.7, "top_p": 1.0})
+    assert chi_square(counts, step_distribution(chain(TARGET, 0.7, 1.0))).p_value < ALPHA
 
 
 def swapped_ratio_verify(draft_tokens: tuple[int, ...], draft_probs: np.ndarray, target_probs: np.ndarray,
@@ -251,10 +266,13 @@ def cos_params(kind: str, gamma: int) -> dict[str, Any]:
             "temperature": 1.0}
 
 
-@pytest.mark.parametrize(("kind", "gamma"), [("cd", GAMMA), pytest.param("we", GAMMA, marks=SLOW),
-                                             pytest.param("we", 1, marks=SLOW)])
-def test_cos_samples_the_combined_distribution(kind: str, gamma: int) -> None:
-    counts = sample_steps(make_pipeline(), cos_params(kind, gamma))
+@pytest.mark.parametrize(("kind", "gamma", "proposes"), [("cd", GAMMA, False), pytest.param("we", GAMMA, False, marks=SLOW),
+                                                         pytest.param("we", 1, False, marks=SLOW),
+                                                         pytest.param("cd", GAMMA, True, marks=SLOW)])
+def test_cos_samples_the_combined_distribution(kind: str, gamma: int, proposes: bool) -> None:
+    pipeline = make_pipeline(proposes=proposes)
+    counts = sample_steps(pipeline, cos_params(kind, gamma))
+    assert (pipeline.engines.draft.calls["propose"] > 0) == proposes
     assert_fits(counts, step_distribution(combined(kind)), step_distribution(chain(TARGET)))
 
 

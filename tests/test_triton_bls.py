@@ -42,10 +42,8 @@ def test_bls_engines_reproduce_the_torch_pipeline(pipelines, method, temperature
 
 
 # (method, role) whose engine work differs between the two: the in-process target checks rsd's rejected
-# draft step as a hint in its catch-up forward (not sent over the contract), and answers gsi's scoring
-# and sd/cos's verification on the request's cache, which the sub-model does on a throwaway cache
-# (context logits of the whole prefix). Issue 11 item 2 moves them onto the sub-model's request cache.
-OWN_WORK = {("rsd", "target"), ("gsi", "target"), ("sd", "target"), ("cos", "target")}
+# draft step as a hint in its catch-up forward (not sent over the contract).
+OWN_WORK = {("rsd", "target")}
 
 
 @pytest.mark.parametrize("method", ["rsd", "target", "draft", "bon", "gsi", "sd", "cos"])
@@ -87,6 +85,34 @@ def test_a_step_is_cut_once_by_the_torch_sub_model(pipelines, monkeypatch):
             assert [g.logprob for g in got] == pytest.approx([g.logprob for g in want], abs=1e-5)
             finishes.update(g.finish for g in got)
     assert finishes == {"step", "eos", "length"}
+
+
+@pytest.mark.parametrize("method", ["sd", "cos", "gsi"])
+def test_the_torch_backend_verifies_proposes_and_scores_on_the_request_cache(pipelines, method):
+    """No context logits: sd verifies with draft_input_ids, a proposal is one draft request, CoS
+    reads the target's rows as draft_input_ids + generation logits, GSI scores all candidates in
+    one request."""
+    from runtime.engines.triton.verify import NativeVerifyLM
+
+    _, bls, transport = pipelines
+    assert isinstance(bls.engines.target, NativeVerifyLM) and bls.engines.target.on_cache
+    del transport.sent[:]
+    result = bls.generate_sync("what is 7-2?", {"method": method, "n": 4, "temperature": 0.8, "seed": 3,
+                                                "max_tokens": 24})
+    flag = lambda inputs, name: bool(inputs.get(name, np.zeros(1))[0, ...].any())  # noqa: E731
+    assert not any(flag(inputs, "return_context_logits") for _, inputs in transport.sent)
+    target = [inputs for model, inputs in transport.sent if model == "target"]
+    draft = [inputs for model, inputs in transport.sent if model == "draft"]
+    if method == "sd":
+        assert all("draft_input_ids" in t and "draft_logits" in t for t in target)
+        assert len(draft) == len(target) == result.stats["models"]["target"]["calls"]
+    elif method == "cos":
+        assert all(flag(d, "return_generation_logits") for d in draft)
+        assert any(flag(t, "return_generation_logits") and "draft_input_ids" in t for t in target)
+    else:
+        scored = [t for t in target if "continuation_ids" in t]
+        assert len(scored) == len(result.steps)  # one scoring request per step, whatever the fallback does
+        assert all(t["continuation_ids"].shape[1] == 4 for t in scored)
 
 
 RULED = {"top_k": 4, "repetition_penalty": 1.8, "presence_penalty": 0.5, "frequency_penalty": 0.3,

@@ -32,6 +32,24 @@ def test_lm_contract_round_trip():
     assert greedy.temperature == 0.0  # sent as runtime_top_k = 1, temperature 1
 
 
+def test_draft_tokens_and_continuations_cross_the_contract():
+    logits = np.log(np.full((2, 5), 0.2, dtype=np.float32))
+    call = contract.LmCall((5, 6, 7), 3, draft_ids=(8, 9), draft_logits=logits, continuations=((1, 2, 3), (), (4,)))
+    tensors = contract.lm_request_tensors(call)
+    assert tensors["draft_input_ids"].tolist() == [[8, 9]] and tensors["draft_logits"].shape == (1, 2, 5)
+    assert tensors["continuation_ids"].tolist() == [[[1, 2, 3], [0, 0, 0], [4, 0, 0]]]
+    parsed = contract.parse_lm_request(tensors)
+    assert (parsed.draft_ids, parsed.continuations) == ((8, 9), ((1, 2, 3), (), (4,)))
+    assert np.array_equal(parsed.draft_logits, logits)
+    bad = (("draft_input_ids", np.zeros((2, 2), np.int32), "draft_input_ids"),
+           ("draft_logits", np.zeros((1, 3, 5), np.float32), "draft_logits"),
+           ("continuation_lengths", np.array([[3, 0]], np.int32), "continuation_ids"),
+           ("continuation_lengths", np.array([[4, 0, 1]], np.int32), "continuation_ids"))
+    for name, value, field in bad:
+        with pytest.raises(EngineError, match=field):
+            contract.parse_lm_request({**tensors, name: value})
+
+
 def test_lm_reply_merges_sequences_and_responses():
     reply = contract.LmReply(((1, 2, 3), (4,)), (-1.5, -0.25), usage=Usage(5, 2, forwards=3),
                              finishes=(Finish.STEP, Finish.LENGTH))

@@ -33,14 +33,14 @@ class SubModels:
     target: str = "target"
     prm: str = "prm"
     backend: str = "torch"  # trtllm: TensorRT-LLM engines (n sequences may come as n responses)
-    max_draft_len: int = 0  # > 0: the target verifies up to this many draft tokens natively
+    max_draft_len: int = 0  # trtllm: > 0, the target verifies up to this many draft tokens natively
     tokens_per_block: tuple[tuple[str, int], ...] = ()  # trtllm: (role, KV block size) of each LM engine
 
     def __post_init__(self) -> None:
         if self.backend not in ("torch", "trtllm"):
             raise ConfigError("submodel_backend", f"must be torch or trtllm, got {self.backend!r}")
         if self.max_draft_len < 0 or (self.max_draft_len and self.backend != "trtllm"):
-            raise ConfigError("max_draft_len", "native verification needs a trtllm target (>= 0)")
+            raise ConfigError("max_draft_len", "a draft cap is a trtllm target's (>= 0); the torch target verifies any")
         if any(n < 0 for _, n in self.tokens_per_block) or (self.tokens_per_block and self.backend != "trtllm"):
             raise ConfigError("tokens_per_block", "block sizes (>= 0) are for trtllm engines")
 
@@ -84,9 +84,13 @@ def build_bls_pipeline(cfg: PipelineConfig, transport: SubModelTransport, names:
 
 def _lm(role: str, path: Path, names: SubModels, transport: SubModelTransport, segmenter: StepSegmenter,
         tok: HFTokenizer, end_id: int, pad_id: int, words: tuple[tuple[int, ...], ...]) -> TritonLM:
+    """The torch sub-model verifies, proposes, scores and reads rows on the request's cache (`on_cache`);
+    a TensorRT-LLM target verifies natively when it was built for draft tokens (max_draft_len)."""
     engine = names.engine(role)
     args = (role, getattr(names, role), transport, segmenter, end_id, pad_id, words, estimate_matmul_params(path),
             folder_max_positions(path, tok), tok.vocab_size, _outputs(engine), engine)
+    if role == "target" and engine is None:
+        return NativeVerifyLM(*args, max_draft_len=1 << 30, logits_width=tok.vocab_size)
     if role == "target" and names.max_draft_len > 0:
         return NativeVerifyLM(*args, max_draft_len=names.max_draft_len, logits_width=_model_vocab(path, tok))
     return TritonLM(*args)

@@ -16,6 +16,8 @@ from runtime.core.types import (
     GenerateResult,
     LogitsRequest,
     LogitsResult,
+    ProposeRequest,
+    ProposeResult,
     RewardRequest,
     RewardResult,
     ScoreRequest,
@@ -90,7 +92,17 @@ class Engine(Protocol):
 @runtime_checkable
 class TokenVerifier(Protocol):
     """A session that verifies draft tokens in one target pass. TensorRT-LLM does it natively
-    (draft_input_ids); other sessions are wrapped in `runtime.core.verify.ReferenceVerifier`,
-    the core's reference rule."""
+    (draft_input_ids), the PyTorch engine on the request's own cache with the core's rule
+    (`runtime.core.verify.verify_rows`); sessions that only expose logits are wrapped in
+    `runtime.core.verify.ReferenceVerifier`, the same rule."""
 
     async def verify(self, req: VerifyRequest) -> VerifyResult: ...
+
+
+@runtime_checkable
+class DraftProposer(Protocol):
+    """A session that draws a token-level proposal in one call (one request to a server) and
+    returns each token's raw logits row; the method computes the distributions they were drawn
+    from with the core's rule. Other token sessions propose one `logits` call per token."""
+
+    async def propose(self, req: ProposeRequest) -> ProposeResult: ...

@@ -172,6 +172,28 @@ class LogitsResult:
 
 
 @dataclass(frozen=True, slots=True)
+class ProposeRequest:
+    """Draw up to `gamma` tokens continuing `prefix` as one sequence, stopping after a step end or
+    an end token, under the request's rules (a draft proposal for token-level methods)."""
+
+    prefix: tuple[int, ...]
+    gamma: int
+    temperature: float
+    top_p: float
+    seed: int
+    top_k: int = 0
+    rules: LogitRules = NO_RULES
+    min_new_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ProposeResult:
+    tokens: tuple[int, ...]  # [g <= gamma], an end token included where one was drawn
+    logits: Any  # numpy float32 [g, vocab]: the raw next-token logits each token was drawn from
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
 class VerifyRequest:
     """Verify draft tokens against the target by speculative sampling (one target pass)."""
 

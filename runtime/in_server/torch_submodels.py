@@ -7,10 +7,19 @@ Each BLS request id gets an engine session (its KV cache) from an LRU of session
 cannot tell the sub-model that a request ended, so an abandoned request's session is closed
 when it is evicted instead of leaking.
 
+What a request is (`LmSubModel._route`), on TensorRT-LLM's names, all on the request's cache:
+  draft_input_ids, request_output_len = len(draft) + 1: verification (TensorRT-LLM's
+      draft_tokens_external target): accepted tokens + the corrected or bonus token;
+  draft_input_ids on a longer generation request: a greedy step that checks them first, then
+      decodes on to the step end (TensorRT-LLM verifies, then generates); ignored when sampling;
+  draft_input_ids + return_generation_logits: the logits rows after input_ids and each draft token;
+  return_generation_logits alone: request_output_len tokens (a token-level proposal) and their rows;
+  continuation_ids (ours): the log-prob of each continuation, in one request;
+  return_context_logits: every row, on a throwaway cache (no BLS hot path sends it).
 Differences from TensorRT-LLM's `tensorrt_llm`, invisible to the BLS: generation stops at the
 pipeline's step delimiter and the tokenizer's EOS ids (the same rules the BLS encodes in
-`stop_words_list` / `end_id`); logits requests must ask for one output token and one sequence;
-`output_log_probs` gives 0 for an appended end token. Every reply also carries the engine's
+`stop_words_list` / `end_id`), and so do proposals; a verification stops after the corrected
+token; `output_log_probs` gives 0 for an appended end token. Every reply also carries the engine's
 `Usage` for the request (prefill_tokens, decode_tokens, forwards), and a generation reply each
 sequence's `finish_reason`: the engine cuts the step (runtime.core.segment.TokenStep), the BLS
 takes the cut as it is.
@@ -20,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,8 +38,17 @@ import numpy as np
 
 from runtime.config import PipelineConfig, load_config
 from runtime.core.errors import ConfigError, EngineError
+from runtime.core.sampling import softmax
 from runtime.core.segment import StepSegmenter
-from runtime.core.types import Finish, LogitRules, LogitsRequest, StepRequest
+from runtime.core.types import (
+    Finish,
+    LogitRules,
+    LogitsRequest,
+    ProposeRequest,
+    ScoreRequest,
+    StepRequest,
+    VerifyRequest,
+)
 from runtime.engines.triton.contract import (
     LmCall,
     LmReply,
@@ -85,8 +103,7 @@ class LmSubModel:
 
     async def handle(self, tensors: Mapping[str, np.ndarray], key: str) -> dict[str, np.ndarray]:
         call = parse_lm_request(tensors)
-        reply = await (self._logits(call, key) if call.context_logits or call.generation_logits
-                       else self._generate(call, key))
+        reply = await self._route(call)(call, self.lru.session(key))
         _report(self.lm, self.counters)
         if not call.exclude_input:
             per_token = (None if reply.token_logprobs is None else
@@ -95,13 +112,30 @@ class LmSubModel:
                                         token_logprobs=per_token)
         return lm_reply_tensors(reply, call.pad_id)
 
-    async def _generate(self, call: LmCall, key: str) -> LmReply:
+    def _route(self, call: LmCall) -> Callable[[LmCall, Any], Awaitable[LmReply]]:
+        """Which engine call a request is, all on the request's own session (its cache)."""
+        if call.continuations:
+            return self._score
+        if call.context_logits:
+            return self._context_logits
+        if call.draft_ids and call.generation_logits:
+            return self._rows
+        if call.draft_ids and call.output_len == len(call.draft_ids) + 1:
+            return self._verify
+        if call.generation_logits:
+            return self._propose
+        return self._generate  # draft tokens on a longer request: a hint (StepRequest.draft_tokens)
+
+    def _rules(self, call: LmCall) -> LogitRules:
         ends = self.lm.segmenter.eos_ids if call.min_tokens > 0 else frozenset()  # type: ignore[attr-defined]
-        rules = LogitRules(call.repetition_penalty, call.presence_penalty, call.frequency_penalty, call.bias,
-                           call.bad_words, frozenset(ends))
+        return LogitRules(call.repetition_penalty, call.presence_penalty, call.frequency_penalty, call.bias,
+                          call.bad_words, frozenset(ends))
+
+    async def _generate(self, call: LmCall, session: Any) -> LmReply:
         req = StepRequest(call.ids, call.n, call.temperature, call.top_p, call.output_len,
-                          call.seed % (2**63), call.logprobs, call.top_k, rules, call.min_tokens)
-        result = await self.lru.session(key).generate(req)
+                          call.seed % (2**63), call.logprobs, call.top_k, self._rules(call), call.min_tokens,
+                          call.draft_ids)
+        result = await session.generate(req)
         ended = [g.finish == Finish.EOS for g in result.generations]
         seqs = tuple(g.token_ids + ((call.end_id,) if end else ()) for g, end in zip(result.generations, ended))
         finishes = tuple(g.finish for g in result.generations)
@@ -112,23 +146,63 @@ class LmSubModel:
         return LmReply(seqs, tuple(g.logprob for g in result.generations), token_logprobs=per_token,
                        usage=result.usage, finishes=finishes)
 
-    async def _logits(self, call: LmCall, key: str) -> LmReply:
+    async def _verify(self, call: LmCall, session: Any) -> LmReply:
+        """Speculative sampling of the draft tokens on the request's cache (TorchLM.verify, the
+        core's rule): the accepted tokens and the corrected or bonus token, as TensorRT-LLM returns
+        them. The draft distributions are softmax(draft_logits), or the draft tokens themselves
+        (one-hot) when none are sent (greedy)."""
+        vocab = self.lm.vocab_size  # type: ignore[attr-defined]
+        if call.draft_logits is not None:
+            probs = softmax(call.draft_logits[:, :vocab])
+        else:
+            probs = np.zeros((len(call.draft_ids), vocab))
+            probs[np.arange(len(call.draft_ids)), list(call.draft_ids)] = 1.0
+        req = VerifyRequest(call.ids, call.draft_ids, probs, call.temperature, call.top_p, call.seed % (2**63),
+                            call.top_k, self._rules(call), call.min_tokens)
+        result = await session.verify(req)
+        if not call.logprobs:
+            return LmReply((result.tokens,), usage=result.usage)
+        return LmReply((result.tokens,), (float(sum(result.logprobs)),), token_logprobs=(result.logprobs,),
+                       usage=result.usage)
+
+    async def _propose(self, call: LmCall, session: Any) -> LmReply:
+        """request_output_len tokens with each one's raw logits row (generation_logits), drawn as a
+        step's tokens are, ending after a step end or an end token (TorchLM.propose)."""
+        if call.n != 1:
+            raise EngineError("num_return_sequences: generation logits are returned for one sequence")
+        req = ProposeRequest(call.ids, call.output_len, call.temperature, call.top_p, call.seed % (2**63),
+                             call.top_k, self._rules(call), call.min_tokens)
+        result = await session.propose(req)
+        return LmReply((result.tokens,), generation_logits=result.logits[None], usage=result.usage)
+
+    async def _rows(self, call: LmCall, session: Any) -> LmReply:
+        """The raw logits after input_ids and after each draft token (len(draft) + 1 rows) from one
+        pass on the request's cache, as generation_logits; output_ids holds the last row's argmax."""
+        ids = call.ids + call.draft_ids
+        result = await session.logits(LogitsRequest(ids, len(call.draft_ids) + 1))
+        return LmReply(((int(np.argmax(result.logits[-1])),),), generation_logits=result.logits[None],
+                       usage=result.usage)
+
+    async def _score(self, call: LmCall, session: Any) -> LmReply:
+        """cum_log_probs of each continuation after input_ids at the request's temperature (0:
+        untempered), all in one engine call on the request's cache (TorchLM.score forks it)."""
+        result = await session.score(ScoreRequest(call.ids, call.continuations, call.temperature))
+        return LmReply(call.continuations, result.logprobs, usage=result.usage)
+
+    async def _context_logits(self, call: LmCall, session: Any) -> LmReply:
+        """TensorRT-LLM's return_context_logits, for the contract's other clients: the BLS sends it
+        on no hot path to this sub-model (it verifies, scores and reads rows on the cache instead)."""
         if call.output_len != 1 or call.n != 1:
             raise EngineError("request_output_len: logits are returned for one output token and one sequence")
-        if call.context_logits:
-            # Every row is needed, so nothing cached helps; a throwaway session keeps concurrent
-            # scoring requests of one BLS request off its cache.
-            scratch = self.lm.open(f"{key}#ctx")  # type: ignore[attr-defined]
-            try:
-                result = await scratch.logits(LogitsRequest(call.ids, len(call.ids)))
-            finally:
-                scratch.close()
-        else:
-            result = await self.lru.session(key).logits(LogitsRequest(call.ids, 1))
-        rows, last = result.logits, result.logits[-1]
-        return LmReply(((int(np.argmax(last)),),), None,
-                       rows if call.context_logits else None,
-                       last[None, None] if call.generation_logits else None, usage=result.usage)
+        # every row is needed, so nothing cached helps; a throwaway session keeps the request's cache as it is
+        scratch = self.lm.open("context-logits")  # type: ignore[attr-defined]
+        try:
+            result = await scratch.logits(LogitsRequest(call.ids, len(call.ids)))
+        finally:
+            scratch.close()
+        rows = result.logits
+        return LmReply(((int(np.argmax(rows[-1])),),), None, rows,
+                       rows[-1][None, None] if call.generation_logits else None, usage=result.usage)
 
 
 @dataclass(slots=True)

@@ -23,6 +23,8 @@ from runtime.core.types import (
     Generation,
     LogitsRequest,
     LogitsResult,
+    ProposeRequest,
+    ProposeResult,
     RewardRequest,
     RewardResult,
     ScoreRequest,
@@ -152,6 +154,33 @@ class FakeLM(CountsSessions):
         ids = list(req.ids)
         rows = [self.next_logits(ids[: len(ids) - req.count + 1 + j]) for j in range(req.count)]
         return LogitsResult(np.stack(rows).astype(np.float32), Usage(prefill_tokens=req.count))
+
+
+@dataclass(slots=True)
+class ProposingLM(FakeLM):
+    """A FakeLM that also draws token-level proposals itself (a DraftProposer, as the torch
+    engine does): its own seeded draws from the core's processed distribution, with the rows.
+    `draw_temperature` (a mutant) draws at another temperature than the request's."""
+
+    draw_temperature: float | None = None
+
+    async def propose(self, req: ProposeRequest) -> ProposeResult:
+        self.calls["propose"] += 1
+        rng = np.random.default_rng(req.seed)
+        ids, tokens, rows = list(req.prefix), [], []
+        while len(tokens) < req.gamma:
+            row = self.next_logits(ids)
+            z = adjust(row, req.rules, ids, ban_ends=len(tokens) < req.min_new_tokens)
+            t = req.temperature if self.draw_temperature is None else self.draw_temperature
+            token = sample(process(z, t, req.top_p, req.top_k), rng)
+            tokens.append(token)
+            rows.append(row)
+            ids.append(token)
+            if token == 0 or DEFAULT_PIECES[token] == "\n\n":  # an end token or the step delimiter
+                break
+        return ProposeResult(tuple(tokens), np.stack(rows).astype(np.float32),
+                             Usage(prefill_tokens=len(req.prefix), decode_tokens=len(tokens) - 1,
+                                   generated_tokens=len(tokens)))
 
 
 @dataclass(slots=True)

@@ -15,6 +15,7 @@ from runtime.core.errors import EngineError
 class InProcessTransport:
     handlers: Mapping[str, Any]  # model name -> object with `async handle(tensors, key)`
     calls: dict[str, int] = field(default_factory=dict)
+    sent: list[tuple[str, dict[str, np.ndarray]]] = field(default_factory=list)  # (model, inputs) per request
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str],
                     request_id: str) -> list[dict[str, np.ndarray]]:
@@ -22,5 +23,6 @@ class InProcessTransport:
         if handler is None:
             raise EngineError(f"{model}: model is not loaded")
         self.calls[model] = self.calls.get(model, 0) + 1
+        self.sent.append((model, dict(inputs)))
         reply = await handler.handle({k: np.array(v) for k, v in inputs.items()}, request_id)
         return [{k: v for k, v in reply.items() if k in outputs}]

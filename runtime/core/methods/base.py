@@ -7,6 +7,7 @@ request's engine `Sessions`.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar, Protocol
@@ -17,6 +18,7 @@ import numpy.typing as npt
 from runtime.core.errors import EngineError, RequestValidationError
 from runtime.core.params import RequestParams
 from runtime.core.protocols import (
+    DraftProposer,
     Engine,
     ScorerSession,
     Session,
@@ -25,16 +27,17 @@ from runtime.core.protocols import (
     TokenSession,
     TokenVerifier,
 )
-from runtime.core.sampling import adjust, is_greedy, process, sampled_logprob
+from runtime.core.sampling import adjust, is_greedy, process, sample, sampled_logprob
 from runtime.core.segment import StepSegmenter, prm_step_text
 from runtime.core.stats import RequestStats
 from runtime.core.types import (
     NO_RULES,
     GenerateResult,
     Generation,
-    LogitsRequest,
     LogitRules,
+    LogitsRequest,
     LogitsResult,
+    ProposeRequest,
     RewardRequest,
     RewardResult,
     ScoreRequest,
@@ -195,6 +198,34 @@ class StepContext:
         self._record(role, result.usage)
         rows: npt.NDArray[np.float32] = result.logits
         return rows
+
+    async def propose(self, role: str, base: tuple[int, ...], gamma: int, emitted: int,
+                      ends: Callable[[list[int]], bool]) -> tuple[list[int], list[Any], list[npt.NDArray[np.float64]]]:
+        """Up to `gamma` proposal tokens continuing `base` (`emitted` tokens into this step), with each
+        token's raw logits row and the processed distribution q it was drawn from; the proposal stops
+        where `ends(tokens)` says the step would end. A DraftProposer session draws them in one call
+        (q is recomputed here from its rows with the same rule); other sessions take one logits call
+        per token, drawn here."""
+        session = self.sessions.role(role)
+        native = gamma > 0 and isinstance(session, DraftProposer)
+        given: list[tuple[int, Any]] = []
+        if native:
+            p = self.params
+            result = await session.propose(ProposeRequest(base, gamma, p.temperature, p.top_p, self.next_seed(),
+                                                          p.top_k, self.rules, self.min_new_tokens(emitted)))
+            self._record(role, result.usage)
+            given = list(zip(result.tokens, result.logits))
+        tokens: list[int] = []
+        rows: list[Any] = []
+        qs: list[npt.NDArray[np.float64]] = []
+        while len(tokens) < gamma and not (tokens and ends(tokens)) and (not native or len(tokens) < len(given)):
+            ids = base + tuple(tokens)
+            token, row = given[len(tokens)] if native else (-1, (await self.logits(role, ids, 1))[0])
+            q = self.processed(row, ids, emitted + len(tokens))[1]
+            tokens.append(token if native else sample(q, self.rng))
+            rows.append(row)
+            qs.append(q)
+        return tokens, rows, qs
 
     async def verify(self, role: str, prefix: tuple[int, ...], tokens: tuple[int, ...],
                      probs: npt.NDArray[np.float64], emitted: int = 0

@@ -97,18 +97,25 @@ class CollaborativeSpeculation:
     async def _draft(self, ctx: StepContext, step: TokenStep, spec: _Speculation, role: str,
                      first_row: Logits | None, gamma: int) -> None:
         """`role` proposes up to gamma tokens; `first_row` is its already-computed next row."""
-        row = first_row
-        for _ in range(min(gamma, step.room)):
+        gamma = min(gamma, step.room)
+        if first_row is not None and gamma > 0:
             ids = ctx.prefix + tuple(step.out) + tuple(spec.tokens)
-            if row is None:
-                row = (await ctx.logits(role, ids, 1))[0]
-            _, q = ctx.processed(row, ids, len(step.out) + len(spec.tokens))
-            spec.tokens.append(sample(q, ctx.rng))
-            spec.proposer_q.append(q)
-            spec.rows[role].append(row)
-            row = None
+            _, q = ctx.processed(first_row, ids, len(step.out) + len(spec.tokens))
+            self._append(spec, role, sample(q, ctx.rng), first_row, q)
+            gamma -= 1
             if step.proposal_ends(spec.tokens):
-                break
+                return
+        base = ctx.prefix + tuple(step.out) + tuple(spec.tokens)
+        drawn = await ctx.propose(role, base, gamma, len(step.out) + len(spec.tokens),
+                                  lambda tokens: step.proposal_ends(spec.tokens + tokens))
+        for token, row, q in zip(*drawn):
+            self._append(spec, role, token, row, q)
+
+    @staticmethod
+    def _append(spec: _Speculation, role: str, token: int, row: Logits, q: npt.NDArray[np.float64]) -> None:
+        spec.tokens.append(token)
+        spec.proposer_q.append(q)
+        spec.rows[role].append(row)
 
     def _verify_front(self, ctx: StepContext, step: TokenStep, spec: _Speculation, counts: list[int],
                       logprobs: list[float]) -> bool:

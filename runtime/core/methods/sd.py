@@ -6,8 +6,10 @@ at the first rejection a token is drawn from norm(max(0, p_i - q_i)); if all are
 token is drawn from p_{gamma+1}. The output is distributed exactly as the target's own sampling
 (at temperature 0: identical to target greedy). Rounds repeat until the step ends (delimiter,
 EOS, cap); the draft stops proposing at a step end. Default gamma = 5.
-Verification goes through the target's TokenVerifier (native in TensorRT-LLM) or the core's
-reference rule (`runtime.core.sampling.speculative_verify`). The request's logit rules and top-k
+A proposal is one draft call where the draft session is a DraftProposer (the torch engine, the
+torch sub-model), else one logits call per token. Verification goes through the target's
+TokenVerifier (TensorRT-LLM's draft_input_ids; the torch engine on the request's own cache) or
+the core's reference rule (`runtime.core.verify`); both apply `speculative_verify`. The request's logit rules and top-k
 apply to both models' rows (runtime.core.sampling.adjust / process), so the output follows the
 processed target distribution; reported log-probs are the target's.
 """
@@ -23,7 +25,6 @@ from runtime.core.errors import RequestValidationError
 from runtime.core.methods.base import Needs, StepContext
 from runtime.core.params import RequestParams
 from runtime.core.segment import TokenStep
-from runtime.core.sampling import sample
 from runtime.core.types import StepOutcome
 
 
@@ -41,7 +42,8 @@ class SpeculativeDecoding:
         logprobs: list[float] = []
         while step.finish is None:
             base = ctx.prefix + tuple(step.out)
-            tokens, probs = await self._propose(ctx, step, base, min(p.gamma, step.room - 1))
+            # room for the proposal and its bonus token; never an empty proposal (a bonus past the cap is dropped)
+            tokens, probs = await self._propose(ctx, step, base, max(1, min(p.gamma, step.room - 1)))
             emitted, n_accepted, lps = await ctx.verify("target", base, tuple(tokens), probs, len(step.out))
             if p.return_log_probs and len(lps) != len(emitted):
                 raise RequestValidationError("return_log_probs", "the target's verifier reports no log-probs; "
@@ -61,14 +63,5 @@ class SpeculativeDecoding:
 
     async def _propose(self, ctx: StepContext, step: TokenStep, base: tuple[int, ...], gamma: int
                        ) -> tuple[list[int], npt.NDArray[np.float64]]:
-        tokens: list[int] = []
-        probs: list[npt.NDArray[np.float64]] = []
-        for _ in range(max(gamma, 0)):
-            ids = base + tuple(tokens)
-            row = (await ctx.logits("draft", ids, 1))[0]
-            _, q = ctx.processed(row, ids, len(step.out) + len(tokens))
-            tokens.append(sample(q, ctx.rng))
-            probs.append(q)
-            if step.proposal_ends(tokens):
-                break
+        tokens, _, probs = await ctx.propose("draft", base, gamma, len(step.out), step.proposal_ends)
         return tokens, (np.stack(probs) if probs else np.zeros((0, 0)))

@@ -7,7 +7,9 @@ candidates fork the prefix cache. Tokens are drawn in the batched forward itself
 so concurrent requests share the output head too. A greedy step with draft tokens
 (`StepRequest.draft_tokens`) runs them with its catch-up prefill in one forward, keeps those its
 greedy choice agrees with and its correction, and decodes on from there: the same step in fewer
-forwards (TensorRT-LLM's draft_input_ids on a generation request).
+forwards (TensorRT-LLM's draft_input_ids on a generation request). Sessions verify draft
+tokens on their own cache with the core's rule (`verify`) and draw token-level proposals in
+one call (`propose`).
 """
 from __future__ import annotations
 
@@ -22,11 +24,16 @@ from runtime.core.types import (
     Generation,
     LogitsRequest,
     LogitsResult,
+    ProposeRequest,
+    ProposeResult,
     ScoreRequest,
     ScoreResult,
     StepRequest,
     Usage,
+    VerifyRequest,
+    VerifyResult,
 )
+from runtime.core.verify import verify_rows
 from runtime.engines.torch.kvcache import SeqCache
 from runtime.engines.torch.runner import Drawn, Row, Sampler
 from runtime.engines.torch.sampling import RuleState, logprob_rows, sample_token
@@ -144,6 +151,45 @@ class TorchLM:
         (hidden,) = await self._hidden([Row(cache, list(req.ids[cache.length:]), req.count)])
         return LogitsResult(self._logits(hidden).cpu().numpy(), _usage(fed) + Usage(forwards=1))
 
+    async def verify(self, cache: SeqCache, req: VerifyRequest) -> VerifyResult:
+        """One forward over the uncached prefix + the draft tokens on the request's own cache
+        (len(draft) + 1 rows, no context logits), then the core's rule on those rows; the cache
+        keeps prefix + the accepted tokens."""
+        cache.reuse(req.prefix, keep_new=1)
+        new = list(req.prefix[cache.length:]) + list(req.draft_tokens)
+        (hidden,) = await self._hidden([Row(cache, new, len(req.draft_tokens) + 1)])
+        result = verify_rows(req, self._logits(hidden).cpu().numpy(), _usage(len(new)) + Usage(forwards=1))
+        cache.crop(len(req.prefix) + result.num_accepted)
+        return result
+
+    async def propose(self, cache: SeqCache, req: ProposeRequest) -> ProposeResult:
+        """Up to gamma tokens drawn as `generate` draws a candidate (its seed, rules and sampling),
+        ending after a step end or an end token, each with the raw logits row it was drawn from."""
+        cache.reuse(req.prefix, keep_new=1)
+        fed = len(req.prefix) - cache.length
+        new = list(req.prefix[cache.length:])
+        rules = RuleState.start(req.rules, req.prefix, req.min_new_tokens)
+        generator = self._generator(req.seed, 0)
+        tokens: list[int] = []
+        rows: list[torch.Tensor] = []
+        tail = ""
+        while len(tokens) < req.gamma:
+            (hidden,) = await self._hidden([Row(cache, new, 1)])
+            rows.append(self._logits(hidden)[0])
+            z = rules.apply(rows[-1]) if rules is not None else rows[-1]
+            token, _ = sample_token(z, req.temperature, req.top_p, generator, req.top_k)
+            tokens.append(token)
+            if rules is not None:
+                rules.push(token)
+            ended, tail = self.segmenter.advance(tail, token)
+            if ended or token in self.segmenter.eos_ids:
+                break
+            new = [token]
+        usage = _usage(fed) + Usage(decode_tokens=max(len(tokens) - 1, 0), generated_tokens=len(tokens),
+                                    forwards=len(tokens))
+        logits = torch.stack(rows).cpu().numpy() if rows else torch.zeros(0, self.vocab_size).numpy()
+        return ProposeResult(tuple(tokens), logits, usage)
+
     async def _hidden(self, rows: list[Row]) -> list[torch.Tensor]:
         return [h for h in await self.scheduler.run(rows) if isinstance(h, torch.Tensor)]
 
@@ -181,6 +227,12 @@ class LmSession:
 
     async def logits(self, req: LogitsRequest) -> LogitsResult:
         return await self.lm.logits(self.cache, req)
+
+    async def verify(self, req: VerifyRequest) -> VerifyResult:
+        return await self.lm.verify(self.cache, req)
+
+    async def propose(self, req: ProposeRequest) -> ProposeResult:
+        return await self.lm.propose(self.cache, req)
 
     def close(self) -> None:
         self.cache.free()

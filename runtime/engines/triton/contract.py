@@ -10,7 +10,10 @@ BLS cannot tell a `torch` sub-model from a `tensorrt_llm` one:
           seed UINT64 [1, 1], num_return_sequences INT32 [1, 1], and BOOL [1, 1] flags
           return_log_probs, return_context_logits, return_generation_logits, exclude_input_in_output,
           return_perf_metrics (TensorRT-LLM engines only);
-          for native verification draft_input_ids INT32 [1, G] (+ draft_logits FP32 [1, G, V])
+          for native verification draft_input_ids INT32 [1, G] (+ draft_logits FP32 [1, G, V]);
+          the torch sub-model's one extension: continuation_ids INT32 [1, n, K] with
+          continuation_lengths INT32 [1, n] (score n continuations of input_ids in one request;
+          cum_log_probs [1, n] answers)
   outputs output_ids INT32 [1, n, len], sequence_length INT32 [1, n], cum_log_probs FP32 [1, n],
           output_log_probs FP32 [1, n, len],
           context_logits FP32 [1, L, V], generation_logits FP32 [1, n, len, V], sequence_index INT32 [1, 1],
@@ -30,7 +33,7 @@ Each side builds and parses with the functions here, so the contract lives in on
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -70,6 +73,9 @@ class LmCall:
     bias: tuple[tuple[int, float], ...] = ()  # sent as a dense embedding_bias [1, vocab]
     vocab_size: int = 0  # the width of embedding_bias
     perf_metrics: bool = False  # ask a TensorRT-LLM engine for its KV-cache figures (return_perf_metrics)
+    draft_ids: tuple[int, ...] = ()  # draft_input_ids
+    draft_logits: np.ndarray | None = field(default=None, compare=False)  # [G, V] (sampled drafts only)
+    continuations: tuple[tuple[int, ...], ...] = ()  # [n][K_i] to score after ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +123,20 @@ def lm_request_tensors(call: LmCall) -> dict[str, np.ndarray]:
     if call.perf_metrics:
         tensors["return_perf_metrics"] = _scalar(True, bool)
     tensors.update(_rule_tensors(call))
+    if call.draft_ids:
+        tensors.update(draft_tensors(call.draft_ids, call.draft_logits))
+    if call.continuations:
+        tensors.update(continuation_tensors(call.continuations))
     return tensors
+
+
+def continuation_tensors(continuations: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
+    width = max((len(c) for c in continuations), default=0)
+    ids = np.zeros((1, len(continuations), max(width, 1)), dtype=np.int32)
+    for i, cont in enumerate(continuations):
+        ids[0, i, :len(cont)] = cont
+    return {"continuation_ids": ids,
+            "continuation_lengths": np.array([[len(c) for c in continuations]], dtype=np.int32)}
 
 
 def _rule_tensors(call: LmCall) -> dict[str, np.ndarray]:
@@ -205,7 +224,35 @@ def parse_lm_request(t: Mapping[str, np.ndarray]) -> LmCall:
         bad_words=parse_stop_words(bad) if bad is not None else (),
         bias=tuple((int(i), float(dense[i])) for i in np.flatnonzero(dense)),
         vocab_size=int(dense.shape[0]),
+        **_draft_fields(t),
+        continuations=_continuations(t),
     )
+
+
+def _draft_fields(t: Mapping[str, np.ndarray]) -> dict[str, object]:
+    if "draft_input_ids" not in t:
+        return {}
+    draft = np.asarray(t["draft_input_ids"])
+    if draft.ndim != 2 or draft.shape[0] != 1:
+        raise EngineError(f"draft_input_ids: expected shape [1, G], got {list(draft.shape)}")
+    logits = t.get("draft_logits")
+    if logits is not None:
+        logits = np.asarray(logits, dtype=np.float32)
+        if logits.ndim != 3 or logits.shape[:2] != (1, draft.shape[1]):
+            raise EngineError(f"draft_logits: expected shape [1, {draft.shape[1]}, V], got {list(logits.shape)}")
+        logits = logits[0]
+    return {"draft_ids": tuple(int(x) for x in draft[0]), "draft_logits": logits}
+
+
+def _continuations(t: Mapping[str, np.ndarray]) -> tuple[tuple[int, ...], ...]:
+    if "continuation_ids" not in t:
+        return ()
+    ids, lengths = np.asarray(t["continuation_ids"]), np.asarray(_required(t, "continuation_lengths")).reshape(-1)
+    if ids.ndim != 3 or ids.shape[0] != 1 or ids.shape[1] != lengths.shape[0] or (lengths > ids.shape[2]).any() \
+            or (lengths < 0).any():
+        raise EngineError(f"continuation_ids [1, n, K] and continuation_lengths [1, n] disagree: "
+                          f"{list(ids.shape)}, {list(lengths.shape)}")
+    return tuple(tuple(int(x) for x in row[:n]) for row, n in zip(ids[0], lengths))
 
 
 def lm_reply_tensors(reply: LmReply, pad_id: int) -> dict[str, np.ndarray]:

@@ -6,9 +6,15 @@
   ended (`finish_reason`); a TensorRT-LLM engine's ids are cut with the core's segmenter, as it
   may overshoot a delimiter split over two tokens and may include or omit the end token.
 - logits (token-level methods): count == 1 reads `generation_logits` of a one-token request
-  (the engine reuses the request's KV cache); count > 1 reads the last rows of `context_logits`.
-- score (GSI): log-probs of each continuation from the `context_logits` of prefix + continuation,
-  one concurrent request per continuation.
+  (the engine reuses the request's KV cache); count > 1 sends the last count - 1 ids as
+  draft_input_ids and reads count rows of `generation_logits` on the torch sub-model (`on_cache`),
+  and the last rows of `context_logits` (the whole prefix, no cache) on TensorRT-LLM.
+- score (GSI, the likelihood PRM): on the torch sub-model every continuation in one request
+  (continuation_ids, on the request's cache); on TensorRT-LLM from the `context_logits` of
+  prefix + continuation, one concurrent request per continuation.
+- propose (sd, CoS; torch sub-model only): a token-level proposal in one generation request with
+  its `generation_logits` (TensorRT-LLM's sampler is not the core's rule, so its draft proposes a
+  token per logits request and the core draws it).
 Usage (prefill / decode tokens, forwards) is what the sub-model reports in its reply; for a
 TensorRT-LLM engine, which reports none, it is derived from what the engine returns
 (`runtime.engines.triton.usage`). A request's session (`TritonLM.open`) holds only its key,
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -28,8 +35,11 @@ from runtime.core.types import (
     Finish,
     GenerateResult,
     Generation,
+    LogitRules,
     LogitsRequest,
     LogitsResult,
+    ProposeRequest,
+    ProposeResult,
     ScoreRequest,
     ScoreResult,
     StepRequest,
@@ -71,16 +81,27 @@ class TritonLM:
     outputs: tuple[str, ...] = LM_OUTPUTS + USAGE_OUTPUTS + (FINISH_REASON,)  # trtllm: assembly.bls._outputs
     trtllm: TrtllmEngine | None = None  # None: one of our sub-models (it reports usage)
 
+    @property
+    def on_cache(self) -> bool:
+        """Our torch sub-model: rows, proposals and scores on the request's cache (TensorRT-LLM has no
+        such requests)."""
+        return self.trtllm is None
+
     def open(self, key: str) -> TritonLmSession:
-        return TritonLmSession(self, key)
+        return (ProposingSession if self.on_cache else TritonLmSession)(self, key)
+
+    def _ruled(self, prefix: tuple[int, ...], output_len: int, n: int, temperature: float, top_p: float, seed: int,
+               top_k: int, r: LogitRules, min_new: int, **extra: Any) -> LmCall:
+        """A generation request under a request's logit rules (what the engine applies itself)."""
+        return LmCall(prefix, output_len, n, temperature, top_p, seed, self.end_id, self.pad_id, self.stop_words,
+                      top_k=top_k, repetition_penalty=r.repetition_penalty, presence_penalty=r.presence_penalty,
+                      frequency_penalty=r.frequency_penalty, min_tokens=min_new if r.end_ids else 0,
+                      bad_words=r.bad_words, bias=r.bias, vocab_size=self.vocab_size, perf_metrics=self.perf_metrics,
+                      **extra)
 
     async def generate(self, session: TritonLmSession, req: StepRequest) -> GenerateResult:
-        r = req.rules
-        call = LmCall(req.prefix, req.max_new_tokens, req.n, req.temperature, req.top_p, req.seed,
-                      self.end_id, self.pad_id, self.stop_words, logprobs=req.want_logprobs, top_k=req.top_k,
-                      repetition_penalty=r.repetition_penalty, presence_penalty=r.presence_penalty,
-                      frequency_penalty=r.frequency_penalty, min_tokens=req.min_new_tokens if r.end_ids else 0,
-                      bad_words=r.bad_words, bias=r.bias, vocab_size=self.vocab_size, perf_metrics=self.perf_metrics)
+        call = self._ruled(req.prefix, req.max_new_tokens, req.n, req.temperature, req.top_p, req.seed, req.top_k,
+                           req.rules, req.min_new_tokens, logprobs=req.want_logprobs)
         reply = await self._call(session.key, call)
         if len(reply.sequences) != req.n:
             raise EngineError(f"{self.model} returned {len(reply.sequences)} sequences, asked for {req.n}")
@@ -94,6 +115,20 @@ class TritonLM:
         usage = self.usage(call, reply) + Usage(generated_tokens=sum(len(g.token_ids) for g in gens))
         return GenerateResult(gens, usage)
 
+    async def propose(self, session: TritonLmSession, req: ProposeRequest) -> ProposeResult:
+        """One generation request for the whole proposal, its rows as generation_logits."""
+        call = self._ruled(req.prefix, req.gamma, 1, req.temperature, req.top_p, req.seed, req.top_k, req.rules,
+                           req.min_new_tokens, generation_logits=True)
+        reply = await self._call(session.key, call)
+        if reply.generation_logits is None or not reply.sequences:
+            raise EngineError(f"{self.model} returned no generation_logits")
+        rows = self._trim(reply.generation_logits.reshape(-1, reply.generation_logits.shape[-1]))
+        tokens = reply.sequences[0]
+        if len(rows) == len(tokens) + 1:  # an engine that leaves the end token out
+            tokens += (self.end_id,)
+        tokens = tokens[:len(rows)]
+        return ProposeResult(tokens, rows[:len(tokens)], self.usage(call, reply) + Usage(generated_tokens=len(tokens)))
+
     async def logits(self, session: TritonLmSession, req: LogitsRequest) -> LogitsResult:
         if req.count == 1:
             call = LmCall(req.ids, 1, generation_logits=True, end_id=self.end_id, perf_metrics=self.perf_metrics)
@@ -102,10 +137,26 @@ class TritonLM:
                 raise EngineError(f"{self.model} returned no generation_logits")
             rows = reply.generation_logits.reshape(-1, reply.generation_logits.shape[-1])[:1]
             return LogitsResult(self._trim(rows), self.usage(call, reply))
+        if self.on_cache:  # the last count - 1 ids as draft tokens: count rows from one pass on the cache
+            split = len(req.ids) - req.count + 1
+            call = LmCall(req.ids[:split], req.count, end_id=self.end_id, generation_logits=True,
+                          draft_ids=req.ids[split:])
+            reply = await self._call(session.key, call)
+            if reply.generation_logits is None:
+                raise EngineError(f"{self.model} returned no generation_logits")
+            rows = reply.generation_logits.reshape(-1, reply.generation_logits.shape[-1])
+            return LogitsResult(self._trim(rows[-req.count:]), self.usage(call, reply))
         rows, usage = await self._context_logits(session.key, req.ids)
         return LogitsResult(self._trim(rows[-req.count:]), usage)
 
     async def score(self, session: TritonLmSession, req: ScoreRequest) -> ScoreResult:
+        if self.on_cache:  # every continuation in one request
+            call = LmCall(req.prefix, 1, temperature=req.temperature, end_id=self.end_id,
+                          continuations=req.continuations)
+            reply = await self._call(session.key, call)
+            if reply.cum_logprobs is None or len(reply.cum_logprobs) != len(req.continuations):
+                raise EngineError(f"{self.model} returned no cum_log_probs for {len(req.continuations)} continuations")
+            return ScoreResult(reply.cum_logprobs, self.usage(call, reply))
         scored = [(i, c) for i, c in enumerate(req.continuations) if c]
         replies = await asyncio.gather(*(self._context_logits(session.key, req.prefix + c) for _, c in scored))
         logprobs = [0.0] * len(req.continuations)
@@ -182,6 +233,14 @@ class TritonLmSession:
     def close(self) -> None:
         """Nothing to free here: the sub-model's own LRU evicts the request's cache (nothing tells it a
         request ended)."""
+
+
+@dataclass(slots=True)
+class ProposingSession(TritonLmSession):
+    """A request on a TritonLM over the torch sub-model: also a DraftProposer."""
+
+    async def propose(self, req: ProposeRequest) -> ProposeResult:
+        return await self.lm.propose(self, req)
 
 
 def _logprob_rows(logits: np.ndarray, tokens: tuple[int, ...], temperature: float) -> float:

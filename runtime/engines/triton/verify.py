@@ -1,4 +1,4 @@
-"""Native token verification on a TensorRT-LLM target: the TokenVerifier used by sd on `trtllm`.
+"""Native token verification: the TokenVerifier used by sd on a TensorRT-LLM target and on the torch sub-model.
 
 The target engine is built with --speculative_decoding_mode draft_tokens_external and
 --max_draft_len G. One request carries the prefix as input_ids and the draft tokens as
@@ -16,6 +16,9 @@ Two engine behaviours the sources leave open are handled:
 - the end token may be left out of the output: an output that stops right after the accepted
   tokens ended on end_id, which is appended (and counted as accepted when the draft proposed it).
 Drafts longer than the engine's max_draft_len are cut to it (still lossless: a shorter proposal).
+The torch sub-model verifies the same request on the request's cache with the core's rule
+(runtime.core.verify.verify_rows: the same result as the reference verifier for the same seed) and
+stops after the corrected token; it reports output_log_probs, which become the result's log-probs.
 At temperature > 0, draft_logits = log q of the processed draft distributions q, padded to the
 engine vocabulary; whether the engine re-applies temperature to them is unverified (see
 docs/production_gpu.md). At temperature 0 the result equals the core's reference rule.
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.core.types import VerifyRequest, VerifyResult
+from runtime.core.types import ProposeRequest, ProposeResult, VerifyRequest, VerifyResult
 from runtime.engines.triton.contract import LmCall, draft_tensors, lm_request_tensors, parse_lm_reply
 from runtime.engines.triton.lm import TritonLM, TritonLmSession
 
@@ -62,7 +65,7 @@ class NativeVerifyLM(TritonLM):
     logits_width: int = 0  # the engine's vocabulary (draft_logits rows are padded to it)
 
     def open(self, key: str) -> NativeVerifySession:
-        return NativeVerifySession(self, key)
+        return (ProposingVerifySession if self.on_cache else NativeVerifySession)(self, key)
 
     async def verify(self, session: TritonLmSession, req: VerifyRequest) -> VerifyResult:
         draft = req.draft_tokens[:self.max_draft_len]
@@ -70,7 +73,8 @@ class NativeVerifyLM(TritonLM):
         call = LmCall(req.prefix, len(draft) + 1, 1, req.temperature, req.top_p, req.seed, self.end_id, self.pad_id,
                       top_k=req.top_k, repetition_penalty=r.repetition_penalty, presence_penalty=r.presence_penalty,
                       frequency_penalty=r.frequency_penalty, min_tokens=req.min_new_tokens if r.end_ids else 0,
-                      bad_words=r.bad_words, bias=r.bias, vocab_size=self.logits_width, perf_metrics=self.perf_metrics)
+                      bad_words=r.bad_words, bias=r.bias, vocab_size=self.logits_width, perf_metrics=self.perf_metrics,
+                      logprobs=True)
         tensors = lm_request_tensors(call)
         if draft:
             sampled = req.temperature > 0.0
@@ -80,8 +84,10 @@ class NativeVerifyLM(TritonLM):
         reply = parse_lm_reply(responses)
         output = reply.sequences[0] if reply.sequences else ()
         tokens, accepted = accepted_tokens(draft, output, self.end_id)
+        lps = reply.token_logprobs[0] if reply.token_logprobs else ()
         # decoding past a rejection (discarded) is billed as decode tokens
-        return VerifyResult(tokens, accepted, self.usage(call, reply, len(draft), accepted))
+        return VerifyResult(tokens, accepted, self.usage(call, reply, len(draft), accepted),
+                            lps[:len(tokens)] if len(lps) >= len(tokens) else ())
 
 
 @dataclass(slots=True)
@@ -91,3 +97,11 @@ class NativeVerifySession(TritonLmSession):
     async def verify(self, req: VerifyRequest) -> VerifyResult:
         assert isinstance(self.lm, NativeVerifyLM)
         return await self.lm.verify(self, req)
+
+
+@dataclass(slots=True)
+class ProposingVerifySession(NativeVerifySession):
+    """A target request on the torch sub-model: a TokenVerifier and a DraftProposer (CoS's target proposes)."""
+
+    async def propose(self, req: ProposeRequest) -> ProposeResult:
+        return await self.lm.propose(self, req)
