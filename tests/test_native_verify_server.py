@@ -7,11 +7,14 @@ token-identical at T = 0 and at T > 0 (the same uniforms: both draw from
 numpy's default_rng(seed)), over sd-like rounds on one session (so the server's cache is reused
 and cropped between rounds); a deliberately wrong rule (swapped ratio, accept-all) disagrees.
 Also: bytes moved per sd / cos round and per GSI step before (context logits, one request per
-proposed token or candidate) and after, with the same greedy output.
+proposed token or candidate) and after, with the same greedy output; greedy RSD with the
+draft hint through the server writes the same text with fewer target forwards.
 """
 from __future__ import annotations
 
 import asyncio
+import re
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -25,6 +28,7 @@ from runtime.core.sampling import adjust, process, sample
 from runtime.core.types import LogitRules, LogitsRequest, VerifyRequest
 from runtime.engines.triton.lm import TritonLM
 from runtime.task import heldout_problems
+from support.hints import without_hints
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
@@ -228,3 +232,37 @@ def test_bytes_per_round_drop_and_the_output_stays(server, local, method: str, t
     assert per_round < old_per_round / 3
     if method in ("sd", "cos"):  # a proposal is one draft request, not one per token
         assert new_requests["draft"] < old_requests["draft"] / 2
+
+
+# ---- the draft hint over the BLS ----
+
+def _forwards(cfg) -> float:  # type: ignore[no-untyped-def]
+    with urllib.request.urlopen(f"http://127.0.0.1:{cfg.metrics_port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    match = re.search(r'^rsd_engine_forwards\{model="target"\} ([0-9.eE+]+)$', text, re.M)
+    assert match, "no target forwards metric"
+    return float(match.group(1))
+
+
+def test_greedy_rsd_over_the_server_writes_the_same_text_with_the_hint_in_fewer_target_forwards(server, local) -> None:
+    from runtime.clients.client import RsdClient
+
+    problems = heldout_problems(24)
+    params = {"method": "rsd", "threshold": 0.9}
+    runs, forwards = [], []
+    for hinted in (True, False):
+        start = _forwards(server)
+
+        async def work(pipeline: Any, _: Metered) -> list[Any]:
+            pipe = pipeline if hinted else without_hints(pipeline)
+            return [await pipe.generate(p.question, params) for p in problems]
+
+        runs.append(on_server(server, work))
+        forwards.append(_forwards(server) - start)
+    hinted_texts, plain_texts = ([r.text for r in rs] for rs in runs)
+    assert hinted_texts == plain_texts == [local.generate_sync(p.question, params).text for p in problems]
+    assert sum(s.source == "target" for r in runs[1] for s in r.steps) >= 10  # the target rewrites steps
+    print(f"\nrsd over the BLS: target forwards {forwards[1]:.0f} without the hint, {forwards[0]:.0f} with it")
+    assert forwards[0] < 0.6 * forwards[1], forwards
+    client = RsdClient(f"127.0.0.1:{server.grpc_port}", "grpc", timeout_s=60.0)  # the real rsd BLS model
+    assert [client.generate(p.question, params).text for p in problems[:6]] == hinted_texts[:6]

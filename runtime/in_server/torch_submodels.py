@@ -8,10 +8,11 @@ cannot tell the sub-model that a request ended, so an abandoned request's sessio
 when it is evicted instead of leaking.
 
 What a request is (`LmSubModel._route`), on TensorRT-LLM's names, all on the request's cache:
-  draft_input_ids, request_output_len = len(draft) + 1: verification (TensorRT-LLM's
+  draft_input_ids, request_output_len = len(draft) + 1, no stop words: verification (TensorRT-LLM's
       draft_tokens_external target): accepted tokens + the corrected or bonus token;
-  draft_input_ids on a longer generation request: a greedy step that checks them first, then
-      decodes on to the step end (TensorRT-LLM verifies, then generates); ignored when sampling;
+  draft_input_ids on a step's generation request (it has stop words): a greedy step that checks
+      them first, then decodes on to the step end (TensorRT-LLM verifies, then generates); ignored
+      when sampling;
   draft_input_ids + return_generation_logits: the logits rows after input_ids and each draft token;
   return_generation_logits alone: request_output_len tokens (a token-level proposal) and their rows;
   continuation_ids (ours): the log-prob of each continuation, in one request;
@@ -120,11 +121,11 @@ class LmSubModel:
             return self._context_logits
         if call.draft_ids and call.generation_logits:
             return self._rows
-        if call.draft_ids and call.output_len == len(call.draft_ids) + 1:
+        if call.draft_ids and call.output_len == len(call.draft_ids) + 1 and not call.stop_words:
             return self._verify
         if call.generation_logits:
             return self._propose
-        return self._generate  # draft tokens on a longer request: a hint (StepRequest.draft_tokens)
+        return self._generate  # draft tokens on a step's request (stop words): a hint (StepRequest.draft_tokens)
 
     def _rules(self, call: LmCall) -> LogitRules:
         ends = self.lm.segmenter.eos_ids if call.min_tokens > 0 else frozenset()  # type: ignore[attr-defined]

@@ -15,6 +15,9 @@
 - propose (sd, CoS; torch sub-model only): a token-level proposal in one generation request with
   its `generation_logits` (TensorRT-LLM's sampler is not the core's rule, so its draft proposes a
   token per logits request and the core draws it).
+- a greedy step's draft hint (StepRequest.draft_tokens) goes as draft_input_ids on the generation
+  request to the torch sub-model, which checks it and decodes on to the step end (a TensorRT-LLM
+  target without draft_tokens_external would ignore it: it is not sent there).
 Usage (prefill / decode tokens, forwards) is what the sub-model reports in its reply; for a
 TensorRT-LLM engine, which reports none, it is derived from what the engine returns
 (`runtime.engines.triton.usage`). A request's session (`TritonLM.open`) holds only its key,
@@ -29,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from runtime.core.errors import EngineError
-from runtime.core.sampling import log_softmax
+from runtime.core.sampling import is_greedy, log_softmax
 from runtime.core.segment import StepSegmenter
 from runtime.core.types import (
     Finish,
@@ -100,8 +103,11 @@ class TritonLM:
                       **extra)
 
     async def generate(self, session: TritonLmSession, req: StepRequest) -> GenerateResult:
+        # a hint (greedy only) on a request with stop words, which a verification never has
+        greedy = req.n == 1 and is_greedy(req.temperature, req.top_k)
+        hint = req.draft_tokens[:req.max_new_tokens] if self.on_cache and greedy and self.stop_words else ()
         call = self._ruled(req.prefix, req.max_new_tokens, req.n, req.temperature, req.top_p, req.seed, req.top_k,
-                           req.rules, req.min_new_tokens, logprobs=req.want_logprobs)
+                           req.rules, req.min_new_tokens, logprobs=req.want_logprobs, draft_ids=hint)
         reply = await self._call(session.key, call)
         if len(reply.sequences) != req.n:
             raise EngineError(f"{self.model} returned {len(reply.sequences)} sequences, asked for {req.n}")
