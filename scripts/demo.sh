@@ -26,7 +26,7 @@ fi
 shift $(( $# > 0 ? 1 : 0 ))
 PROMPTS=("$@")
 if [[ ${#PROMPTS[@]} -eq 0 ]]; then
-  PROMPTS=("What is 72+7-5-8?" "What is 62-5+8+8+1?" "What is 87-5-2+7+7-8?")
+  PROMPTS=("What is 80-9+3+9?" "What is 72+7-5-8?" "What is 87-5-2+7+7-8?")
 fi
 PROMPT=${PROMPTS[0]}
 read -r HTTP GRPC METRICS OPENAI < <("$PY" -c 'from runtime.deploy.server import free_ports; print(*free_ports(4))')

@@ -31,7 +31,8 @@ fi
 # The editable install records this checkout; reinstall when pyproject.toml changed since.
 STAMP=$VENV/.rsd-installed
 if [[ -f $STAMP && $STAMP -nt pyproject.toml ]] && "$VENV/bin/python" -c "import runtime, pytriton, tritonclient.grpc" 2>/dev/null \
-   && [[ $("$VENV/bin/python" -c 'import runtime,os;print(os.path.dirname(os.path.dirname(runtime.__file__)))') == "$ROOT" ]]; then
+   && [[ $("$VENV/bin/python" -c 'import runtime,os;print(os.path.dirname(os.path.dirname(runtime.__file__)))') == "$ROOT" ]] \
+   && "$VENV/bin/rsd" --help >/dev/null 2>&1; then  # the console script follows its entry point
   say "project already installed (editable, $ROOT)"
 else
   say "installing the project: pip install -e '.[torch,serve,eval,dev]'"

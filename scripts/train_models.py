@@ -4,7 +4,9 @@
 
 Stages (each saved as a Hugging Face folder under --cache, so one stage can be re-run alone):
 - target: an 8-layer LM, trained, then grown to 16 layers (identity-initialised layers interleaved)
-  and fine-tuned: deep, because on a CPU per-token decode time grows with depth, not width;
+  and fine-tuned: deep, because on a CPU per-token decode time grows with depth, not width, and
+  wide (96), because FLOPs grow with width while CPU decode time hardly does (the draft's and the
+  PRM's FLOPs are then a small share of what RSD spends);
 - draft: a small LM run; its checkpoint nearest DRAFT_GOAL validation accuracy (train split) is the
   draft, its final state (about 100% validation accuracy) the PRM's starting point;
 - prm: labelled data from the exact draft checkpoint (its greedy and temperature-1 continuations
@@ -33,13 +35,13 @@ from prm_train import PrmLoss, PrmModel, deepen, gold_examples, label_completion
 from runtime.task import generate_problems
 from tinylm import SEP, build_tokenizer, llama_config, save_generator
 
-TARGET_BASE = LmSpec(hidden=64, layers=8, heads=4, ffn=128, steps=750, lr=3e-3)
-TARGET_TUNE = LmSpec(hidden=64, layers=16, heads=4, ffn=128, steps=80, lr=2e-4)  # after growing
+TARGET_BASE = LmSpec(hidden=96, layers=8, heads=4, ffn=192, steps=750, lr=3e-3)
+TARGET_TUNE = LmSpec(hidden=96, layers=16, heads=4, ffn=192, steps=80, lr=2e-4)  # after growing
 SMALL = LmSpec(hidden=48, layers=2, heads=4, ffn=96, steps=1600, lr=5e-3)
 PRM = LmSpec(hidden=48, layers=4, heads=4, ffn=96, steps=1600, lr=3e-3)  # hidden must equal SMALL's
 PRM_EXTRA_LAYERS = 2
 PRM_LOSS = PrmLoss(dense=1.0, negative=2.0, gold_token=1.0, lm=0.2)
-DRAFT_GOAL = 0.70  # greedy accuracy on validation problems (train split) the draft is picked for
+DRAFT_GOAL = 0.80  # greedy accuracy on validation problems (train split) the draft is picked for
 VALIDATE_EVERY = 25
 VALIDATE_FROM = 300  # the small LM is far from the goal before this step
 VALIDATION_PROBLEMS = 100

@@ -118,7 +118,7 @@ def test_sampled_steps_ignore_the_hint(pipeline) -> None:  # type: ignore[no-unt
 
 def test_greedy_rsd_writes_the_same_text_with_the_hint_in_fewer_target_forwards(pipeline) -> None:  # type: ignore[no-untyped-def]
     problems = heldout_problems(40)
-    params = {"method": "rsd", "threshold": 0.9}
+    params = {"method": "rsd", "threshold": 0.95}
     forwards = []
     runs = []
     for pipe in (pipeline, without_hints(pipeline)):
@@ -129,7 +129,7 @@ def test_greedy_rsd_writes_the_same_text_with_the_hint_in_fewer_target_forwards(
     hinted, plain = runs
     assert [r.text for r in hinted] == [r.text for r in plain]
     rewrites = sum(s.source == "target" for r in plain for s in r.steps)
-    assert rewrites >= 20  # the threshold makes the target rewrite steps
+    assert rewrites >= 15  # the threshold makes the target rewrite steps
     decode = [sum(r.stats["models"]["target"]["decode_tokens"] for r in rs if "target" in r.stats["models"])
               for rs in runs]
     assert forwards[0] < 0.6 * forwards[1] and decode[0] < 0.6 * decode[1], (forwards, decode)
