@@ -140,7 +140,7 @@ async def _rounds(local, remote_target, problem: str, temperature: float, seed: 
             for _ in range(GAMMA):
                 ids = prefix + tuple(tokens)
                 row = (await draft.logits(LogitsRequest(ids, 1))).logits[0]
-                q = process(adjust(row, rules, ids), temperature, 0.9)
+                q = process(adjust(row, rules, ids), PROPOSAL_TEMPERATURE, 0.9)
                 tokens.append(sample(q, rng))
                 probs.append(q)
             req = VerifyRequest(prefix, tuple(tokens), np.stack(probs), temperature, 0.9,
@@ -154,6 +154,12 @@ async def _rounds(local, remote_target, problem: str, temperature: float, seed: 
         draft.close()
         target.close()
     return out
+
+
+# Proposals are drawn hotter than the target verifies (a valid proposal: q is what they were drawn
+# from), so that rejections at the first token, at later ones, and none all occur even with a
+# draft that mostly agrees with the target.
+PROPOSAL_TEMPERATURE = 3.0
 
 
 def _collect(cfg, local, temperature: float, rules: LogitRules = LogitRules(), problems: int = 12):  # type: ignore[no-untyped-def]
