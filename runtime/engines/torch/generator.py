@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from runtime.core.sampling import is_greedy
 from runtime.core.segment import StepSegmenter, TokenStep
 from runtime.core.types import (
     Finish,
@@ -241,7 +242,7 @@ class LmSession:
 def _hint(req: StepRequest) -> tuple[int, ...]:
     """The draft tokens worth checking: only a greedy single candidate follows them (at T > 0 the
     step is a sample, which a proposal must not change), never past the step's cap."""
-    greedy = req.temperature == 0.0 or req.top_k == 1
+    greedy = is_greedy(req.temperature, req.top_k)
     return req.draft_tokens[:req.max_new_tokens] if greedy and req.n == 1 else ()
 
 

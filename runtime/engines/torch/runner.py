@@ -19,9 +19,9 @@ from typing import Union
 
 import torch
 
+from runtime.core.sampling import is_greedy
 from runtime.engines.torch.kvcache import KVArena, SeqCache
 from runtime.engines.torch.sampling import RuleState, sample_token
-
 
 IDLE_ROWS = 16  # most idle rows a decode batch carries to stay a view of the arena
 
@@ -37,7 +37,7 @@ class Sampler:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0 or self.top_k == 1
+        return is_greedy(self.temperature, self.top_k)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from runtime.core.sampling import ends_with
+from runtime.core.sampling import ends_with, is_greedy
 from runtime.core.types import LogitRules
 
 
@@ -69,7 +69,7 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generat
                  top_k: int = 0) -> tuple[int, float]:
     """Sample one token from a [vocab] float32 row (already adjusted); returns (token, log-prob under
     the sampled distribution). Greedy at T == 0 or top_k == 1, reporting the untempered log-prob."""
-    if temperature == 0.0 or top_k == 1:
+    if is_greedy(temperature, top_k):
         token = int(torch.argmax(logits))
         return token, float(torch.log_softmax(logits, -1)[token])
     probs = torch.softmax(logits / temperature, -1)
