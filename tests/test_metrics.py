@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 
 from runtime.core.types import StepEvent
-from runtime.in_server.metrics import SECONDS_BUCKETS, EngineMetrics, RsdMetrics
+from runtime.in_server.metrics import SECONDS_BUCKETS, BufferedFactory, EngineMetrics, RsdMetrics
 
 
 class Recorded:
@@ -75,3 +75,65 @@ def test_engine_running_totals_become_counter_increments():
     assert factory.metrics["rsd_engine_forwards,model=draft"].value == 5
     assert factory.metrics["rsd_engine_batched_rows,model=draft"].value == 9
     assert factory.metrics["rsd_engine_forwards,model=draft"].kind == "counter"
+
+
+class CountingFactory(Factory):
+    """Counts the operations that reach the real metrics (each is an IPC round trip in the server)."""
+
+    def __init__(self):
+        super().__init__()
+        self.operations = 0
+
+    def metric(self, name, description, kind, labels, buckets=None):
+        real = super().metric(name, description, kind, labels, buckets)
+        factory = self
+
+        class Counted:
+            def increment(self, v):
+                factory.operations += 1
+                real.increment(v)
+
+            def set(self, v):
+                factory.operations += 1
+                real.set(v)
+
+            def observe(self, v):
+                factory.operations += 1
+                real.observe(v)
+
+        return Counted()
+
+
+def test_buffered_metrics_apply_summed_counters_last_gauges_and_every_observation():
+    real = CountingFactory()
+    buffered = BufferedFactory(real, interval_s=60.0)  # no timed flush during the test
+    metrics = RsdMetrics(buffered)
+    for _ in range(50):
+        clock = metrics.request_started()
+        metrics.observe_submodel_call("draft", 0.002)
+        metrics.request_ended("rsd", "ok", clock)
+    metrics.metric("rsd_engine_forwards", model="prm").increment(0)
+    assert real.metrics == {} and real.operations == 0  # nothing applied yet: the hot path only appends
+    buffered.flush()
+    m = real.metrics
+    assert m["rsd_requests_total,method=rsd,outcome=ok"].value == 50
+    assert m["rsd_requests_in_flight"].value == 0
+    assert len(m["rsd_submodel_call_duration_seconds,model=draft"].observed) == 50
+    assert len(m["rsd_request_duration_seconds,method=rsd"].observed) == 50
+    assert m["rsd_engine_forwards,model=prm"].value == 0  # created at 0, so the family is scraped
+    # 50 + 50 observations, one summed increment, one gauge set (not 100 sets and 50 increments)
+    assert real.operations == 100 + 1 + 1
+    metrics.metric("rsd_requests_total", method="rsd", outcome="ok").increment(2)
+    buffered.close()  # the model's finalize applies what is left
+    assert m["rsd_requests_total,method=rsd,outcome=ok"].value == 52
+
+
+def test_buffered_metrics_flush_on_their_own_thread():
+    real = Factory()
+    buffered = BufferedFactory(real, interval_s=0.02)
+    buffered.metric("rsd_steps_total", "", "counter", {"method": "rsd"}).increment(3)
+    deadline = time.monotonic() + 5
+    while "rsd_steps_total,method=rsd" not in real.metrics and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert real.metrics["rsd_steps_total,method=rsd"].value == 3
+    buffered.close()

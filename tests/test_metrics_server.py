@@ -3,11 +3,11 @@ running totals are counters (their # TYPE lines), and the sub-model call histogr
 from __future__ import annotations
 
 import re
-import urllib.request
 
 import pytest
 
 from runtime.clients.client import RsdClient
+from support.scrape import metrics_text
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -23,8 +23,7 @@ Sample = tuple[str, frozenset[tuple[str, str]], float]
 
 def scrape(server) -> tuple[list[Sample], dict[str, str]]:
     """Samples (name, labels, value), and each family's # TYPE."""
-    with urllib.request.urlopen(server.metrics_url, timeout=10) as resp:
-        text = resp.read().decode()
+    text = metrics_text(server.metrics_url)
     samples, types = [], {}
     for line in text.splitlines():
         kind = re.match(r"^# TYPE (rsd_\w+) (\w+)$", line)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -29,6 +28,7 @@ from runtime.core.types import LogitRules, LogitsRequest, VerifyRequest
 from runtime.engines.triton.lm import TritonLM
 from runtime.task import heldout_problems
 from support.hints import without_hints
+from support.scrape import metrics_text
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
@@ -243,8 +243,7 @@ def test_bytes_per_round_drop_and_the_output_stays(server, local, method: str, t
 # ---- the draft hint over the BLS ----
 
 def _forwards(cfg) -> float:  # type: ignore[no-untyped-def]
-    with urllib.request.urlopen(f"http://127.0.0.1:{cfg.metrics_port}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
+    text = metrics_text(f"http://127.0.0.1:{cfg.metrics_port}/metrics")
     match = re.search(r'^rsd_engine_forwards\{model="target"\} ([0-9.eE+]+)$', text, re.M)
     assert match, "no target forwards metric"
     return float(match.group(1))

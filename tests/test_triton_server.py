@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from runtime.clients.client import RsdClient, ServerError
+from support.scrape import metrics_text
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -32,8 +32,7 @@ def http(server, timeout: float = TIMEOUT) -> RsdClient:
 
 
 def scrape(server) -> dict[str, float]:
-    with urllib.request.urlopen(server.metrics_url, timeout=10) as resp:
-        text = resp.read().decode()
+    text = metrics_text(server.metrics_url)
     samples = {}
     for line in text.splitlines():
         match = re.match(r"^(rsd_[^ ]+) ([0-9.eE+-]+|NaN)$", line)

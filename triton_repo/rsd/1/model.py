@@ -8,7 +8,7 @@ from runtime.assembly.bls import SubModels, build_bls_pipeline, parse_block_size
 from runtime.config import load_config
 from runtime.in_server import host
 from runtime.in_server.bls import RsdService, drain_flag
-from runtime.in_server.metrics import RsdMetrics
+from runtime.in_server.metrics import BufferedFactory, RsdMetrics
 
 
 class TritonPythonModel:
@@ -17,7 +17,8 @@ class TritonPythonModel:
         host.configure_logging()
         self.loop = host.StubLoop(args["model_name"], int(host.require(params, "bls_threads")))
         backend = host.require(params, "submodel_backend")
-        metrics = RsdMetrics(host.PbMetricFactory())
+        self.metrics = BufferedFactory(host.PbMetricFactory())
+        metrics = RsdMetrics(self.metrics)
         timeout_s = float(host.require(params, "sub_request_timeout_s"))
         self.transport = transport = host.submodel_transport(timeout_s, host.internal_token(), backend == "trtllm",
                                                              metrics.observe_submodel_call)
@@ -37,3 +38,4 @@ class TritonPythonModel:
         # `rsd serve` drained the server before stopping it; what still runs here gets an error.
         close = getattr(self.transport, "close", None)
         self.loop.shutdown(grace_s=5.0, closing=close() if close is not None else None)
+        self.metrics.close()

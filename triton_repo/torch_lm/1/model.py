@@ -5,7 +5,7 @@ so concurrent requests meet in the engine's in-flight batcher (runtime.in_server
 """
 from runtime.config import load_config
 from runtime.in_server import host
-from runtime.in_server.metrics import EngineMetrics
+from runtime.in_server.metrics import BufferedFactory, EngineMetrics
 from runtime.in_server.torch_submodels import build_lm_submodel
 
 
@@ -16,7 +16,8 @@ class TritonPythonModel:
         cfg = load_config(host.require(params, "pipeline_config"))
         self.model = build_lm_submodel(cfg, host.require(params, "role"), int(host.require(params, "cache_requests")),
                                        int(host.require(params, "torch_threads")))
-        self.model.counters = EngineMetrics(host.PbMetricFactory(), args["model_name"])
+        self.metrics = BufferedFactory(host.PbMetricFactory())
+        self.model.counters = EngineMetrics(self.metrics, args["model_name"])
         self.guard = host.Guard(args["model_name"], host.internal_token())
         self.loop = host.StubLoop(args["model_name"])
 
@@ -27,3 +28,4 @@ class TritonPythonModel:
 
     def finalize(self):
         self.loop.shutdown(grace_s=5.0)
+        self.metrics.close()
