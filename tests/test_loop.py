@@ -26,7 +26,10 @@ def pipeline(draft=None, target=None, prm=None, max_len: int = 1000) -> Pipeline
 
 
 def scripted(rewards=(0.9,)):  # type: ignore[no-untyped-def]
-    draft, target, prm = ScriptedLM(TOK, DRAFT_STEPS), ScriptedLM(TOK, TARGET_STEPS), FakePRM(rewards)
+    # the draft's step follows the prefix (its delimiters), so RSD's early next-step call
+    # (runtime.core.lookahead) gets the step a call after the accepted prefix would get
+    draft = ScriptedLM(TOK, DRAFT_STEPS, by_step_index=True)
+    target, prm = ScriptedLM(TOK, TARGET_STEPS), FakePRM(rewards)
     return draft, target, prm, pipeline(draft, target, prm)
 
 
@@ -40,7 +43,11 @@ def test_rsd_accepts_by_threshold_and_regenerates_from_the_same_prefix() -> None
     assert result.finish_reason == "max_steps"
     # the target regenerated step 2 from exactly the prefix the rejected draft step started from
     assert target.prefixes[0] == draft.prefixes[1]
-    assert (draft.calls["generate"], prm.calls["reward"], target.calls["generate"]) == (4, 4, 2)
+    # 5 draft calls: step 1 and step 3 are early calls made while the PRM scored the step before,
+    # the early call after step 1 ("ba", rejected) was wasted and step 2 drafted afresh after "11"
+    assert (draft.calls["generate"], prm.calls["reward"], target.calls["generate"]) == (5, 4, 2)
+    assert draft.prefixes[2] == draft.prefixes[1] + tuple(TOK.encode("ba\n\n"))  # the wasted one
+    assert draft.prefixes[3] == draft.prefixes[1] + tuple(TOK.encode("11\n\n"))
     assert result.steps[1].draft_text == "ba\n\n"
     stats = result.stats
     assert stats["step_acceptance_rate"] == 0.5 and stats["target_calls"] == 2
@@ -214,14 +221,17 @@ def test_empty_and_too_long_prompts() -> None:
 
 def test_usage_and_flops_are_counted_per_model_call() -> None:
     """Hand-counted: the prompt "ab" is 2 tokens; both RSD steps are rejected, so the draft and then
-    the target each start step 1 from 2 tokens and step 2 from 2 + 3 (the target's "11\\n\\n").
+    the target each start step 1 from 2 tokens and step 2 from 2 + 3 (the target's "11\\n\\n");
+    the draft also ran one early call after its own rejected step 1 (2 + 3 tokens, "ab\\n\\n"),
+    wasted work that counts like any call (none after step 2: it is the last, max_steps 2).
     Scripted LMs report prefill = prefix length (1000 parameters), the PRM one token per candidate
     (500 parameters); FLOPs = 2 x parameters x processed tokens."""
     draft, target, prm, p = scripted(rewards=(0.2,))
     stats = p.generate_sync("b", {"method": "rsd", "max_steps": 2}).stats
     m = stats["models"]
-    for role in ("draft", "target"):
-        assert (m[role]["calls"], m[role]["prefill_tokens"], m[role]["generated_tokens"]) == (2, 2 + 5, 3 + 3)
-        assert m[role]["flops"] == 2 * 1000 * 7
+    assert (m["target"]["calls"], m["target"]["prefill_tokens"], m["target"]["generated_tokens"]) == (2, 2 + 5, 3 + 3)
+    assert m["target"]["flops"] == 2 * 1000 * 7
+    assert (m["draft"]["calls"], m["draft"]["prefill_tokens"], m["draft"]["generated_tokens"]) == (3, 2 + 5 + 5, 9)
+    assert m["draft"]["flops"] == 2 * 1000 * 12
     assert (m["prm"]["calls"], m["prm"]["prefill_tokens"], m["prm"]["flops"]) == (2, 2, 2 * 500 * 2)
-    assert stats["total_flops"] == 14000 + 14000 + 2000 and stats["target_calls"] == 2
+    assert stats["total_flops"] == 24000 + 14000 + 2000 and stats["target_calls"] == 2

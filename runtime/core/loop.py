@@ -21,13 +21,14 @@ import numpy as np
 
 from runtime.core.boxed import has_boxed
 from runtime.core.errors import EngineError, RequestValidationError
+from runtime.core.lookahead import Lookahead
 from runtime.core.methods import Engines, StepContext, get_method
 from runtime.core.params import RequestParams
 from runtime.core.protocols import Tokenizer
 from runtime.core.segment import StepSegmenter, prm_step_text
 from runtime.core.stats import RequestStats, draft_tokens
 from runtime.core.stopping import StopScanner, logit_rules
-from runtime.core.types import Finish, StepEvent, StepOutcome
+from runtime.core.types import Finish, Generation, StepEvent, StepOutcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,11 +50,26 @@ class RequestState:
     stats: RequestStats = field(default_factory=RequestStats)
     stops: StopScanner = field(default_factory=lambda: StopScanner(()))
 
-    def step_cap(self) -> int:
+    def step_cap(self, tokens: int | None = None) -> int:
+        """The next step's token cap, after `tokens` output tokens (default: those output so far)."""
         p = self.request.params
-        left_total = p.max_tokens - len(self.tokens)
-        left_context = self.max_len - len(self.request.prompt_ids) - len(self.tokens)
+        tokens = len(self.tokens) if tokens is None else tokens
+        left_total = p.max_tokens - tokens
+        left_context = self.max_len - len(self.request.prompt_ids) - tokens
         return max(0, min(p.max_step_tokens, left_total, left_context))
+
+    def after(self, gen: Generation, decode: Callable[[Sequence[int]], str]) -> tuple[int, int] | None:
+        """(token cap, min new tokens) of the step after `gen` if it were accepted as it is, or None
+        when it would end the request (StepContext.speculate). A stop string found in its text
+        counts as an end; one spanning two steps is missed (the early call is then cancelled)."""
+        p = self.request.params
+        tokens = len(self.tokens) + len(gen.token_ids)
+        text = decode(gen.token_ids) if p.stop_at_boxed or p.stop_words else ""
+        if any(w and w in text for w in p.stop_words):
+            return None
+        if self._reason(gen.finish, bool(gen.token_ids), text, tokens, len(self.steps) + 1) is not None:
+            return None
+        return self.step_cap(tokens), max(0, p.min_tokens - tokens)
 
     def commit(self, outcome: StepOutcome, text: str, draft_text: str | None, delimiter: str,
                decode: Callable[[Sequence[int]], str]) -> StepEvent:
@@ -78,19 +94,22 @@ class RequestState:
         """Hard limits (max_tokens, context, max_steps) always end the request; an end token or a
         boxed answer only once min_tokens tokens are out (an engine that cannot hold end tokens
         back, e.g. TensorRT-LLM on an EOS id other than end_id, then just goes on)."""
+        return self._reason(outcome.finish, bool(outcome.token_ids), text, len(self.tokens), len(self.steps))
+
+    def _reason(self, finish: Finish, wrote: bool, text: str, tokens: int, steps: int) -> str | None:
         p = self.request.params
-        short = len(self.tokens) < p.min_tokens
-        if outcome.finish == Finish.EOS and not short:
+        short = tokens < p.min_tokens
+        if finish == Finish.EOS and not short:
             return "eos"
         if p.stop_at_boxed and not short and has_boxed(text):
             return "boxed"
-        if len(self.tokens) >= p.max_tokens:
+        if tokens >= p.max_tokens:
             return "max_tokens"
-        if len(self.request.prompt_ids) + len(self.tokens) >= self.max_len:
+        if len(self.request.prompt_ids) + tokens >= self.max_len:
             return "context"
-        if len(self.steps) >= p.max_steps:
+        if steps >= p.max_steps:
             return "max_steps"
-        if not outcome.token_ids and outcome.finish == Finish.LENGTH:
+        if not wrote and finish == Finish.LENGTH:
             return "max_tokens"  # no room left to write anything
         return None
 
@@ -112,21 +131,26 @@ async def run_request(
         state = RequestState(request, max_len, stops=StopScanner(request.params.stop_words))
         rules = logit_rules(request.params, tokenizer)
         rng = np.random.default_rng(request.params.seed)
+        ahead = Lookahead(lambda role, usage: state.stats.observe_call(role, usage, engines.role(role).num_params))
         started = time.perf_counter()
-        while True:
-            ctx = StepContext(request.params, request.question,
-                              request.prompt_ids + tuple(state.tokens), tuple(state.steps), state.step_cap(),
-                              sessions, tokenizer, segmenter, rng, state.stats, rules, len(state.tokens))
-            outcome = await method.step(ctx)
-            text = tokenizer.decode(outcome.token_ids)
-            draft_text = tokenizer.decode(outcome.draft_token_ids) if outcome.draft_token_ids else None
-            event = state.commit(outcome, text, draft_text, segmenter.delimiter, tokenizer.decode)
-            if event.finished:
-                state.stats.wall_time_s = time.perf_counter() - started
-                event = _with_stats(event, state.stats)
-            yield event
-            if event.finished:
-                return
+        try:
+            while True:
+                ctx = StepContext(request.params, request.question,
+                                  request.prompt_ids + tuple(state.tokens), tuple(state.steps), state.step_cap(),
+                                  sessions, tokenizer, segmenter, rng, state.stats, rules, len(state.tokens),
+                                  ahead, lambda gen: state.after(gen, tokenizer.decode))
+                outcome = await method.step(ctx)
+                text = tokenizer.decode(outcome.token_ids)
+                draft_text = tokenizer.decode(outcome.draft_token_ids) if outcome.draft_token_ids else None
+                event = state.commit(outcome, text, draft_text, segmenter.delimiter, tokenizer.decode)
+                if event.finished:
+                    state.stats.wall_time_s = time.perf_counter() - started
+                    event = _with_stats(event, state.stats)
+                yield event
+                if event.finished:
+                    return
+        finally:
+            await ahead.close()  # nothing of this request in flight when its sessions close
 
 
 def _with_stats(event: StepEvent, stats: RequestStats) -> StepEvent:

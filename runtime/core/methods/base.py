@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from runtime.core.errors import EngineError, RequestValidationError
+from runtime.core.lookahead import Lookahead
 from runtime.core.params import RequestParams
 from runtime.core.protocols import (
     DraftProposer,
@@ -144,6 +145,9 @@ class StepContext:
     stats: RequestStats
     rules: LogitRules = NO_RULES  # the request's logit rules (runtime.core.loop.logit_rules)
     generated: int = 0  # tokens the request has output before this step
+    ahead: Lookahead | None = None  # calls started early for the next step (runtime.core.lookahead)
+    # (cap, min new tokens) of the next step if a generation were accepted now; None: it would end the request
+    next_step: Callable[[Generation], tuple[int, int] | None] | None = None
 
     def min_new_tokens(self, emitted: int = 0) -> int:
         """Tokens this step must still write before an end id may be drawn (`emitted` already)."""
@@ -173,15 +177,35 @@ class StepContext:
         req = StepRequest(self.prefix, n, p.temperature, p.top_p, self.max_new_tokens,
                           self.next_seed(), logprobs or p.return_log_probs, p.top_k, self.rules,
                           self.min_new_tokens(), draft_tokens)
-        result: GenerateResult = await self.sessions.role(role).generate(req)
+        early = await self.ahead.take(role, req) if self.ahead is not None else None
+        result: GenerateResult = early if early is not None else await self.sessions.role(role).generate(req)
         self._record(role, result.usage)
         if len(result.generations) != n:
             raise EngineError(f"{role} returned {len(result.generations)} generations, asked for {n}")
         return result.generations
 
+    def speculate(self, role: str, gen: Generation) -> None:
+        """Start `role`'s next step now, as if `gen` were accepted as it is (one StepRequest, as
+        `generate` will build it then); the next step's `generate` uses it if it asks the same.
+        Nothing when accepting `gen` would end the request."""
+        after = self.next_step(gen) if self.ahead is not None and self.next_step is not None else None
+        if after is None or self.ahead is None or self.ahead.pending(role):
+            return
+        cap, min_new = after
+        p = self.params
+        req = StepRequest(self.prefix + gen.token_ids, 1, p.temperature, p.top_p, cap, self.next_seed(),
+                          p.return_log_probs, p.top_k, self.rules, min_new)
+        self.ahead.start(role, req, self.sessions.role(role).generate(req))
+
+    async def _settled(self, role: str) -> Any:
+        """The role's session, once no early call is pending on it."""
+        if self.ahead is not None:
+            await self.ahead.settle(role)
+        return self.sessions.role(role)
+
     async def score(self, role: str, continuations: tuple[tuple[int, ...], ...], temperature: float) -> tuple[float, ...]:
         req = ScoreRequest(self.prefix, continuations, temperature)
-        result: ScoreResult = await self.sessions.role(role).score(req)
+        result: ScoreResult = await (await self._settled(role)).score(req)
         self._record(role, result.usage)
         return result.logprobs
 
@@ -194,7 +218,7 @@ class StepContext:
         return result.rewards
 
     async def logits(self, role: str, ids: tuple[int, ...], count: int) -> npt.NDArray[np.float32]:
-        result: LogitsResult = await self.sessions.role(role).logits(LogitsRequest(ids, count))
+        result: LogitsResult = await (await self._settled(role)).logits(LogitsRequest(ids, count))
         self._record(role, result.usage)
         rows: npt.NDArray[np.float32] = result.logits
         return rows
@@ -206,7 +230,7 @@ class StepContext:
         where `ends(tokens)` says the step would end. A DraftProposer session draws them in one call
         (q is recomputed here from its rows with the same rule); other sessions take one logits call
         per token, drawn here."""
-        session = self.sessions.role(role)
+        session = await self._settled(role)
         native = gamma > 0 and isinstance(session, DraftProposer)
         given: list[tuple[int, Any]] = []
         if native:
@@ -233,7 +257,7 @@ class StepContext:
         """(emitted tokens, accepted draft tokens, their log-probs if the verifier knows them)."""
         from runtime.core.verify import ReferenceVerifier  # local: verify imports this module's types
 
-        session = self.sessions.role(role)
+        session = await self._settled(role)
         verifier = session if isinstance(session, TokenVerifier) else ReferenceVerifier(session)
         p = self.params
         req = VerifyRequest(prefix, tokens, probs, p.temperature, p.top_p, self.next_seed(), p.top_k,

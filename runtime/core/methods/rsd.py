@@ -18,6 +18,9 @@ prefix it agrees with and its correction, and decodes on only from there. At T =
 exactly the target's greedy step, in fewer target forwards. At T > 0 RSD keeps plain target
 decoding: the rejected step is distributed as the draft conditioned on a low reward, not as the
 draft's own q, so no acceptance rule over it would leave the step distributed as P_target.
+Early next draft step (`StepContext.speculate`, runtime.core.lookahead): the draft writes step
+i + 1 after y while the PRM scores y; it is used when y is accepted (it is then a draft step
+after the accepted prefix, drawn with its own seed) and wasted when y is rejected.
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ class Rsd:
     async def step(self, ctx: StepContext) -> StepOutcome:
         p = ctx.params
         (draft,) = await ctx.generate("draft")
+        ctx.speculate("draft", draft)  # the next draft step runs while the PRM scores this one
         (reward,) = await ctx.rewards((draft.token_ids,))
         if omega.accept(p.omega, reward, p.threshold, p.omega_sharpness, ctx.rng):
             return StepOutcome(draft.token_ids, draft.finish, "draft", reward, accepted=True,
