@@ -10,13 +10,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
-from build_engines.cli import main as cli_main
-from build_engines.config import GpuArch, KvCacheDtype, Quantization, Role
-from build_engines.errors import ConfigError, GpuDetectionError, UnsupportedQuantizationError
-from build_engines.gpu import detect_gpu_arch
-from build_engines.plan import StepKind, Toolchain, make_plan
-from build_engines.yaml_config import Overrides, load_config, parse_config
 from engine_build_helpers import (
     CONFIGS,
     REPO,
@@ -26,6 +19,13 @@ from engine_build_helpers import (
     load_flag_spec,
     program_args,
 )
+
+from build_engines.cli import main as cli_main
+from build_engines.config import GpuArch, KvCacheDtype, Quantization, Role
+from build_engines.errors import ConfigError, GpuDetectionError, UnsupportedQuantizationError
+from build_engines.gpu import detect_gpu_arch
+from build_engines.plan import StepKind, Toolchain, make_plan
+from build_engines.yaml_config import Overrides, load_config, parse_config
 
 SPEC = load_flag_spec()
 SKYWORK = REPO / "configs" / "engines" / "qwen25-math-1.5b-7b-skywork.yaml"

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from engine_build_helpers import FakeRunner, engine_set_yaml, make_hf_model
 
 from build_engines.config import GpuArch, Quantization, Role
 from build_engines.errors import (
@@ -18,7 +19,6 @@ from build_engines.executor import execute
 from build_engines.manifest import ENGINE_MANIFEST
 from build_engines.plan import Toolchain, make_plan
 from build_engines.yaml_config import Overrides, parse_config
-from engine_build_helpers import FakeRunner, engine_set_yaml, make_hf_model
 
 TC = Toolchain(python="python3")
 VALUE_PRM = {"format": "value_head", "head_layout": "score_head", "separator_token_id": 3}

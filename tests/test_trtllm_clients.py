@@ -295,7 +295,7 @@ def test_what_cannot_be_served_is_an_error_naming_the_field_over_grpc_and_http(t
 @pytest.fixture(scope="module")
 def in_process(pipeline_config):
     """The same pipeline config on the in-process PyTorch engine."""
-    from runtime.config import load_config
     from runtime.assembly.torch import build_pipeline
+    from runtime.config import load_config
 
     return build_pipeline(load_config(pipeline_config))

@@ -131,7 +131,7 @@ def test_known_keys_and_required() -> None:
 
 
 def test_one_prm_format_type_everywhere() -> None:
-    from build_engines.config import PrmSpec, HeadLayout
+    from build_engines.config import HeadLayout, PrmSpec
     from runtime.config import PRM_FORMATS
     from runtime.engines.prm_format import PRM_FORMATS as HEAD_FORMATS
 

@@ -28,8 +28,8 @@ import numpy.typing as npt
 
 from runtime.core.methods.base import Needs, StepContext
 from runtime.core.params import RequestParams
-from runtime.core.segment import TokenStep
 from runtime.core.sampling import adjust, combine, is_greedy, residual, sample
+from runtime.core.segment import TokenStep
 from runtime.core.types import StepOutcome
 
 ROLES = ("draft", "target")
