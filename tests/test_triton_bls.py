@@ -306,3 +306,26 @@ def test_service_checks_end_id_against_the_tokenizer(pipelines):
     sink = _serve(bls, _inputs("2*3=", False, max_tokens=4, end_id=np.int32(7)), FakeSink())
     (error,) = sink.errors
     assert isinstance(error, RequestValidationError) and error.field == "end_id"
+
+
+def test_concurrent_requests_share_prm_sub_requests_and_keep_their_own_rewards(pipelines):
+    """PrmBatcher: the rows of concurrent requests go in one PRM sub-request (row_keys), each on its
+    own request's cache; every request still gets exactly the in-process rewards and text."""
+    torch_pipeline, bls_pipeline, _ = pipelines
+    prompts = ["1+1=", "what is 7-2?", "abc", "x=3, x+1=", "2+2=", "9-1=", "5+5=", "hello"]
+    params = {"method": "rsd", "threshold": 0.3, "max_tokens": 24}
+    expected = [torch_pipeline.generate_sync(p, params) for p in prompts]
+    batcher = bls_pipeline.engines.prm.batcher
+    sent, rows = batcher.sent, batcher.rows_sent
+
+    async def together():  # type: ignore[no-untyped-def]
+        return await asyncio.gather(*(bls_pipeline.generate(p, params) for p in prompts))
+
+    got = asyncio.run(together())
+    assert [g.text for g in got] == [e.text for e in expected]
+    for g, e in zip(got, expected):
+        assert [s.reward for s in g.steps] == pytest.approx([s.reward for s in e.steps], abs=1e-5)
+        assert g.stats["models"]["prm"] == pytest.approx(e.stats["models"]["prm"])  # usage split back per request
+    scored = sum(e.stats["steps_drafted"] for e in expected)
+    assert batcher.rows_sent - rows == scored
+    assert batcher.sent - sent < scored  # some sub-requests carried several requests' rows

@@ -317,3 +317,102 @@ def test_render_likelihood_prm(tmp_path, pipeline_config):
         assert (repo / "prm").exists() == served
         if served:  # the verifier is a language model: served from the torch_lm template
             assert 'key: "role" value: { string_value: "prm" }' in (repo / "prm" / "config.pbtxt").read_text()
+
+
+def test_prm_rows_of_several_requests_cross_the_contract():
+    call = contract.PrmCall(((1, 2, 3), (1, 2), (4,)), ((2,), (1,), (0,)), ("req-a", "req-b", "req-a"))
+    tensors = contract.prm_request_tensors(call)
+    assert tensors["row_keys"].dtype == np.object_
+    assert contract.parse_prm_request(tensors) == call
+    assert call.groups() == {"req-a": [0, 2], "req-b": [1]}
+    usage = [Usage(prefill_tokens=4, forwards=1), Usage(prefill_tokens=2, forwards=1), Usage()]
+    replies = [contract.prm_reply_tensors([[0.5], [0.1], [0.9]], usage)]
+    assert replies[0]["prefill_tokens"].shape == (3, 1)
+    assert contract.parse_row_usage(replies, 3) == usage
+    with pytest.raises(EngineError, match="usage for"):
+        contract.parse_row_usage(replies, 2)
+    with pytest.raises(EngineError, match="row_keys"):
+        contract.parse_prm_request({**tensors, "row_keys": tensors["row_keys"][:2]})
+
+
+class _PrmTransport:
+    """Answers PRM sub-requests with reward = 0.1 x the row's last token, after a pause."""
+
+    def __init__(self, fail: bool = False):
+        self.calls: list[contract.PrmCall] = []
+        self.fail = fail
+
+    async def infer(self, model, inputs, outputs, request_id):  # type: ignore[no-untyped-def]
+        import asyncio
+
+        call = contract.parse_prm_request(inputs)
+        self.calls.append(call)
+        await asyncio.sleep(0.01)
+        if self.fail:
+            raise EngineError(f"{model}: down")
+        rewards = [[0.1 * row[p] for p in pos] for row, pos in zip(call.rows, call.positions)]
+        usage = [Usage(prefill_tokens=len(row), forwards=1) for row in call.rows]
+        return [contract.prm_reply_tensors(rewards, usage)]
+
+
+def test_prm_batcher_sends_waiting_rows_together_and_hands_each_request_its_own():
+    import asyncio
+
+    from runtime.engines.triton.prm import PrmBatcher
+
+    transport = _PrmTransport()
+    batcher = PrmBatcher("prm", transport, max_rows=4)
+
+    async def run():  # type: ignore[no-untyped-def]
+        return await asyncio.gather(*(batcher.score(f"r{i}", ((9, i),), ((1,),)) for i in range(6)))
+
+    results = asyncio.run(run())
+    assert [r[0][0][0] for r in results] == pytest.approx([0.1 * i for i in range(6)])
+    assert [r[1] for r in results] == [Usage(prefill_tokens=2, forwards=1)] * 6
+    # all six arrived together: at most max_rows rows a sub-request, each row tagged with its request
+    assert [len(c.rows) for c in transport.calls] == [4, 2]
+    assert transport.calls[0].keys == ("r0", "r1", "r2", "r3")
+    lone = asyncio.run(batcher.score("solo", ((1, 2, 3), (1, 2, 4)), ((2,), (2,))))  # a lone request goes at once
+    assert sum(lone[0], []) == pytest.approx([0.3, 0.4]) and transport.calls[-1].keys == ("solo", "solo")
+
+
+def test_prm_batcher_fails_every_waiting_request_when_the_sub_request_fails():
+    import asyncio
+
+    from runtime.engines.triton.prm import PrmBatcher
+
+    batcher = PrmBatcher("prm", _PrmTransport(fail=True))
+
+    async def run():  # type: ignore[no-untyped-def]
+        return await asyncio.gather(*(batcher.score(f"r{i}", ((1, 2),), ((1,),)) for i in range(3)),
+                                    return_exceptions=True)
+
+    errors = asyncio.run(run())
+    assert all(isinstance(e, EngineError) and "down" in str(e) for e in errors)
+    assert batcher._task is None and not batcher._queue  # nothing left behind for the next request
+
+
+def test_prm_batcher_waits_briefly_for_the_other_open_requests_rows():
+    import asyncio
+    import time
+
+    from runtime.engines.triton.prm import PrmBatcher
+
+    transport = _PrmTransport()
+    batcher = PrmBatcher("prm", transport, max_wait_s=0.5)
+    batcher.open_requests = 3
+
+    async def late(i: int, delay: float):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(delay)
+        return await batcher.score(f"r{i}", ((1, i),), ((1,),))
+
+    async def run():  # type: ignore[no-untyped-def]
+        return await asyncio.gather(late(0, 0.0), late(1, 0.005), late(2, 0.01))
+
+    results = asyncio.run(run())
+    assert [len(c.rows) for c in transport.calls] == [3]  # the first row waited for the two others
+    assert [r[0][0][0] for r in results] == pytest.approx([0.0, 0.1, 0.2])
+    batcher.max_wait_s = 0.05  # a request that never sends rows holds the others up at most max_wait_s
+    started = time.monotonic()
+    asyncio.run(batcher.score("alone", ((1, 2),), ((1,),)))
+    assert 0.04 < time.monotonic() - started < 0.5 and len(transport.calls[-1].rows) == 1

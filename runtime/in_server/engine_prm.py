@@ -95,10 +95,17 @@ class EnginePrm:
 
     async def handle(self, tensors: Mapping[str, np.ndarray], key: str) -> dict[str, np.ndarray]:
         call = parse_prm_request(tensors)
-        scored = await asyncio.gather(*(self._row(row, positions, key)
-                                        for row, positions in zip(call.rows, call.positions)))
-        usage = Usage(prefill_tokens=sum(ran for _, ran in scored), forwards=1)
-        return prm_reply_tensors([rewards for rewards, _ in scored], usage)
+        keys = call.keys or (key,) * len(call.rows)
+        scored = await asyncio.gather(*(self._row(row, positions, row_key)
+                                        for row, positions, row_key in zip(call.rows, call.positions, keys)))
+        rewards = [r for r, _ in scored]
+        if not call.keys:
+            return prm_reply_tensors(rewards, Usage(prefill_tokens=sum(ran for _, ran in scored), forwards=1))
+        # rows of several BLS requests (row_keys): each key's usage on its first row
+        usage_rows = [Usage() for _ in call.rows]
+        for rows in call.groups().values():
+            usage_rows[rows[0]] = Usage(prefill_tokens=sum(scored[i][1] for i in rows), forwards=1)
+        return prm_reply_tensors(rewards, usage_rows)
 
     async def _row(self, row: tuple[int, ...], positions: tuple[int, ...], key: str) -> tuple[list[float], int]:
         """The row's rewards, and the tokens the engine ran for it."""

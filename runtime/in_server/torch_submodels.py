@@ -27,6 +27,7 @@ takes the cut as it is.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections import OrderedDict
@@ -48,6 +49,7 @@ from runtime.core.types import (
     ProposeRequest,
     ScoreRequest,
     StepRequest,
+    Usage,
     VerifyRequest,
 )
 from runtime.engines.triton.contract import (
@@ -214,9 +216,26 @@ class PrmSubModel:
 
     async def handle(self, tensors: Mapping[str, np.ndarray], key: str) -> dict[str, np.ndarray]:
         call = parse_prm_request(tensors)
-        rewards, usage = await self.lru.session(key).rewards_at(call.rows, call.positions)
+        if not call.keys:
+            rewards, usage = await self.lru.session(key).rewards_at(call.rows, call.positions)
+            _report(self.prm, self.counters)
+            return prm_reply_tensors(rewards, usage)
+        # rows of several BLS requests: each key's rows on its own session, all in one forward
+        groups = call.groups()
+        if len(groups) > self.lru.bound:
+            raise EngineError(f"row_keys: {len(groups)} requests in one call, more than the {self.lru.bound} "
+                              f"sessions kept (cache_requests)")
+        sessions = [self.lru.session(k) for k in groups]
+        scored = await asyncio.gather(*(session.rewards_at([call.rows[i] for i in rows], [call.positions[i] for i in rows])
+                                        for session, rows in zip(sessions, groups.values())))
         _report(self.prm, self.counters)
-        return prm_reply_tensors(rewards, usage)
+        per_row: list[list[float]] = [[] for _ in call.rows]
+        usage_rows = [Usage() for _ in call.rows]
+        for rows, (rewards, usage) in zip(groups.values(), scored):
+            for i, reward in zip(rows, rewards):
+                per_row[i] = reward
+            usage_rows[rows[0]] = usage
+        return prm_reply_tensors(per_row, usage_rows)
 
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:

@@ -21,10 +21,14 @@ BLS cannot tell a `torch` sub-model from a `tensorrt_llm` one:
 TensorRT-LLM may answer n sequences as n responses tagged `sequence_index`; `parse_lm_reply`
 merges them. The PRM contract is ours (TensorRT-LLM has no reward model type):
   inputs  input_ids INT32 [B, L] (right-padded), input_lengths INT32 [B],
-          step_positions INT32 [B, P] (indices into each row, padded with -1)
+          step_positions INT32 [B, P] (indices into each row, padded with -1),
+          optional row_keys BYTES [B]: the BLS request each row belongs to (its cache key), when
+          one PRM request carries the rows of several (runtime.engines.triton.prm.PrmBatcher);
+          without it every row is the request's own (its request id)
   outputs step_rewards FP32 [B, P] (NaN where padded)
 Our own sub-models (torch_lm, torch_prm, trtllm_prm) also report what they ran for the request:
-  outputs prefill_tokens, decode_tokens, forwards INT64 [1, 1] (runtime.core.types.Usage)
+  outputs prefill_tokens, decode_tokens, forwards INT64 [1, 1] (runtime.core.types.Usage);
+          [B, 1] on a PRM request with row_keys: each key's usage on its first row, 0 on its others
 and torch_lm why each sequence ended, having cut it at the step's end itself:
   outputs finish_reason INT32 [1, n] (TensorRT-LLM's FinishReason codes: 1 end id, 2 stop word, 3 length)
 TensorRT-LLM reports no token counts: `runtime.engines.triton.usage` derives them.
@@ -94,6 +98,14 @@ class LmReply:
 class PrmCall:
     rows: tuple[tuple[int, ...], ...]  # [B][L_b]
     positions: tuple[tuple[int, ...], ...]  # [B][P_b]
+    keys: tuple[str, ...] = ()  # [B] each row's BLS request (row_keys); (): all the request's own
+
+    def groups(self) -> dict[str, list[int]]:
+        """Row indices by key, keys in order of first appearance (rows of one key stay in order)."""
+        out: dict[str, list[int]] = {}
+        for i, key in enumerate(self.keys):
+            out.setdefault(key, []).append(i)
+        return out
 
 
 def _scalar(value: float | int | bool, dtype: type) -> np.ndarray:
@@ -343,8 +355,11 @@ def prm_request_tensors(call: PrmCall) -> dict[str, np.ndarray]:
     for b, (row, p) in enumerate(zip(call.rows, call.positions)):
         ids[b, :len(row)] = row
         pos[b, :len(p)] = p
-    return {"input_ids": ids, "input_lengths": np.array([len(r) for r in call.rows], dtype=np.int32),
-            "step_positions": pos}
+    tensors = {"input_ids": ids, "input_lengths": np.array([len(r) for r in call.rows], dtype=np.int32),
+               "step_positions": pos}
+    if call.keys:
+        tensors["row_keys"] = np.array([key.encode() for key in call.keys], dtype=np.object_)
+    return tensors
 
 
 def parse_prm_request(t: Mapping[str, np.ndarray]) -> PrmCall:
@@ -357,14 +372,35 @@ def parse_prm_request(t: Mapping[str, np.ndarray]) -> PrmCall:
     for row, p in zip(rows, positions):
         if not p or max(p) >= len(row):
             raise EngineError(f"step_positions: {list(p)} out of range for a row of {len(row)} tokens")
-    return PrmCall(rows, positions)
+    keys: tuple[str, ...] = ()
+    if "row_keys" in t:
+        raw = np.asarray(t["row_keys"]).reshape(-1)
+        if raw.shape[0] != len(rows):
+            raise EngineError(f"row_keys: {raw.shape[0]} keys for {len(rows)} rows")
+        keys = tuple(k.decode() if isinstance(k, bytes) else str(k) for k in raw)
+    return PrmCall(rows, positions, keys)
 
 
-def prm_reply_tensors(rewards: Sequence[Sequence[float]], usage: Usage) -> dict[str, np.ndarray]:
+def prm_reply_tensors(rewards: Sequence[Sequence[float]], usage: Usage | Sequence[Usage]) -> dict[str, np.ndarray]:
+    """`usage`: the request's, or one per row (a request with row_keys)."""
     out = np.full((len(rewards), max(len(r) for r in rewards)), np.nan, dtype=np.float32)
     for b, row in enumerate(rewards):
         out[b, :len(row)] = row
-    return {"step_rewards": out, **usage_tensors(usage)}
+    if isinstance(usage, Usage):
+        return {"step_rewards": out, **usage_tensors(usage)}
+    per_row = {name: np.array([[getattr(u, name)] for u in usage], dtype=np.int64) for name in USAGE_OUTPUTS}
+    return {"step_rewards": out, **per_row}
+
+
+def parse_row_usage(responses: Sequence[Mapping[str, np.ndarray]], rows: int) -> list[Usage] | None:
+    """Per-row usage of a PRM request with row_keys ([B, 1] each), None if none is reported."""
+    found = [r for r in responses if all(name in r for name in USAGE_OUTPUTS)]
+    if not found:
+        return None
+    columns = {name: np.asarray(found[0][name]).reshape(-1) for name in USAGE_OUTPUTS}
+    if any(c.shape[0] != rows for c in columns.values()):
+        raise EngineError(f"the PRM reported usage for {[c.shape[0] for c in columns.values()]} rows, sent {rows}")
+    return [Usage(**{name: int(columns[name][b]) for name in USAGE_OUTPUTS}) for b in range(rows)]
 
 
 def parse_prm_reply(responses: Sequence[Mapping[str, np.ndarray]], call: PrmCall) -> list[list[float]]:
