@@ -2,8 +2,8 @@
 
 RSD drafts step k + 1 while the PRM scores step k (`Rsd.step`): when step k is accepted, as most
 are, the next draft step is already on its way, so the PRM's latency hides behind the draft's
-instead of adding to it (through a server the two run in different processes; at threshold 0
-RSD then costs about what draft-only costs). When step k is rejected, the early call was for a
+instead of adding to it (through a server the two run in different processes: BENCHMARKS.md,
+"The PRM off RSD's critical path"). When step k is rejected, the early call was for a
 prefix that will not happen: it is wasted work, recorded in the request's usage like any call.
 
 One pending call per role at most. Any later call on that role first settles it (the engine
@@ -26,7 +26,7 @@ from runtime.core.types import GenerateResult, StepRequest, Usage
 class Lookahead:
     record: Callable[[str, Usage], None]  # adds a call's usage to the request's stats
     _calls: dict[str, tuple[StepRequest, asyncio.Future[GenerateResult]]] = field(default_factory=dict)
-    started: int = 0  # early calls started, and how many of them were used (for tests and stats)
+    started: int = 0  # early calls started, and how many of them were used (tests)
     used: int = 0
 
     def start(self, role: str, req: StepRequest, call: Awaitable[GenerateResult]) -> None:
