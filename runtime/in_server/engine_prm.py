@@ -102,10 +102,9 @@ class EnginePrm:
         if not call.keys:
             return prm_reply_tensors(rewards, Usage(prefill_tokens=sum(ran for _, ran in scored), forwards=1))
         # rows of several BLS requests (row_keys): each key's usage on its first row
-        usage_rows = [Usage() for _ in call.rows]
-        for rows in call.groups().values():
-            usage_rows[rows[0]] = Usage(prefill_tokens=sum(scored[i][1] for i in rows), forwards=1)
-        return prm_reply_tensors(rewards, usage_rows)
+        per_key = [Usage(prefill_tokens=sum(scored[i][1] for i in rows), forwards=1)
+                   for rows in call.groups().values()]
+        return prm_reply_tensors(rewards, call.row_usage(per_key))
 
     async def _row(self, row: tuple[int, ...], positions: tuple[int, ...], key: str) -> tuple[list[float], int]:
         """The row's rewards, and the tokens the engine ran for it."""

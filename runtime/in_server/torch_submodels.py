@@ -49,7 +49,6 @@ from runtime.core.types import (
     ProposeRequest,
     ScoreRequest,
     StepRequest,
-    Usage,
     VerifyRequest,
 )
 from runtime.engines.triton.contract import (
@@ -226,16 +225,15 @@ class PrmSubModel:
             raise EngineError(f"row_keys: {len(groups)} requests in one call, more than the {self.lru.bound} "
                               f"sessions kept (cache_requests)")
         sessions = [self.lru.session(k) for k in groups]
-        scored = await asyncio.gather(*(session.rewards_at([call.rows[i] for i in rows], [call.positions[i] for i in rows])
-                                        for session, rows in zip(sessions, groups.values())))
+        scored = await asyncio.gather(*(
+            session.rewards_at([call.rows[i] for i in rows], [call.positions[i] for i in rows])
+            for session, rows in zip(sessions, groups.values())))
         _report(self.prm, self.counters)
         per_row: list[list[float]] = [[] for _ in call.rows]
-        usage_rows = [Usage() for _ in call.rows]
-        for rows, (rewards, usage) in zip(groups.values(), scored):
+        for rows, (rewards, _) in zip(groups.values(), scored):
             for i, reward in zip(rows, rewards):
                 per_row[i] = reward
-            usage_rows[rows[0]] = usage
-        return prm_reply_tensors(per_row, usage_rows)
+        return prm_reply_tensors(per_row, call.row_usage([usage for _, usage in scored]))
 
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:

@@ -170,13 +170,18 @@ class StepContext:
     def text(self, ids: tuple[int, ...]) -> str:
         return self.tokenizer.decode(ids)
 
+    def _step_request(self, prefix: tuple[int, ...], cap: int, min_new: int, n: int = 1, logprobs: bool = False,
+                      draft_tokens: tuple[int, ...] = ()) -> StepRequest:
+        """The one way a step request is built: `generate` now, `speculate` for the next step (an
+        early call is used only when it equals what `generate` builds then, seed aside)."""
+        p = self.params
+        return StepRequest(prefix, n, p.temperature, p.top_p, cap, self.next_seed(), logprobs or p.return_log_probs,
+                           p.top_k, self.rules, min_new, draft_tokens)
+
     async def generate(self, role: str, n: int = 1, logprobs: bool = False,
                        draft_tokens: tuple[int, ...] = ()) -> tuple[Generation, ...]:
         """`draft_tokens`: a proposal the engine may check in one pass (StepRequest.draft_tokens)."""
-        p = self.params
-        req = StepRequest(self.prefix, n, p.temperature, p.top_p, self.max_new_tokens,
-                          self.next_seed(), logprobs or p.return_log_probs, p.top_k, self.rules,
-                          self.min_new_tokens(), draft_tokens)
+        req = self._step_request(self.prefix, self.max_new_tokens, self.min_new_tokens(), n, logprobs, draft_tokens)
         early = await self.ahead.take(role, req) if self.ahead is not None else None
         result: GenerateResult = early if early is not None else await self.sessions.role(role).generate(req)
         self._record(role, result.usage)
@@ -185,16 +190,14 @@ class StepContext:
         return result.generations
 
     def speculate(self, role: str, gen: Generation) -> None:
-        """Start `role`'s next step now, as if `gen` were accepted as it is (one StepRequest, as
-        `generate` will build it then); the next step's `generate` uses it if it asks the same.
-        Nothing when accepting `gen` would end the request."""
-        after = self.next_step(gen) if self.ahead is not None and self.next_step is not None else None
-        if after is None or self.ahead is None or self.ahead.pending(role):
+        """Start `role`'s next step now, as if `gen` were accepted as it is; the next step's
+        `generate` uses it if it asks the same. Nothing when accepting `gen` would end the request."""
+        if self.ahead is None or self.next_step is None or self.ahead.pending(role):
             return
-        cap, min_new = after
-        p = self.params
-        req = StepRequest(self.prefix + gen.token_ids, 1, p.temperature, p.top_p, cap, self.next_seed(),
-                          p.return_log_probs, p.top_k, self.rules, min_new)
+        after = self.next_step(gen)
+        if after is None:
+            return
+        req = self._step_request(self.prefix + gen.token_ids, *after)
         self.ahead.start(role, req, self.sessions.role(role).generate(req))
 
     async def _settled(self, role: str) -> Any:

@@ -107,6 +107,13 @@ class PrmCall:
             out.setdefault(key, []).append(i)
         return out
 
+    def row_usage(self, per_key: Sequence[Usage]) -> list[Usage]:
+        """Per-row usage for the reply: each key's usage (in `groups` order) on its first row."""
+        rows = [Usage() for _ in self.rows]
+        for members, usage in zip(self.groups().values(), per_key):
+            rows[members[0]] = usage
+        return rows
+
 
 def _scalar(value: float | int | bool, dtype: type) -> np.ndarray:
     return np.array([[value]], dtype=dtype)
