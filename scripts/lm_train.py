@@ -59,6 +59,47 @@ def grow_interleaved(lm: torch.nn.Module) -> torch.nn.Module:
     return deeper
 
 
+def grow_wider(lm: torch.nn.Module, hidden: int, heads: int, ffn: int, seed: int) -> torch.nn.Module:
+    """The trained LM widened to `hidden` (more heads of the same size, more MLP units), same function.
+
+    A fresh random model of the new width gets the trained weights in its leading block. Weights
+    that write into the residual stream (embeddings, attention o_proj, MLP down_proj) are zero
+    outside that block, so the new stream dimensions start at 0 and the new heads and MLP units
+    add nothing; weights that read the stream keep their random values there (they read zeros
+    now, and give training a gradient to move the new parts). RMSNorm divides by the root mean
+    square over all dimensions, so its trained weights are scaled by sqrt(old / new) and its eps
+    by old / new to cancel the zeros. The head size, hence the rotary frequencies, is unchanged.
+    """
+    import copy
+
+    from transformers import LlamaForCausalLM
+
+    old = lm.config
+    head_dim = old.hidden_size // old.num_attention_heads
+    assert hidden // heads == head_dim and hidden >= old.hidden_size and ffn >= old.intermediate_size, \
+        "widening keeps the head size and never shrinks"
+    config = copy.deepcopy(old)
+    config.hidden_size, config.num_attention_heads, config.num_key_value_heads = hidden, heads, heads
+    config.intermediate_size = ffn
+    config.rms_norm_eps = old.rms_norm_eps * old.hidden_size / hidden
+    torch.manual_seed(seed)
+    wide = LlamaForCausalLM(config)
+    scale = (old.hidden_size / hidden) ** 0.5
+    writes_stream = ("embed_tokens", "o_proj", "down_proj")
+    trained = lm.state_dict()
+    with torch.no_grad():
+        for name, param in wide.state_dict().items():
+            src = trained[name]
+            if name.endswith("norm.weight"):
+                param.fill_(scale)
+                param[: src.shape[0]] = src * scale
+                continue
+            if any(part in name for part in writes_stream):
+                param.zero_()
+            param[tuple(slice(0, n) for n in src.shape)] = src
+    return wide
+
+
 def lm_examples(tokenizer: object, problems: Sequence[Problem]) -> list[Example]:
     """[bos] + prompt + gold solution + eos, with the prompt masked out of the loss."""
     prompts = tokenizer([p.prompt for p in problems], add_special_tokens=False)["input_ids"]
