@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,7 +173,7 @@ def prm_loss(prm: PrmModel, batch: tuple[torch.Tensor, ...], loss: PrmLoss) -> t
 
 
 def train_prm(prm: PrmModel, tokenizer: object, data: Sequence[Labelled], spec: LmSpec, seed: int,
-              loss: PrmLoss) -> float:
+              loss: PrmLoss, after_step: Callable[[int], None] | None = None) -> float:
     """Train every PRM parameter on random batches of ``data``; returns the smoothed final loss."""
     rng = random.Random(seed)
     prm.train()
@@ -181,7 +181,7 @@ def train_prm(prm: PrmModel, tokenizer: object, data: Sequence[Labelled], spec: 
     def loss_fn(_: int) -> torch.Tensor:
         return prm_loss(prm, prm_batch(tokenizer, rng.sample(data, spec.batch), loss.dense), loss)
 
-    final = run_training(list(prm.parameters()), loss_fn, spec.steps, spec.lr, "train prm")
+    final = run_training(list(prm.parameters()), loss_fn, spec.steps, spec.lr, "train prm", after_step)
     prm.eval()
     return final
 

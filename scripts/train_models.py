@@ -16,7 +16,7 @@ Stages (each saved as a Hugging Face folder under --cache, so one stage can be r
   labelled by the exact checker), then the small LM + 2 layers + value head, trained with the
   losses of prm_train.py.
 The draft stage runs first (two torch threads); then the target stage runs in a child process
-(one torch thread each), in parallel with the PRM stage.
+(one torch thread each), in parallel with the PRM stage, which takes both threads once the target is done.
 Then the folders are copied to --out and scripts/check_models.py measures them on held-out problems.
 """
 from __future__ import annotations
@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -41,7 +42,7 @@ from tinylm import SEP, build_tokenizer, llama_config, save_generator
 SMALL = LmSpec(hidden=48, layers=2, heads=4, ffn=96, steps=1600, lr=5e-3)
 # grown from the small LM's final state (same head size, so heads double with the width), then tuned
 TARGET = LmSpec(hidden=96, layers=16, heads=8, ffn=192, steps=120, lr=1e-3)
-PRM = LmSpec(hidden=48, layers=4, heads=4, ffn=96, steps=1200, lr=3e-3)  # hidden must equal SMALL's
+PRM = LmSpec(hidden=48, layers=4, heads=4, ffn=96, steps=1600, lr=3e-3)  # hidden must equal SMALL's
 PRM_EXTRA_LAYERS = 2
 PRM_LOSS = PrmLoss(dense=1.0, negative=2.0, gold_token=1.0, lm=0.2)
 DRAFT_GOAL = 0.80  # greedy accuracy on validation problems (train split) the draft is picked for
@@ -150,24 +151,25 @@ def prm_data(problems: list, draft: torch.nn.Module, tokenizer: object, seed: in
     return data + perturbed_examples(rest[:PERTURBED], rng) + gold_examples(rest[PERTURBED:])
 
 
-def train_prm_stage(tokenizer: object, problems: list, seed: int, cache: Path) -> None:
+def train_prm_stage(tokenizer: object, problems: list, seed: int, cache: Path,
+                    after_step: Callable[[int], None] | None = None) -> None:
     data = prm_data(problems, load_lm(cache / "draft"), tokenizer, seed + 3)
     prm = PrmModel(deepen(load_lm(cache / "small"), PRM_EXTRA_LAYERS, copy_from=SMALL.layers - 1))
     torch.manual_seed(seed + 4)
     torch.nn.init.normal_(prm.v_head.summary.weight, std=0.02)
     torch.nn.init.zeros_(prm.v_head.summary.bias)
-    train_prm(prm, tokenizer, data, PRM, seed + 4, PRM_LOSS)
+    train_prm(prm, tokenizer, data, PRM, seed + 4, PRM_LOSS, after_step)
     save_prm(prm, tokenizer, cache / "prm")
     print(f"prm: {prm.num_params()} parameters (backbone + value head)")
 
 
-def run_stage(stage: str, seed: int, cache: Path) -> None:
+def run_stage(stage: str, seed: int, cache: Path, after_step: Callable[[int], None] | None = None) -> None:
     """One stage, its wall and CPU seconds written beside its folder (`<stage>.time.json`)."""
     wall, cpu, load = time.time(), time.process_time(), os.getloadavg()[0]
     tokenizer = build_tokenizer()
     problems = generate_problems(TRAIN_PROBLEMS, seed, "train", unique=False)
     if stage == "prm":
-        train_prm_stage(tokenizer, problems, seed, cache)
+        train_prm_stage(tokenizer, problems, seed, cache, after_step)
     else:
         examples = lm_examples(tokenizer, problems)
         (train_target if stage == "target" else train_draft)(tokenizer, examples, seed, cache)
@@ -184,6 +186,18 @@ def cpu_summary(cache: Path) -> str:
         path = cache / f"{stage}.time.json"
         spent[stage] = json.loads(path.read_text())["cpu_s"] if path.is_file() else None
     return "CPU seconds per stage: " + ", ".join(f"{k} {v}" for k, v in spent.items())
+
+
+class TakeFreeCore:
+    """PRM training's step hook: once the target's child process is done, train on two threads."""
+
+    def __init__(self, child: subprocess.Popen | None) -> None:
+        self.child, self.done = child, False
+
+    def __call__(self, step: int) -> None:
+        if not self.done and step % 10 == 0 and (self.child is None or self.child.poll() is not None):
+            torch.set_num_threads(min(2, os.cpu_count() or 1))
+            self.done = True
 
 
 def run_all(args: argparse.Namespace) -> None:
@@ -205,7 +219,7 @@ def run_all(args: argparse.Namespace) -> None:
         child = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": path})
     try:
         if "prm" in todo:
-            run_stage("prm", args.seed, args.cache)
+            run_stage("prm", args.seed, args.cache, after_step=TakeFreeCore(child))
     except BaseException:
         if child is not None:
             child.terminate()
