@@ -54,6 +54,7 @@ TRAIN_PROBLEMS = 60_000
 # rollouts from the question, corrupted gold solutions, gold solutions.
 NEXT_SAMPLED, NEXT_GREEDY, ROLLOUTS, PERTURBED, GOLD = 8_000, 4_000, 3_000, 4_000, 1_000
 STAGES = ("draft", "target", "prm")
+ALL_THREADS = min(2, os.cpu_count() or 1)  # a stage alone on the machine: two threads are about 1.4x one
 
 
 class DraftPicker:
@@ -189,14 +190,14 @@ def cpu_summary(cache: Path) -> str:
 
 
 class TakeFreeCore:
-    """PRM training's step hook: once the target's child process is done, train on two threads."""
+    """PRM training's step hook: once the target's child process is done, train on ALL_THREADS."""
 
-    def __init__(self, child: subprocess.Popen | None) -> None:
+    def __init__(self, child: subprocess.Popen) -> None:
         self.child, self.done = child, False
 
     def __call__(self, step: int) -> None:
-        if not self.done and step % 10 == 0 and (self.child is None or self.child.poll() is not None):
-            torch.set_num_threads(min(2, os.cpu_count() or 1))
+        if not self.done and step % 10 == 0 and self.child.poll() is not None:
+            torch.set_num_threads(ALL_THREADS)
             self.done = True
 
 
@@ -206,10 +207,10 @@ def run_all(args: argparse.Namespace) -> None:
     cached = {s for s in STAGES if args.reuse and (args.cache / s / "config.json").is_file()}
     todo = [s for s in STAGES if s not in cached or "draft" not in cached]
     print(f"stages to run: {todo or 'none (all cached)'}; cache {args.cache}")
-    if "draft" in todo:  # alone on the machine: two threads are about 1.4x faster than one
-        torch.set_num_threads(min(2, os.cpu_count() or 1))
+    if "draft" in todo:  # alone on the machine
+        torch.set_num_threads(ALL_THREADS)
         run_stage("draft", args.seed, args.cache)
-        torch.set_num_threads(1)
+    torch.set_num_threads(1)
     child = None
     if "target" in todo:
         command = [sys.executable, __file__, "--stage", "target", "--cache", str(args.cache.parent),
@@ -219,7 +220,9 @@ def run_all(args: argparse.Namespace) -> None:
         child = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": path})
     try:
         if "prm" in todo:
-            run_stage("prm", args.seed, args.cache, after_step=TakeFreeCore(child))
+            if child is None:  # alone on the machine
+                torch.set_num_threads(ALL_THREADS)
+            run_stage("prm", args.seed, args.cache, after_step=TakeFreeCore(child) if child is not None else None)
     except BaseException:
         if child is not None:
             child.terminate()

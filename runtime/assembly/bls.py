@@ -19,7 +19,7 @@ from runtime.engines.likelihood_prm import LikelihoodPRM
 from runtime.engines.prm_format import make_prm_format
 from runtime.engines.triton.contract import FINISH_REASON, LM_OUTPUTS, REUSED_BLOCKS, USAGE_OUTPUTS
 from runtime.engines.triton.lm import TritonLM, TrtllmEngine
-from runtime.engines.triton.prm import PrmBatcher, TritonPRM
+from runtime.engines.triton.prm import TritonPRM
 from runtime.engines.triton.transport import SubModelTransport
 from runtime.engines.triton.verify import NativeVerifyLM
 from runtime.pipeline import Pipeline
@@ -117,8 +117,7 @@ def _prm(cfg: PipelineConfig, transport: SubModelTransport, names: SubModels, lm
     own_tok = prm_tokenizer(cfg, tok)
     if cfg.prm.format != "likelihood":
         fmt = make_prm_format(cfg.prm.format, own_tok, "models.prm")
-        return TritonPRM(names.prm, transport, fmt, estimate_matmul_params(path, with_lm_head=False),
-                         PrmBatcher(names.prm, transport))
+        return TritonPRM(names.prm, transport, fmt, estimate_matmul_params(path, with_lm_head=False))
     role = shared_verifier(cfg)
     if role is not None:
         verifier = lms[role]

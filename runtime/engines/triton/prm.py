@@ -29,7 +29,6 @@ from runtime.engines.triton.contract import (
     PrmCall,
     parse_prm_reply,
     parse_row_usage,
-    parse_usage,
     prm_request_tensors,
 )
 from runtime.engines.triton.transport import SubModelTransport
@@ -140,11 +139,13 @@ class TritonPRM:
     transport: SubModelTransport
     fmt: PrmFormat
     num_params: int
-    batcher: PrmBatcher | None = None  # rows of concurrent requests in one sub-request
+    batcher: PrmBatcher = field(init=False)  # rows of concurrent requests in one sub-request
+
+    def __post_init__(self) -> None:
+        self.batcher = PrmBatcher(self.model, self.transport)
 
     def open(self, key: str) -> TritonPrmSession:
-        if self.batcher is not None:
-            self.batcher.open_requests += 1
+        self.batcher.open_requests += 1
         return TritonPrmSession(self, key, PrmHistory(self.fmt))
 
 
@@ -153,26 +154,17 @@ class TritonPrmSession:
     prm: TritonPRM
     key: str
     history: PrmHistory
+    closed: bool = False
 
     async def reward(self, req: RewardRequest) -> RewardResult:
         prm = self.prm
         prefix = tuple(self.history.prefix(req.question, req.steps))
         rows = tuple(prefix + tuple(prm.fmt.step_ids(text)) for text in req.candidates)
-        positions = tuple((len(row) - 1,) for row in rows)
-        if prm.batcher is not None:
-            rewards, used = await prm.batcher.score(self.key, rows, positions)
-            return RewardResult(tuple(r[0] for r in rewards), used)
-        call = PrmCall(rows, positions)
-        responses = await prm.transport.infer(prm.model, prm_request_tensors(call), PRM_OUTPUTS, self.key)
-        rewards, usage = parse_prm_reply(responses, call), parse_usage(responses)
-        if usage is None:
-            raise EngineError(f"{prm.model} reported no usage")
-        return RewardResult(tuple(r[0] for r in rewards), usage)
-
-    closed: bool = False
+        rewards, used = await prm.batcher.score(self.key, rows, tuple((len(row) - 1,) for row in rows))
+        return RewardResult(tuple(r[0] for r in rewards), used)
 
     def close(self) -> None:
         """The sub-model's LRU evicts the request's cache."""
-        if not self.closed and self.prm.batcher is not None:
+        if not self.closed:
             self.prm.batcher.open_requests -= 1
         self.closed = True
