@@ -41,10 +41,12 @@ class ModelConfig:
 class EngineConfig:
     max_batch_rows: int = 64  # rows per batched forward (concurrent sequences x candidates)
     torch_threads: int = 0  # 0 keeps torch's default
+    lean_forward: bool = True  # llama/mistral/qwen2 decoders as plain torch calls (runtime.engines.torch.lean)
 
     def __post_init__(self) -> None:
         validate.integer("engine.max_batch_rows", self.max_batch_rows, lo=1)
         validate.integer("engine.torch_threads", self.torch_threads, lo=0)
+        validate.boolean("engine.lean_forward", self.lean_forward)
 
 
 @dataclass(frozen=True, slots=True)

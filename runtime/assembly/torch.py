@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from runtime.assembly.common import Generators, generators, prm_tokenizer, shared_verifier
-from runtime.config import ModelConfig, PipelineConfig
+from runtime.config import EngineConfig, ModelConfig, PipelineConfig
 from runtime.core.errors import ConfigError
 from runtime.core.methods import Engines
 from runtime.engines.likelihood_prm import LikelihoodPRM
@@ -16,27 +16,29 @@ from runtime.pipeline import Pipeline
 def build_pipeline(cfg: PipelineConfig) -> Pipeline:
     set_threads(cfg.engine.torch_threads)
     gen = generators(cfg)
-    lms = {role: lm_for(role, m, gen, cfg.engine.max_batch_rows) for role, m in gen.models.items()}
+    lms = {role: lm_for(role, m, gen, cfg.engine) for role, m in gen.models.items()}
     if len(lms) == 2 and lms["draft"].vocab_size != lms["target"].vocab_size:
         raise ConfigError("models", "draft and target logits have different vocabulary sizes")
     prm: Any = None
     if cfg.prm is not None and cfg.prm.format == "likelihood":
         prm = LikelihoodPRM(_verifier(cfg, lms, gen), gen.tok, cfg.prompt_template, cfg.step_delimiter)
     elif cfg.prm is not None:
-        prm = prm_for(cfg.prm, cfg.engine.max_batch_rows)
+        prm = prm_for(cfg.prm, cfg.engine)
     engines = Engines(draft=lms.get("draft"), target=lms.get("target"), prm=prm)
     link_schedulers(engines)
     max_len = min(lm.max_len for lm in lms.values())
     return Pipeline(engines, gen.tok, gen.segmenter, cfg.prompt_template, cfg.defaults, max_len)
 
 
-def lm_for(role: str, model: ModelConfig, gen: Generators, max_rows: int) -> TorchLM:
-    return build_lm(role, model.path, model.dtype, model.device, gen.segmenter, gen.tok, max_rows)
+def lm_for(role: str, model: ModelConfig, gen: Generators, engine: EngineConfig) -> TorchLM:
+    return build_lm(role, model.path, model.dtype, model.device, gen.segmenter, gen.tok, engine.max_batch_rows,
+                    engine.lean_forward)
 
 
-def prm_for(model: ModelConfig, max_rows: int, with_format: bool = True) -> Any:
+def prm_for(model: ModelConfig, engine: EngineConfig, with_format: bool = True) -> Any:
     assert model.format is not None, "PipelineConfig requires a PRM format"
-    return build_prm(model.path, model.format, model.dtype, model.device, max_rows, with_format)
+    return build_prm(model.path, model.format, model.dtype, model.device, engine.max_batch_rows, with_format,
+                     engine.lean_forward)
 
 
 def _verifier(cfg: PipelineConfig, lms: dict[str, TorchLM], gen: Generators) -> TorchLM:
@@ -46,4 +48,4 @@ def _verifier(cfg: PipelineConfig, lms: dict[str, TorchLM], gen: Generators) -> 
     if role is not None:
         return lms[role]
     prm_tokenizer(cfg, gen.tok)
-    return lm_for("prm", cfg.prm, gen, cfg.engine.max_batch_rows)
+    return lm_for("prm", cfg.prm, gen, cfg.engine)

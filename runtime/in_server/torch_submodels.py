@@ -251,7 +251,8 @@ def build_lm_submodel(cfg: PipelineConfig, role: str, cache_requests: int, threa
     set_threads(threads or cfg.engine.torch_threads)
     tok = load_tokenizer(check_folder(model.path, f"models.{role}.path"), f"models.{role}.path")
     segmenter = StepSegmenter(tok.piece, tok.eos_ids, cfg.step_delimiter)
-    lm = build_lm(role, model.path, model.dtype, model.device, segmenter, tok, cfg.engine.max_batch_rows)
+    lm = build_lm(role, model.path, model.dtype, model.device, segmenter, tok, cfg.engine.max_batch_rows,
+                  cfg.engine.lean_forward)
     return LmSubModel(lm, KeyLru(lm, cache_requests))
 
 
@@ -262,5 +263,5 @@ def build_prm_submodel(cfg: PipelineConfig, cache_requests: int, threads: int = 
     if cfg.prm is None:
         raise ConfigError("models.prm", "the pipeline config has no PRM")
     set_threads(threads or cfg.engine.torch_threads)
-    prm = prm_for(cfg.prm, cfg.engine.max_batch_rows, with_format=False)
+    prm = prm_for(cfg.prm, cfg.engine, with_format=False)
     return PrmSubModel(prm, KeyLru(prm, cache_requests))

@@ -111,9 +111,15 @@ class KVArena:
             self.copied_tokens += rows * used
         self.slot_cap, self.len_cap = slot_cap, len_cap
 
-    @torch.inference_mode()
     def layer(self, index: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer `index`'s K/V storage, allocated on first use with `like`'s heads, dim, dtype."""
+        """Layer `index`'s K/V storage, allocated on first use with `like`'s heads, dim, dtype
+        (called per layer per forward: the usual case returns before any context manager)."""
+        if index < len(self.keys):
+            return self.keys[index], self.values[index]
+        return self._allocate(index, like)
+
+    @torch.inference_mode()
+    def _allocate(self, index: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         while len(self.keys) <= index:
             shape = (self.slot_cap, like.shape[1], self.len_cap, like.shape[3])
             self.keys.append(like.new_zeros(shape))

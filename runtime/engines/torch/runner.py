@@ -13,14 +13,14 @@ from the last position's logits: the output head and greedy choice then run once
 """
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Union
 
 import torch
 
 from runtime.core.sampling import is_greedy
 from runtime.engines.torch.kvcache import KVArena, SeqCache
+from runtime.engines.torch.lean import DecoderForward, decoder_forward
 from runtime.engines.torch.sampling import RuleState, sample_token
 
 IDLE_ROWS = 16  # most idle rows a decode batch carries to stay a view of the arena
@@ -108,14 +108,14 @@ class BatchRunner:
     arena: KVArena | None = None
     forwards: int = 0
     gathers: int = 0  # forwards whose rows were gathered (not a view of the arena)
-    _cache_arg: str = "past_key_values"
+    lean: bool = True  # the model's forward as plain torch calls where it can (runtime.engines.torch.lean)
+    name: str = "model"
+    _decoder: DecoderForward = field(init=False)
 
     def __post_init__(self) -> None:
         if self.arena is None:
             self.arena = KVArena(self.max_len)
-        # transformers >= 5.x names the argument `cache` (`past_key_values` is deprecated)
-        if "cache" in inspect.signature(self.model.forward).parameters:
-            self._cache_arg = "cache"
+        self._decoder = decoder_forward(self.model, self.lean, self.name)
 
     def new_cache(self) -> SeqCache:
         assert self.arena is not None
@@ -147,9 +147,7 @@ class BatchRunner:
         plan, ids, positions, mask, index = self._plan(rows)
         self.arena.reserve(self.arena.live, plan.kv_len)
         self.forwards += 1
-        out = self.model(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
-                         **{self._cache_arg: _ArenaView(self.arena, plan)})
-        hidden = out.last_hidden_state  # [B, width, hidden]
+        hidden = self._decoder(ids, positions, mask, _ArenaView(self.arena, plan))  # [B, width, hidden]
         for row in rows:
             row.cache.ids.extend(row.new_ids)
         results: list[RowOutput] = [hidden[b, len(r.new_ids) - r.outputs:len(r.new_ids)] for b, r in zip(index, rows)]
