@@ -70,6 +70,29 @@ def test_rows_in_scattered_slots_equal_single_forwards(tiny_pipeline: Pipeline) 
         cache.free()
 
 
+def test_forward_groups_bound_padding(tiny_pipeline: Pipeline) -> None:
+    """Steps of different lengths share one forward, decode rows share one, and a long prefill
+    never pads the rows beside it; every row's output still equals its single forward."""
+    runner: BatchRunner = tiny_pipeline.engines.target.scheduler.runner
+    widths = {"steps": [8, 13, 21, 30], "decode": [1] * 12, "long": [150]}
+    caches = {k: [runner.new_cache() for _ in v] for k, v in widths.items()}
+    rows = [Row(c, [3 + j % 20 for j in range(w)], 1) for k in widths for c, w in zip(caches[k], widths[k])]
+    rows.sort(key=lambda r: r.cache.slot)
+    groups = runner._groups(rows)
+    by_width = sorted(sorted(len(rows[i].new_ids) for i in g) for g in groups)
+    assert by_width == [[1] * 12, [8, 13, 21, 30], [150]]
+    assert all([rows[i].cache.slot for i in g] == sorted(rows[i].cache.slot for i in g) for g in groups)
+    before = runner.forwards
+    together = runner.run(rows)
+    assert runner.forwards - before == 3
+    for row, got in zip(rows, together):
+        fresh = runner.new_cache()
+        assert torch.allclose(got, runner.run([Row(fresh, row.new_ids, 1)])[0], atol=1e-5)
+        fresh.free()
+    for cache in (c for v in caches.values() for c in v):
+        cache.free()
+
+
 def generate(p: Pipeline, question: str, **params: object) -> str:
     return p.generate_sync(question, {"max_tokens": 40, "max_step_tokens": 10, **params}).text
 

@@ -24,6 +24,7 @@ from runtime.engines.torch.lean import DecoderForward, decoder_forward
 from runtime.engines.torch.sampling import RuleState, sample_token
 
 IDLE_ROWS = 16  # most idle rows a decode batch carries to stay a view of the arena
+PAD_SLACK = 64  # padded positions a forward may always carry (more only up to its real tokens)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,17 +131,27 @@ class BatchRunner:
         return [results[i] for i in range(len(rows))]
 
     def _groups(self, rows: list[Row]) -> list[list[int]]:
-        """Rows whose widths are within 2x of each other together (decode rows apart), in slot
-        order, at most max_rows a forward: no row pads far past its own length."""
-        buckets: dict[int, list[int]] = {}
-        for i, row in enumerate(rows):
-            assert row.cache.alive, "a row's cache was freed"
-            buckets.setdefault((len(row.new_ids) - 1).bit_length(), []).append(i)
-        groups = []
-        for members in buckets.values():
-            members.sort(key=lambda i: rows[i].cache.slot)
-            groups += [members[i:i + self.max_rows] for i in range(0, len(members), self.max_rows)]
-        return groups
+        """Rows in forwards of at most max_rows, in slot order within each. Rows are taken by
+        width and share a forward while its padding (positions past a row's own tokens) stays
+        within PAD_SLACK or the real tokens, whichever is more: decode rows go together, steps of
+        different lengths go together (a forward's fixed cost outweighs a few padded positions),
+        a long prefill does not pad the rows beside it."""
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i].new_ids))
+        groups: list[list[int]] = []
+        members: list[int] = []
+        real = 0
+        for i in order:
+            assert rows[i].cache.alive, "a row's cache was freed"
+            width = len(rows[i].new_ids)
+            if members and (len(members) == self.max_rows
+                            or (len(members) + 1) * width - real - width > max(PAD_SLACK, real + width)):
+                groups.append(members)
+                members, real = [], 0
+            members.append(i)
+            real += width
+        if members:
+            groups.append(members)
+        return [sorted(g, key=lambda i: rows[i].cache.slot) for g in groups]
 
     def _forward(self, rows: list[Row]) -> list[RowOutput]:
         assert self.arena is not None
