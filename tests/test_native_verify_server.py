@@ -271,3 +271,51 @@ def test_greedy_rsd_over_the_server_writes_the_same_text_with_the_hint_in_fewer_
     assert forwards[0] < 0.6 * forwards[1], forwards
     client = RsdClient(f"127.0.0.1:{server.grpc_port}", "grpc", timeout_s=60.0)  # the real rsd BLS model
     assert [client.generate(p.question, params).text for p in problems[:6]] == hinted_texts[:6]
+
+
+# ---- the BLS's shared sub-request stream (runtime.in_server.grpc_transport) ----
+
+def test_the_shared_stream_routes_answers_and_errors_to_their_calls(server) -> None:
+    """Concurrent PRM calls on one stream each get their own row's reward (equal to a stream of
+    its own); a second call with a (model, id) already in flight takes a stream of its own; an
+    error answer fails only its call; after the stream breaks, the next call opens a new one."""
+    from runtime.engines.triton.contract import PRM_OUTPUTS, PrmCall, prm_request_tensors
+    from runtime.in_server.grpc_transport import GrpcTransport
+
+    rows = [tuple(range(4, 12 + 3 * i)) for i in range(8)]
+
+    def tensors(row: tuple[int, ...]) -> dict[str, np.ndarray]:
+        return prm_request_tensors(PrmCall((row,), ((len(row) - 1,),), ()))
+
+    async def run() -> None:
+        url = f"127.0.0.1:{server.grpc_port}"
+        shared, alone = GrpcTransport(url, 60.0, token=TOKEN), GrpcTransport(url, 60.0, token=TOKEN, shared_stream=False)
+        wrong = GrpcTransport(url, 60.0, token="not-the-token")
+        try:
+            want = [(await alone.infer("prm", tensors(r), PRM_OUTPUTS, f"alone-{i}"))[0]["step_rewards"]
+                    for i, r in enumerate(rows)]
+            calls = [shared.infer("prm", tensors(r), PRM_OUTPUTS, f"shared-{i}") for i, r in enumerate(rows)]
+            calls.append(shared.infer("prm", tensors(rows[0]), PRM_OUTPUTS, "shared-0"))  # same id in flight
+            bad = asyncio.ensure_future(wrong.infer("prm", tensors(rows[1]), PRM_OUTPUTS, "shared-1"))
+            got = await asyncio.gather(*calls)
+            for reply, expected in zip(got, want + [want[0]]):
+                np.testing.assert_allclose(reply[0]["step_rewards"], expected, atol=1e-6)
+            with pytest.raises(Exception, match="internal model"):
+                await bad
+            stream = shared._stream
+            assert stream is not None and not stream.pending
+            await stream.close()  # as when the server stops: the stream is broken
+            assert stream.broken
+            again = await shared.infer("prm", tensors(rows[2]), PRM_OUTPUTS, "shared-2")
+            assert shared._stream is not stream
+            np.testing.assert_allclose(again[0]["step_rewards"], want[2], atol=1e-6)
+            # rows of two requests in one call: the row_keys BYTES tensor travels as Triton expects
+            keyed = prm_request_tensors(PrmCall((rows[3], rows[4]), ((len(rows[3]) - 1,), (len(rows[4]) - 1,)),
+                                                ("shared-3", "shared-4")))
+            (both,) = await shared.infer("prm", keyed, PRM_OUTPUTS, "shared-3")
+            np.testing.assert_allclose(both["step_rewards"][:, :1], np.concatenate([want[3], want[4]]), atol=1e-6)
+        finally:
+            for t in (shared, alone, wrong):
+                await t.close()
+
+    asyncio.run(run())

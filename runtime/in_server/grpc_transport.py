@@ -4,10 +4,17 @@ Why not BLS `exec`/`async_exec`: under a soak at concurrency 16 (thousands of su
 second) the `rsd` stub of python_backend 24.10 still died of heap corruption within minutes with
 `async_exec(decoupled=True)` from a sized executor (`malloc(): unaligned fastbin chunk
 detected`), as it did with blocking `exec` from a thread pool. The gRPC path is Triton's most
-used one: one bidirectional stream per sub-request on a shared HTTP/2 connection
-(`tritonclient.grpc.aio`, on the model's own loop), the sub-request's token and
-`triton_enable_empty_final_response` as request parameters, responses read until the final flag
-(TensorRT-LLM answers n sequences as n responses). Sub-models see the same request as over BLS.
+used one. All sub-requests travel on one long-lived bidirectional stream (`SharedStream`, on the
+model's own loop): opening a stream per sub-request cost 1.5-2 ms of a PRM call's 6-7 ms and about
+a fifth of the BLS's CPU at c = 16 (BENCHMARKS.md). Responses, error responses included, carry
+the request's id, so each is routed to its call by (model, id); a call whose (model, id) is
+already in flight gets a stream of its own (`own_stream`, the previous design), so two answers are
+never confused. The sub-request's token and `triton_enable_empty_final_response` go as request
+parameters; responses are read until the final flag (TensorRT-LLM answers n sequences as n
+responses). When the stream breaks (the server stops), every call on it fails at once with an
+EngineError and the next call opens a new one. A call given up by its caller (cancelled, timed
+out) stays routed until its answer comes, which is then dropped. Sub-models see the same request
+as over BLS.
 """
 from __future__ import annotations
 
@@ -27,6 +34,84 @@ log = logging.getLogger(__name__)
 FINAL = "triton_final_response"
 
 
+Key = tuple[str, str]  # (model, request id)
+
+
+@dataclass(slots=True)
+class _Call:
+    future: asyncio.Future[list[dict[str, np.ndarray]]]
+    replies: list[dict[str, np.ndarray]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class SharedStream:
+    """One ModelStreamInfer stream for every sub-request; answers routed by (model, id)."""
+
+    stub: Any  # service_pb2_grpc.GRPCInferenceServiceStub on an aio channel
+    pending: dict[Key, _Call] = field(default_factory=dict)
+    broken: bool = False
+    _queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    _reader: asyncio.Task[None] | None = None
+
+    def busy(self, key: Key) -> bool:
+        return key in self.pending
+
+    async def call(self, key: Key, request: Any) -> list[dict[str, np.ndarray]]:
+        if self._reader is None:
+            self._reader = asyncio.ensure_future(self._read())
+        call = _Call(asyncio.get_running_loop().create_future())
+        self.pending[key] = call
+        self._queue.put_nowait(request)
+        return await asyncio.shield(call.future)  # routed until answered, even if our caller gives up
+
+    async def _requests(self) -> AsyncIterator[Any]:
+        while (request := await self._queue.get()) is not None:
+            yield request
+
+    async def _read(self) -> None:
+        from tritonclient.grpc import InferResult
+
+        error: EngineError | None = None
+        try:
+            async for response in self.stub.ModelStreamInfer(self._requests()):
+                infer = response.infer_response
+                call = self.pending.get((infer.model_name, infer.id))
+                if response.error_message:  # Triton names the request, but not always the model
+                    key = next((k for k in self.pending if k[1] == infer.id and infer.model_name in ("", k[0])), None)
+                    call = self.pending.pop(key) if key is not None else None
+                    if call is not None and not call.future.done():
+                        call.future.set_exception(EngineError(f"{key[0]}: {response.error_message}"))  # type: ignore[index]
+                    continue
+                if call is None:
+                    log.warning("a sub-model answer for %s/%s nobody waits for", infer.model_name, infer.id)
+                    continue
+                result = InferResult(infer)
+                if infer.outputs:
+                    call.replies.append({o.name: result.as_numpy(o.name) for o in infer.outputs})
+                if infer.parameters[FINAL].bool_param:
+                    del self.pending[(infer.model_name, infer.id)]
+                    if not call.future.done():
+                        call.future.set_result(call.replies)
+            error = EngineError("the sub-request stream ended")
+        except asyncio.CancelledError:
+            error = EngineError("the server is shutting down")
+            raise
+        except Exception as exc:  # the connection broke (the server is stopping)
+            error = EngineError(f"sub-request stream: {type(exc).__name__}: {exc}")
+        finally:
+            self.broken = True
+            calls, self.pending = self.pending, {}
+            for (model, _), call in calls.items():
+                if not call.future.done():
+                    call.future.set_exception(EngineError(f"{model}: {error}"))
+
+    async def close(self) -> None:
+        self._queue.put_nowait(None)
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+
 @dataclass(slots=True)
 class GrpcTransport:
     url: str
@@ -34,9 +119,18 @@ class GrpcTransport:
     token: str = ""
     token_parameter: str = "rsd_internal_token"
     observe: Callable[[str, float], None] | None = None  # (model, seconds) per sub-request
+    shared_stream: bool = True  # False: one stream per sub-request
     _client: Any = field(default=None, init=False)
+    _channel: Any = field(default=None, init=False)
+    _stream: SharedStream | None = field(default=None, init=False)
 
     async def close(self) -> None:
+        if self._stream is not None:
+            await self._stream.close()
+            self._stream = None
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -47,8 +141,33 @@ class GrpcTransport:
             model, request_id, self._call(model, inputs, outputs, request_id), self.timeout_s, self.observe)
         return replies
 
+    def _parameters(self) -> dict[str, Any]:
+        return {self.token_parameter: self.token, "triton_enable_empty_final_response": True}
+
     async def _call(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str],
                     request_id: str) -> list[dict[str, np.ndarray]]:
+        if not self.shared_stream:
+            return await self.own_stream(model, inputs, outputs, request_id)
+        stream = self._shared()
+        if stream.busy((model, request_id)):
+            return await self.own_stream(model, inputs, outputs, request_id)
+        return await stream.call((model, request_id), infer_request(model, inputs, outputs, request_id,
+                                                                    self._parameters()))
+
+    def _shared(self) -> SharedStream:
+        if self._stream is None or self._stream.broken:
+            import grpc
+            from tritonclient.grpc import service_pb2_grpc
+
+            if self._channel is None:
+                self._channel = grpc.aio.insecure_channel(self.url, options=[
+                    ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
+            self._stream = SharedStream(service_pb2_grpc.GRPCInferenceServiceStub(self._channel))
+        return self._stream
+
+    async def own_stream(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str],
+                         request_id: str) -> list[dict[str, np.ndarray]]:
+        """The sub-request on a stream of its own (tritonclient.grpc.aio), closed when it is answered."""
         import tritonclient.grpc as grpcclient
         from tritonclient.grpc import aio as grpcaio
         from tritonclient.utils import np_to_triton_dtype
@@ -62,8 +181,7 @@ class GrpcTransport:
             tensors.append(tensor)
         done = asyncio.Event()
         request = {"model_name": model, "inputs": tensors, "request_id": request_id,
-                   "outputs": [grpcclient.InferRequestedOutput(o) for o in outputs],
-                   "parameters": {self.token_parameter: self.token, "triton_enable_empty_final_response": True}}
+                   "outputs": [grpcclient.InferRequestedOutput(o) for o in outputs], "parameters": self._parameters()}
 
         async def requests() -> AsyncIterator[dict[str, Any]]:
             yield request
@@ -86,3 +204,31 @@ class GrpcTransport:
         finally:
             done.set()
         return replies
+
+
+def infer_request(model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str], request_id: str,
+                  parameters: Mapping[str, Any]) -> Any:
+    """A ModelInferRequest protobuf: raw tensor contents, BYTES tensors serialized as Triton expects."""
+    from tritonclient.grpc import service_pb2
+    from tritonclient.utils import np_to_triton_dtype, serialize_byte_tensor
+
+    request = service_pb2.ModelInferRequest(model_name=model, id=request_id)
+    for name, array in inputs.items():
+        dtype = np_to_triton_dtype(array.dtype)
+        request.inputs.add(name=name, datatype=dtype, shape=list(array.shape))
+        if dtype == "BYTES":  # as tritonclient.grpc.InferInput.set_data_from_numpy does
+            packed = serialize_byte_tensor(array)
+            raw = packed.item() if packed.size > 0 else b""
+        else:
+            raw = np.ascontiguousarray(array).tobytes()
+        request.raw_input_contents.append(raw)
+    for name in outputs:
+        request.outputs.add(name=name)
+    for key, value in parameters.items():
+        if isinstance(value, bool):
+            request.parameters[key].bool_param = value
+        elif isinstance(value, int):
+            request.parameters[key].int64_param = value
+        else:
+            request.parameters[key].string_param = str(value)
+    return request
