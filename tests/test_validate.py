@@ -42,7 +42,9 @@ def _load(kind: str, path: Path) -> object:
 
 CASES = [  # (loader, file, path to the edited key, value, expected message)
     ("pipeline", "configs/default.yaml", ("engine", "max_batch_rowz"), 4,
-     "engine.max_batch_rowz: unknown key; expected one of max_batch_rows, torch_threads"),
+     "engine.max_batch_rowz: unknown key; expected one of lean_forward, max_batch_rows, torch_threads"),
+    ("pipeline", "configs/default.yaml", ("engine", "lean_forward"), "yes",
+     "engine.lean_forward: must be true or false, got 'yes'"),
     ("pipeline", "configs/default.yaml", ("engine", "max_batch_rows"), 0, "engine.max_batch_rows: must be >= 1, got 0"),
     ("serve", "configs/triton/torch_cpu.yaml", ("ports", "grcp"), 1, "ports.grcp: unknown key; expected one of"),
     ("serve", "configs/triton/torch_cpu.yaml", ("max_batch_size",), 0, "max_batch_size: must be >= 1, got 0"),
