@@ -5,8 +5,8 @@ second) the `rsd` stub of python_backend 24.10 still died of heap corruption wit
 `async_exec(decoupled=True)` from a sized executor (`malloc(): unaligned fastbin chunk
 detected`), as it did with blocking `exec` from a thread pool. The gRPC path is Triton's most
 used one. All sub-requests travel on one long-lived bidirectional stream (`SharedStream`, on the
-model's own loop): opening a stream per sub-request cost 1.5-2 ms of a PRM call's 6-7 ms and about
-a fifth of the BLS's CPU at c = 16 (BENCHMARKS.md). Responses, error responses included, carry
+model's own loop): a stream per sub-request cost about 1 ms of a PRM call's 6.5 ms, and setting
+streams up and down was about a fifth of the BLS's samples at c = 16 (BENCHMARKS.md). Responses, error responses included, carry
 the request's id, so each is routed to its call by (model, id); a call whose (model, id) is
 already in flight gets a stream of its own (`own_stream`, the previous design), so two answers are
 never confused. The sub-request's token and `triton_enable_empty_final_response` go as request
@@ -65,23 +65,20 @@ class SharedStream:
         return await asyncio.shield(call.future)  # routed until answered, even if our caller gives up
 
     async def _requests(self) -> AsyncIterator[Any]:
-        while (request := await self._queue.get()) is not None:
-            yield request
+        while True:
+            yield await self._queue.get()
 
     async def _read(self) -> None:
         from tritonclient.grpc import InferResult
 
-        error: EngineError | None = None
+        error = EngineError("the sub-request stream failed")
         try:
             async for response in self.stub.ModelStreamInfer(self._requests()):
                 infer = response.infer_response
-                call = self.pending.get((infer.model_name, infer.id))
-                if response.error_message:  # Triton names the request, but not always the model
-                    key = next((k for k in self.pending if k[1] == infer.id and infer.model_name in ("", k[0])), None)
-                    call = self.pending.pop(key) if key is not None else None
-                    if call is not None and not call.future.done():
-                        call.future.set_exception(EngineError(f"{key[0]}: {response.error_message}"))  # type: ignore[index]
+                if response.error_message:  # final; Triton names the request, but not always the model
+                    self._fail(infer.id, infer.model_name, response.error_message)
                     continue
+                call = self.pending.get((infer.model_name, infer.id))
                 if call is None:
                     log.warning("a sub-model answer for %s/%s nobody waits for", infer.model_name, infer.id)
                     continue
@@ -105,8 +102,16 @@ class SharedStream:
                 if not call.future.done():
                     call.future.set_exception(EngineError(f"{model}: {error}"))
 
+    def _fail(self, request_id: str, model: str, message: str) -> None:
+        key = next((k for k in self.pending if k[1] == request_id and model in ("", k[0])), None)
+        if key is None:
+            log.warning("a sub-model error for %s/%s nobody waits for: %s", model, request_id, message)
+            return
+        call = self.pending.pop(key)
+        if not call.future.done():
+            call.future.set_exception(EngineError(f"{key[0]}: {message}"))
+
     async def close(self) -> None:
-        self._queue.put_nowait(None)
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)

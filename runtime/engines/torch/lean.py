@@ -7,10 +7,11 @@ rotary embeddings, SiLU-gated MLP, grouped-query attention through SDPA) with th
 gathered once, and writes K/V through the same `update(keys, values, layer)` cache interface
 the runner hands HF. Anything else (other architectures, sliding windows, per-position rope
 scaling, QK norms) keeps HF's forward: `decoder_forward` says which one a model gets and why.
-tests/test_torch_engine.py checks it against HF's forward.
+tests/test_lean_forward.py checks it against HF's forward.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 LEAN_TYPES = ("llama", "mistral", "qwen2")
-_SDPA_GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")  # torch >= 2.5
+_SDPA_GQA = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 5)  # SDPA's enable_gqa
 STATIC_ROPE = ("default", "linear", "llama3", "yarn")  # inv_freq fixed at load time
 
 
@@ -165,8 +166,6 @@ class LeanDecoder:
 
 def hf_forward(model: torch.nn.Module) -> DecoderForward:
     """HF's own forward behind the same signature (the cache argument's name is per version)."""
-    import inspect
-
     # transformers >= 5.x names the argument `cache` (`past_key_values` is deprecated)
     cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 

@@ -142,9 +142,9 @@ class BatchRunner:
         real = 0
         for i in order:
             assert rows[i].cache.alive, "a row's cache was freed"
-            width = len(rows[i].new_ids)
-            if members and (len(members) == self.max_rows
-                            or (len(members) + 1) * width - real - width > max(PAD_SLACK, real + width)):
+            width = len(rows[i].new_ids)  # the widest so far: the group would pad to it
+            padding = (len(members) + 1) * width - (real + width)
+            if members and (len(members) == self.max_rows or padding > max(PAD_SLACK, real + width)):
                 groups.append(members)
                 members, real = [], 0
             members.append(i)
