@@ -67,8 +67,8 @@ PROBE_IDS = 4096  # ids decoded one by one in the check (all of a smaller vocabu
 def backend_if_same(tok: Any) -> Any:
     """The `tokenizers.Tokenizer` behind `tok` if it encodes and decodes the probes exactly as
     `tok` does (special tokens' texts included), else None (the transformers path is kept)."""
-    fast = getattr(tok, "_tokenizer", None)
-    if fast is None or not callable(getattr(fast, "encode", None)) or not callable(getattr(fast, "decode", None)):
+    fast = getattr(tok, "backend_tokenizer", None)  # fast tokenizers only (transformers' public name)
+    if fast is None:
         return None
     specials = [t for t in getattr(tok, "all_special_tokens", []) if isinstance(t, str)]
     texts = list(PROBE_TEXTS) + [f"x{t}y {t}" for t in specials]
