@@ -107,11 +107,13 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(pipeline_config, tmp_pat
     """`rsd serve` (the real CLI): requests in flight at SIGTERM finish; new ones are refused; exit 0."""
     proc, grpc = _rsd_serve(pipeline_config, tmp_path, grace_s=60)
     try:
-        threads, ended = _in_flight(f"127.0.0.1:{grpc}", 4, {"max_tokens": 120, "max_step_tokens": 4,
-                                                             "method": "target"})
+        # LONG: still running after the refusal below (short requests ended first on a fast engine,
+        # and then the refusal was "unknown model": the server had already unloaded)
+        threads, ended = _in_flight(f"127.0.0.1:{grpc}", 4, {**LONG, "method": "target"})
         time.sleep(1.0)
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.5)
+        assert not ended, f"requests ended before the refusal could be checked: {ended}"
         with pytest.raises(ServerError, match="shutting down"):
             RsdClient(f"127.0.0.1:{grpc}", "grpc", timeout_s=30).generate("What is 1+1?", {"max_tokens": 4})
         for t in threads:
