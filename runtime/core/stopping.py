@@ -47,7 +47,7 @@ class StopScanner:
             if before + count >= min_tokens:
                 return cut, count
         keep = max(len(s) for s in self.stops) - 1
-        self.tail = window[len(window) - keep:] if keep else ""
+        self.tail = window[-keep:] if keep else ""  # the whole window while it is shorter than keep
         return None
 
     def _ends(self, window: str) -> list[int]:
