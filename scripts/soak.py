@@ -19,7 +19,8 @@ from pathlib import Path
 
 from runtime.clients.soak import soak
 from runtime.config import REPO_ROOT
-from runtime.deploy.server import TritonServer, free_ports, rss_bytes
+from runtime.deploy.processes import rss_bytes
+from runtime.deploy.server import TritonServer, free_ports
 from runtime.deploy.supervisor import RestartPolicy, Supervisor
 
 CRASH = re.compile(r"Segmentation fault|malloc|double free|corrupted|core dumped|not healthy|Cannot remove future|"

@@ -73,8 +73,11 @@ class Metered:
     bytes: dict[str, int]
     requests: dict[str, int]
 
-    async def infer(self, model: str, inputs: Any, outputs: Any, request_id: str) -> list[dict[str, np.ndarray]]:
-        replies = await self.inner.infer(model, inputs, outputs, request_id)
+    def release(self, model: str, key: str) -> None:
+        self.inner.release(model, key)
+
+    async def infer(self, model: str, inputs: Any, outputs: Any, key: str) -> list[dict[str, np.ndarray]]:
+        replies = await self.inner.infer(model, inputs, outputs, key)
         moved = sum(v.nbytes for v in inputs.values()) + sum(v.nbytes for r in replies for v in r.values())
         self.bytes[model] = self.bytes.get(model, 0) + moved
         self.requests[model] = self.requests.get(model, 0) + 1
@@ -277,9 +280,21 @@ def test_greedy_rsd_over_the_server_writes_the_same_text_with_the_hint_in_fewer_
 
 def test_the_shared_stream_routes_answers_and_errors_to_their_calls(server) -> None:
     """Concurrent PRM calls on one stream each get their own row's reward (equal to a stream of
-    its own); a second call with a (model, id) already in flight takes a stream of its own; an
-    error answer fails only its call; after the stream breaks, the next call opens a new one."""
-    from runtime.engines.triton.contract import PRM_OUTPUTS, PrmCall, prm_request_tensors
+    its own), two of them under one cache key; an error answer fails only its call, at once: a PRM
+    call that fails while a long target call of the same cache key is pending on the same stream
+    (RSD's lookahead does this with a draft call) gets its own error, and the other call its own
+    answer (the old routing, by request id = cache key, handed the PRM's error to that call, since Triton's
+    stream names no model in an error, and left the PRM call waiting for its timeout); after the
+    stream breaks, the next call opens a new one."""
+    from runtime.engines.triton.contract import (
+        LM_OUTPUTS,
+        PRM_OUTPUTS,
+        LmCall,
+        PrmCall,
+        lm_request_tensors,
+        parse_lm_reply,
+        prm_request_tensors,
+    )
     from runtime.in_server.grpc_transport import GrpcTransport
 
     rows = [tuple(range(4, 12 + 3 * i)) for i in range(8)]
@@ -290,18 +305,29 @@ def test_the_shared_stream_routes_answers_and_errors_to_their_calls(server) -> N
     async def run() -> None:
         url = f"127.0.0.1:{server.grpc_port}"
         shared, alone = GrpcTransport(url, 60.0, token=TOKEN), GrpcTransport(url, 60.0, token=TOKEN, shared_stream=False)
-        wrong = GrpcTransport(url, 60.0, token="not-the-token")
         try:
             want = [(await alone.infer("prm", tensors(r), PRM_OUTPUTS, f"alone-{i}"))[0]["step_rewards"]
                     for i, r in enumerate(rows)]
             calls = [shared.infer("prm", tensors(r), PRM_OUTPUTS, f"shared-{i}") for i, r in enumerate(rows)]
-            calls.append(shared.infer("prm", tensors(rows[0]), PRM_OUTPUTS, "shared-0"))  # same id in flight
-            bad = asyncio.ensure_future(wrong.infer("prm", tensors(rows[1]), PRM_OUTPUTS, "shared-1"))
+            calls.append(shared.infer("prm", tensors(rows[0]), PRM_OUTPUTS, "shared-0"))  # same key in flight
             got = await asyncio.gather(*calls)
             for reply, expected in zip(got, want + [want[0]]):
                 np.testing.assert_allclose(reply[0]["step_rewards"], expected, atol=1e-6)
-            with pytest.raises(Exception, match="internal model"):
-                await bad
+
+            # a long target call (32 continuations of 400 tokens scored) and a failing PRM call of one
+            # cache key, pending together on the stream
+            conts = tuple(tuple(5 + (i * 7 + j) % 90 for j in range(400)) for i in range(32))
+            long = LmCall(tuple(range(3, 12)), 1, end_id=2, continuations=conts)
+            wanted = parse_lm_reply(await alone.infer("target", lm_request_tensors(long), LM_OUTPUTS, "k-alone"))
+            draft = asyncio.ensure_future(shared.infer("target", lm_request_tensors(long), LM_OUTPUTS, "k"))
+            await asyncio.sleep(0.01)
+            # an input the PRM does not declare: Triton core refuses it before the model runs, and its
+            # stream error carries the request id alone (no model name)
+            bad = {**tensors(rows[1]), "bogus": np.zeros((1, 1), np.int32)}
+            with pytest.raises(Exception, match="bogus"):
+                await shared.infer("prm", bad, PRM_OUTPUTS, "k")
+            assert not draft.done(), "the target call ended before the PRM error came: nothing was tested"
+            assert parse_lm_reply(await draft).cum_logprobs == pytest.approx(wanted.cum_logprobs, abs=1e-4)
             stream = shared._stream
             assert stream is not None and not stream.pending
             await stream.close()  # as when the server stops: the stream is broken
@@ -315,7 +341,23 @@ def test_the_shared_stream_routes_answers_and_errors_to_their_calls(server) -> N
             (both,) = await shared.infer("prm", keyed, PRM_OUTPUTS, "shared-3")
             np.testing.assert_allclose(both["step_rewards"][:, :1], np.concatenate([want[3], want[4]]), atol=1e-6)
         finally:
-            for t in (shared, alone, wrong):
+            for t in (shared, alone):
                 await t.close()
+
+    asyncio.run(run())
+
+
+def test_sub_requests_of_another_client_are_refused(server) -> None:
+    """Without the server's token a sub-model refuses the request (only the rsd BLS may call it)."""
+    from runtime.engines.triton.contract import PRM_OUTPUTS, PrmCall, prm_request_tensors
+    from runtime.in_server.grpc_transport import GrpcTransport
+
+    async def run() -> None:
+        wrong = GrpcTransport(f"127.0.0.1:{server.grpc_port}", 60.0, token="not-the-token")
+        try:
+            with pytest.raises(Exception, match="internal model"):
+                await wrong.infer("prm", prm_request_tensors(PrmCall(((4, 5, 6),), ((2,),), ())), PRM_OUTPUTS, "x")
+        finally:
+            await wrong.close()
 
     asyncio.run(run())

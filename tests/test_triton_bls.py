@@ -224,21 +224,73 @@ def test_service_turns_bugs_into_error_responses(pipelines, monkeypatch):
     assert isinstance(error, EngineError) and "ZeroDivisionError" in str(error) and sink.closed == 1
 
 
-def test_sub_model_session_lru_closes_old_requests(pipelines):
-    from runtime.in_server.torch_submodels import KeyLru
+class _Session:
+    def __init__(self, key, closed):
+        self.key, self.closed = key, closed
 
-    closed = []
+    def close(self):
+        self.closed.append(self.key)
 
-    class Session:
-        def __init__(self, key):
-            self.key = key
 
-        def close(self):
-            closed.append(self.key)
+def _table(bound):
+    from runtime.in_server.torch_submodels import SessionTable
 
-    lru = KeyLru(type("Engine", (), {"open": lambda self, key: Session(key)})(), 2)
-    sessions = [lru.session(key) for key in ("a", "b", "a", "c", "d")]
-    assert sessions[0] is sessions[2] and closed == ["b", "a"] and len(lru) == 2
+    closed: list[str] = []
+    return SessionTable(type("Engine", (), {"open": lambda self, key: _Session(key, closed)})(), bound), closed
+
+
+def test_session_table_closes_the_least_recently_used_idle_session():
+    table, closed = _table(2)
+    sessions = []
+    for key in ("a", "b", "a", "c", "d"):
+        with table.use(key) as session:
+            sessions.append(session)
+    assert sessions[0] is sessions[2] and closed == ["b", "a"] and len(table) == 2
+
+
+def test_session_table_never_closes_a_session_in_use():
+    """Bound 2, three calls in flight: none is closed (the old LRU closed the first, and its forward
+    failed: 'a row's cache was freed'); once they end, the oldest idle ones go."""
+    table, closed = _table(2)
+    with table.use("a"), table.use("b"), table.use("c"):
+        assert closed == [] and len(table) == 3
+    with table.use("d"):
+        pass
+    assert closed == ["a", "b"] and len(table) == 2
+
+
+def test_released_sessions_close_once_their_calls_end():
+    table, closed = _table(8)
+    with table.use("a"):
+        table.release(["a", "never-seen"])
+        assert closed == [] and table.in_use("a")
+    assert closed == ["a"] and len(table) == 0
+    with table.use("b"):
+        pass
+    table.release(["b"])
+    assert closed == ["a", "b"]
+
+
+def test_the_sub_model_serves_more_concurrent_requests_than_its_bound(pipeline_config):
+    """Three concurrent requests on a draft sub-model that keeps 2 sessions: all three answer (they
+    all failed with the LRU that evicted sessions in flight), and each equals the request alone."""
+    from runtime.config import load_config
+    from runtime.engines.triton.contract import LmCall, lm_request_tensors, parse_lm_reply
+    from runtime.in_server.torch_submodels import build_lm_submodel
+
+    sub = build_lm_submodel(load_config(pipeline_config), "draft", 2)
+    calls = [LmCall(tuple(range(3, 9 + i)), 12, end_id=0) for i in range(3)]
+
+    async def one(i: int) -> tuple[int, ...]:
+        return parse_lm_reply([await sub.handle(lm_request_tensors(calls[i]), f"req-{i}")]).sequences[0]
+
+    async def together() -> list[tuple[int, ...]]:
+        return list(await asyncio.gather(*(one(i) for i in range(3))))
+
+    got = asyncio.run(together())
+    sub.release([f"req-{i}" for i in range(3)])
+    assert len(sub.sessions) == 0
+    assert got == [asyncio.run(one(i)) for i in range(3)]
 
 
 def likelihood_config(tmp: Path, pipeline_config: Path, verifier: str) -> Path:

@@ -91,8 +91,11 @@ class _Scripted:
     def __init__(self, reply):
         self.reply = reply
 
-    async def infer(self, model, inputs, outputs, request_id):
+    async def infer(self, model, inputs, outputs, key):
         return [self.reply]
+
+    def release(self, model, key):
+        pass
 
 
 def test_a_step_is_re_cut_only_for_tensorrt_llm():
@@ -342,7 +345,10 @@ class _PrmTransport:
         self.calls: list[contract.PrmCall] = []
         self.fail = fail
 
-    async def infer(self, model, inputs, outputs, request_id):  # type: ignore[no-untyped-def]
+    def release(self, model, key):  # type: ignore[no-untyped-def]
+        pass
+
+    async def infer(self, model, inputs, outputs, key):  # type: ignore[no-untyped-def]
         import asyncio
 
         call = contract.parse_prm_request(inputs)

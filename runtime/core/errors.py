@@ -28,3 +28,12 @@ class EngineError(RsdError):
 
 class AccessDenied(RsdError):
     """A caller asked for something this server does not expose to it (e.g. an internal sub-model)."""
+
+
+class Overloaded(EngineError):
+    """The server is at capacity: the request was not started; the client should retry later
+    (gRPC UNAVAILABLE, HTTP 503 with Retry-After where the front can set headers)."""
+
+    def __init__(self, reason: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(f"overloaded, retry later: {reason}")
+        self.retry_after_s = retry_after_s

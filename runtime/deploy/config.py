@@ -9,7 +9,11 @@
     max_queue_delay_us: 0          # dynamic batching delay of the draft/target models
     sub_request_timeout_s: 120     # a BLS sub-request gets an error after this, never hangs
     bls_threads: 64                # concurrent sub-requests of the BLS
-    cache_requests: 64             # per-request KV caches each torch sub-model keeps (LRU)
+    cache_requests: 64             # per-request KV caches each torch sub-model keeps
+    admission: {max_running_rows: 0, max_queue_size: 256, queue_timeout_s: 30}
+                                   # rows the BLS runs at once (0: cache_requests, the sessions each
+                                   # sub-model keeps), requests waiting in Triton's queue, and how long;
+                                   # past either: UNAVAILABLE / HTTP 503 (runtime/in_server/admission.py)
     torch_threads: 1               # intra-op threads per torch sub-model (0: the pipeline's engine.torch_threads)
     exit_timeout_s: 30             # tritonserver --exit-timeout-secs
     max_prompt_bytes: 65536        # a longer text_input is refused before it is tokenised
@@ -49,6 +53,9 @@ class ServeConfig:
     sub_request_timeout_s: float = 120.0
     bls_threads: int = 64
     cache_requests: int = 64
+    max_running_rows: int = 0  # 0: cache_requests (torch), 64 (trtllm)
+    max_queue_size: int = 256
+    queue_timeout_s: float = 30.0
     # Several torch processes share the CPU: one intra-op thread each avoids OpenMP threads
     # spinning against each other (measured on 2 cores: 12x lower latency than torch's default).
     torch_threads: int = 1
@@ -72,6 +79,13 @@ class ServeConfig:
         validate.integer("max_queue_delay_us", self.max_queue_delay_us, lo=0, hi=10**7)
         validate.integer("bls_threads", self.bls_threads, lo=1, hi=4096)
         validate.integer("cache_requests", self.cache_requests, lo=1, hi=10**6)
+        validate.integer("admission.max_running_rows", self.max_running_rows, lo=0, hi=10**6)
+        validate.integer("admission.max_queue_size", self.max_queue_size, lo=1, hi=10**6)
+        validate.number("admission.queue_timeout_s", self.queue_timeout_s, lo=0, hi=86400, lo_open=True)
+        if self.backend == "torch" and self.max_running_rows > self.cache_requests:
+            raise ConfigError("admission.max_running_rows", f"{self.max_running_rows} rows would need more sessions "
+                                                            f"than the {self.cache_requests} each sub-model keeps "
+                                                            f"(cache_requests)")
         validate.integer("torch_threads", self.torch_threads, lo=0, hi=1024)
         validate.integer("exit_timeout_s", self.exit_timeout_s, lo=1, hi=3600)
         validate.integer("max_prompt_bytes", self.max_prompt_bytes, lo=1, hi=2**30)
@@ -81,13 +95,22 @@ class ServeConfig:
         validate.number("sub_request_timeout_s", self.sub_request_timeout_s, lo=0, lo_open=True)
         if (self.backend == "trtllm") != (self.trtllm is not None):
             raise ConfigError("trtllm", "required for backend trtllm, and only allowed with it")
-        if self.backend == "trtllm":
-            for role in ("draft", "target"):  # one executor per engine; it batches in flight
-                if self.instance_count(role) != 1:
-                    raise ConfigError(f"instances.{role}", "a tensorrt_llm model runs exactly one instance")
+        for role in ("draft", "target", "prm") if self.backend == "torch" else ("draft", "target"):
+            if self.instance_count(role) != 1:
+                raise ConfigError(f"instances.{role}", (
+                    "a tensorrt_llm model runs exactly one instance (its executor batches in flight)"
+                    if self.backend == "trtllm" else "one torch sub-model batches every request in flight, and "
+                    "keeps each request's KV cache in its own process: instances would split a request's cache"))
 
     def instance_count(self, role: str) -> int:
         return dict(self.instances)[role]
+
+    @property
+    def running_rows(self) -> int:
+        """One BLS instance's admission capacity: together the instances run at most the sessions each
+        torch sub-model keeps (cache_requests), or max_running_rows."""
+        total = self.max_running_rows or (self.cache_requests if self.backend == "torch" else 64)
+        return max(1, total // self.instance_count("rsd"))
 
     def with_overrides(self, **values: Any) -> ServeConfig:
         """CLI overrides (None = keep)."""
@@ -104,13 +127,17 @@ def load_serve_config(path: str | Path) -> ServeConfig:
 def parse_serve_config(data: Mapping[str, Any], base: Path, source: Path | None = None) -> ServeConfig:
     validate.known_keys("", data, {"backend", "pipeline", "address", "ports", "instances", "max_batch_size",
                       "max_queue_delay_us", "sub_request_timeout_s", "bls_threads", "cache_requests",
-                      "torch_threads", "exit_timeout_s", "max_prompt_bytes", "shutdown_grace_s", "restarts",
-                      "trtllm"})
+                      "admission", "torch_threads", "exit_timeout_s", "max_prompt_bytes", "shutdown_grace_s",
+                      "restarts", "trtllm"})
     pipeline = validate.resolve_path(validate.required("", data, "pipeline"), base)
     ports = validate.known_keys("ports", data.get("ports") or {}, {"http", "grpc", "metrics", "openai"})
     instances = validate.known_keys("instances", data.get("instances") or {}, ROLES)
     restarts = validate.known_keys("restarts", data.get("restarts") or {}, {"max", "window_s", "backoff_s"})
-    scalars = {k: v for k, v in data.items() if k not in ("pipeline", "ports", "instances", "restarts", "trtllm")}
+    admission = validate.known_keys("admission", data.get("admission") or {},
+                                    {"max_running_rows", "max_queue_size", "queue_timeout_s"})
+    scalars = {k: v for k, v in data.items()
+               if k not in ("pipeline", "ports", "instances", "restarts", "admission", "trtllm")}
+    scalars.update(admission)
     scalars.update({f"restart_{k}" if k != "max" else "max_restarts": v for k, v in restarts.items()})
     trtllm = parse_trtllm(data["trtllm"], base) if data.get("trtllm") is not None else None
     return ServeConfig(

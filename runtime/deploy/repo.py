@@ -70,7 +70,9 @@ def model_values(role: str, template: str, cfg: ServeConfig, pipeline: PipelineC
                       max_batch_size=str(bls_io.MAX_BATCH_SIZE),
                       draft_model="draft", target_model="target", prm_model="prm",
                       sub_request_timeout_s=f"{cfg.sub_request_timeout_s:g}", bls_threads=str(cfg.bls_threads),
-                      max_prompt_bytes=str(cfg.max_prompt_bytes),
+                      max_prompt_bytes=str(cfg.max_prompt_bytes), max_running_rows=str(cfg.running_rows),
+                      max_queue_size=str(cfg.max_queue_size), queue_timeout_s=f"{cfg.queue_timeout_s:g}",
+                      queue_timeout_us=str(int(cfg.queue_timeout_s * 1e6)),
                       submodel_backend=cfg.backend, max_draft_len=str(max_draft_len(cfg)),
                       tokens_per_block=_block_sizes(cfg, pipeline))
     elif template == "torch_lm":

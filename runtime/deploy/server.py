@@ -31,7 +31,8 @@ from pathlib import Path
 
 from runtime.config import REPO_ROOT
 from runtime.core.errors import ConfigError, EngineError
-from runtime.wire.model_env import DRAIN_ENV, TOKEN_ENV, URL_ENV
+from runtime.deploy.processes import SHM_PREFIX, die_with_parent, remove_stale_shm, stub_processes
+from runtime.wire.model_env import ABORT_SUFFIX, DRAIN_ENV, TOKEN_ENV, URL_ENV
 
 log = logging.getLogger(__name__)
 
@@ -85,51 +86,6 @@ def port_is_free(address: str, port: int) -> bool:
     return True
 
 
-def stub_processes(pid: int) -> dict[int, str]:
-    """The Python-backend stubs below process `pid` (any depth): stub pid -> model name."""
-    found: dict[int, str] = {}
-    todo = [pid]
-    while todo:
-        for child in _children(todo.pop()):
-            argv = _cmdline(child)
-            if argv and argv[0].endswith("triton_python_backend_stub") and len(argv) > 1:
-                found[child] = Path(argv[1]).parent.parent.name  # <repo>/<model>/<version>/model.py
-            else:
-                todo.append(child)
-    return found
-
-
-def process_alive(pid: int) -> bool:
-    """Running (a zombie, which its parent has not reaped yet, is dead)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _children(pid: int) -> list[int]:
-    kids: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            kids += [int(c) for c in (task / "children").read_text().split()]
-    return kids
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
 @dataclass(frozen=True, slots=True)
 class TritonInstall:
     binary: Path
@@ -170,7 +126,7 @@ class TritonServer:
     # Key of the restricted admin APIs (header ADMIN_HEADER); by default a random one nobody knows.
     admin_key: str = field(default_factory=lambda: secrets.token_hex(16))
     proc: subprocess.Popen[bytes] | None = None
-    shm_prefix: str = field(default_factory=lambda: f"rsd{os.getpid()}x{time.monotonic_ns() % 10**6}_")
+    shm_prefix: str = field(default_factory=lambda: f"{SHM_PREFIX}{os.getpid()}x{time.monotonic_ns() % 10**6}_")
     # The BLS sends this with each sub-request; sub-models refuse requests without it.
     internal_token: str = field(default_factory=lambda: secrets.token_hex(16))
     drain_file: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / f"rsd-drain-{secrets.token_hex(8)}")
@@ -229,6 +185,10 @@ class TritonServer:
         """New requests now get UNAVAILABLE ("shutting down"); in-flight ones go on."""
         self.drain_file.touch()
 
+    def abort_drain(self) -> None:
+        """The grace expired: requests still running fail at their next step (the BLS's abort flag)."""
+        Path(str(self.drain_file) + ABORT_SUFFIX).touch()
+
     def in_flight(self) -> int | None:
         """Requests the rsd model is serving now (its metric), None if the metrics do not answer."""
         try:
@@ -244,12 +204,15 @@ class TritonServer:
     def start(self, ready_timeout_s: float = 180.0) -> None:
         install = TritonInstall.find()
         self.check_ports()
-        self.drain_file.unlink(missing_ok=True)
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        remove_stale_shm()
+        self._remove_drain_files()
         log.info("starting tritonserver on %s (grpc %d, metrics %d), repository %s",
                  self.url, self.grpc_port, self.metrics_port, self.repo)
-        self.proc = subprocess.Popen(self.command(install), env=self.environment(), stdout=out,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        # killed with us, even by kill -9 (a launcher such as mpirun gets SIGTERM, which it forwards)
+        dies = die_with_parent(signal.SIGTERM if self.launcher else signal.SIGKILL)
+        with open(self.log_file, "ab") if self.log_file else open(os.devnull, "wb") as out:
+            self.proc = subprocess.Popen(self.command(install), env=self.environment(), stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=dies)
         try:
             self.wait_ready(ready_timeout_s)
         except BaseException:
@@ -287,7 +250,11 @@ class TritonServer:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         self.remove_shm()
+        self._remove_drain_files()
+
+    def _remove_drain_files(self) -> None:
         self.drain_file.unlink(missing_ok=True)
+        Path(str(self.drain_file) + ABORT_SUFFIX).unlink(missing_ok=True)
 
     def remove_shm(self) -> None:
         for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):

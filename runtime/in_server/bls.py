@@ -16,20 +16,21 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from runtime.core.errors import EngineError, RequestValidationError, RsdError
+from runtime.core.errors import EngineError, Overloaded, RequestValidationError, RsdError
 from runtime.core.loop import Request
 from runtime.core.types import StepEvent
+from runtime.in_server.admission import Admission
 from runtime.in_server.metrics import RequestClock, RsdMetrics
 from runtime.pipeline import Pipeline
-from runtime.wire.bls_io import DEFAULT_MAX_PROMPT_BYTES, ParsedRequest, parse_inputs
+from runtime.wire.bls_io import DEFAULT_MAX_PROMPT_BYTES, ParsedRequest, parse_inputs, row_count
 from runtime.wire.bls_outputs import Progress, Wanted, response_outputs
-from runtime.wire.model_env import DRAIN_ENV
+from runtime.wire.model_env import ABORT_SUFFIX, DRAIN_ENV
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,13 @@ def drain_flag() -> Callable[[], bool]:
     return (lambda: os.path.exists(path)) if path else (lambda: False)
 
 
+def abort_flag() -> Callable[[], bool]:
+    """True once the drain's grace expired (`rsd serve` creates RSD_DRAIN_FILE + ABORT_SUFFIX):
+    requests still running fail at their next step instead of running on while the server stops."""
+    path = os.environ.get(DRAIN_ENV, "")
+    return (lambda: os.path.exists(path + ABORT_SUFFIX)) if path else (lambda: False)
+
+
 @dataclass(slots=True)
 class _Rows:
     """What the rows of one request share: the sink, and how many rows are still running (the
@@ -74,6 +82,41 @@ class RsdService:
     metrics: RsdMetrics | None = None
     max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES
     draining: Callable[[], bool] = lambda: False
+    admission: Admission | None = None  # None: no bound (tests that drive `serve` directly)
+    aborting: Callable[[], bool] = lambda: False  # the drain's grace expired: fail what still runs
+
+    def submit(self, inputs: Mapping[str, np.ndarray], parameters: Mapping[str, Any], sink: ResponseSink,
+               spawn: Callable[[Coroutine[Any, Any, None]], None], deadline: float) -> None:
+        """Called from `execute`: hold room for the request's rows, blocking while the BLS is full (so
+        Triton's queue holds the requests behind it), then run it as a task (`spawn`). Past `deadline`
+        the request is refused with Overloaded, never started."""
+        admission = self.admission
+        if admission is None or self.draining():  # draining: it gets "shutting down" at once
+            spawn(self.serve(inputs, parameters, sink))
+            return
+        try:
+            rows = admission.acquire(row_count(inputs), deadline)
+        except Overloaded as exc:
+            log.warning("request refused: %s", exc)
+            self._admission_changed(rejected=1)
+            sink.fail(exc)
+            sink.close()
+            return
+        self._admission_changed()
+        spawn(self._serve_then_release(inputs, parameters, sink, rows))
+
+    async def _serve_then_release(self, inputs: Mapping[str, np.ndarray], parameters: Mapping[str, Any],
+                                  sink: ResponseSink, rows: int) -> None:
+        assert self.admission is not None
+        try:
+            await self.serve(inputs, parameters, sink)
+        finally:
+            self.admission.release(rows)
+            self._admission_changed()
+
+    def _admission_changed(self, rejected: int = 0) -> None:
+        if self.metrics is not None and self.admission is not None:
+            self.metrics.admission(self.admission.running, self.admission.waiting, rejected)
 
     async def serve(self, inputs: Mapping[str, np.ndarray], parameters: Mapping[str, Any], sink: ResponseSink) -> None:
         """Run one request (all its rows) to its end; the sink is closed whatever happens."""
@@ -134,6 +177,8 @@ class RsdService:
                     shared.cancelled = True
                     log.info("request cancelled by the client after %d steps", len(done))
                     return "cancelled"
+                if self.aborting() and not event.finished:
+                    raise EngineError("the server shut down before the request finished (the drain's grace expired)")
                 done.append(event)
                 if row.stream:
                     progress = progress.after([event], time.time_ns())

@@ -26,7 +26,7 @@ import asyncio
 import dataclasses
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +92,9 @@ class EnginePrm:
     transport: SubModelTransport
     engine: str  # the `tensorrt_llm` model serving the PRM engine
     readout: RewardReadout
+
+    def release(self, keys: Sequence[str]) -> None:
+        """Nothing is held per request here (the engine's KV blocks are reused by content)."""
 
     async def handle(self, tensors: Mapping[str, np.ndarray], key: str) -> dict[str, np.ndarray]:
         call = parse_prm_request(tensors)

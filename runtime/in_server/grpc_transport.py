@@ -7,11 +7,11 @@ detected`), as it did with blocking `exec` from a thread pool. The gRPC path is 
 used one. All sub-requests travel on one long-lived bidirectional stream (`SharedStream`, on the
 model's own loop): a stream per sub-request cost about 1 ms of a PRM call's 6.5 ms, and setting
 streams up and down was about a fifth of the BLS's samples at c = 16 (BENCHMARKS.md). Responses, error responses included, carry
-the request's id, so each is routed to its call by (model, id); a call whose (model, id) is
-already in flight gets a stream of its own (`own_stream`, the previous design), so two answers are
-never confused. The sub-request's token and `triton_enable_empty_final_response` go as request
-parameters; responses are read until the final flag (TensorRT-LLM answers n sequences as n
-responses). When the stream breaks (the server stops), every call on it fails at once with an
+the request's id, which is unique per sub-request (runtime.engines.triton.transport.SubRequestTags):
+Triton's stream names an error's request but not always its model, so each answer is routed by
+id alone, to exactly its call. The sub-request's token, cache key, released keys and
+`triton_enable_empty_final_response` go as request parameters; responses are read until the
+final flag (TensorRT-LLM answers n sequences as n responses). When the stream breaks (the server stops), every call on it fails at once with an
 EngineError and the next call opens a new one. A call given up by its caller (cancelled, timed
 out) stays routed until its answer comes, which is then dropped. Sub-models see the same request
 as over BLS.
@@ -27,40 +27,36 @@ from typing import Any
 import numpy as np
 
 from runtime.core.errors import EngineError
-from runtime.engines.triton.transport import timed
+from runtime.engines.triton.transport import SubRequestTags, timed
 
 log = logging.getLogger(__name__)
 
 FINAL = "triton_final_response"
 
 
-Key = tuple[str, str]  # (model, request id)
-
-
 @dataclass(slots=True)
 class _Call:
+    model: str
     future: asyncio.Future[list[dict[str, np.ndarray]]]
     replies: list[dict[str, np.ndarray]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
 class SharedStream:
-    """One ModelStreamInfer stream for every sub-request; answers routed by (model, id)."""
+    """One ModelStreamInfer stream for every sub-request; answers routed by their (unique) id."""
 
     stub: Any  # service_pb2_grpc.GRPCInferenceServiceStub on an aio channel
-    pending: dict[Key, _Call] = field(default_factory=dict)
+    pending: dict[str, _Call] = field(default_factory=dict)  # sub-request id -> its call
     broken: bool = False
     _queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     _reader: asyncio.Task[None] | None = None
 
-    def busy(self, key: Key) -> bool:
-        return key in self.pending
-
-    async def call(self, key: Key, request: Any) -> list[dict[str, np.ndarray]]:
+    async def call(self, request: Any) -> list[dict[str, np.ndarray]]:
         if self._reader is None:
             self._reader = asyncio.ensure_future(self._read())
-        call = _Call(asyncio.get_running_loop().create_future())
-        self.pending[key] = call
+        assert request.id not in self.pending, request.id  # ids are unique (SubRequestTags)
+        call = _Call(request.model_name, asyncio.get_running_loop().create_future())
+        self.pending[request.id] = call
         self._queue.put_nowait(request)
         return await asyncio.shield(call.future)  # routed until answered, even if our caller gives up
 
@@ -76,9 +72,9 @@ class SharedStream:
             async for response in self.stub.ModelStreamInfer(self._requests()):
                 infer = response.infer_response
                 if response.error_message:  # final; Triton names the request, but not always the model
-                    self._fail(infer.id, infer.model_name, response.error_message)
+                    self._fail(infer.id, response.error_message)
                     continue
-                call = self.pending.get((infer.model_name, infer.id))
+                call = self.pending.get(infer.id)
                 if call is None:
                     log.warning("a sub-model answer for %s/%s nobody waits for", infer.model_name, infer.id)
                     continue
@@ -86,7 +82,7 @@ class SharedStream:
                 if infer.outputs:
                     call.replies.append({o.name: result.as_numpy(o.name) for o in infer.outputs})
                 if infer.parameters[FINAL].bool_param:
-                    del self.pending[(infer.model_name, infer.id)]
+                    del self.pending[infer.id]
                     if not call.future.done():
                         call.future.set_result(call.replies)
             error = EngineError("the sub-request stream ended")
@@ -98,18 +94,17 @@ class SharedStream:
         finally:
             self.broken = True
             calls, self.pending = self.pending, {}
-            for (model, _), call in calls.items():
+            for call in calls.values():
                 if not call.future.done():
-                    call.future.set_exception(EngineError(f"{model}: {error}"))
+                    call.future.set_exception(EngineError(f"{call.model}: {error}"))
 
-    def _fail(self, request_id: str, model: str, message: str) -> None:
-        key = next((k for k in self.pending if k[1] == request_id and model in ("", k[0])), None)
-        if key is None:
-            log.warning("a sub-model error for %s/%s nobody waits for: %s", model, request_id, message)
+    def _fail(self, request_id: str, message: str) -> None:
+        call = self.pending.pop(request_id, None)
+        if call is None:
+            log.warning("a sub-model error for %s nobody waits for: %s", request_id, message)
             return
-        call = self.pending.pop(key)
         if not call.future.done():
-            call.future.set_exception(EngineError(f"{key[0]}: {message}"))
+            call.future.set_exception(EngineError(f"{call.model}: {message}"))
 
     async def close(self) -> None:
         if self._reader is not None:
@@ -125,6 +120,7 @@ class GrpcTransport:
     token_parameter: str = "rsd_internal_token"
     observe: Callable[[str, float], None] | None = None  # (model, seconds) per sub-request
     shared_stream: bool = True  # False: one stream per sub-request
+    tags: SubRequestTags = field(default_factory=SubRequestTags)
     _client: Any = field(default=None, init=False)
     _channel: Any = field(default=None, init=False)
     _stream: SharedStream | None = field(default=None, init=False)
@@ -141,23 +137,21 @@ class GrpcTransport:
             self._client = None
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str],
-                    request_id: str) -> list[dict[str, np.ndarray]]:
-        replies: list[dict[str, np.ndarray]] = await timed(
-            model, request_id, self._call(model, inputs, outputs, request_id), self.timeout_s, self.observe)
+                    key: str) -> list[dict[str, np.ndarray]]:
+        request_id, parameters = self.tags.tag(model, key)
+        call = self._call(model, inputs, outputs, request_id, {
+            **parameters, self.token_parameter: self.token, "triton_enable_empty_final_response": True})
+        replies: list[dict[str, np.ndarray]] = await timed(model, request_id, call, self.timeout_s, self.observe)
         return replies
 
-    def _parameters(self) -> dict[str, Any]:
-        return {self.token_parameter: self.token, "triton_enable_empty_final_response": True}
+    def release(self, model: str, key: str) -> None:
+        self.tags.release(model, key)
 
     async def _call(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str],
-                    request_id: str) -> list[dict[str, np.ndarray]]:
+                    request_id: str, parameters: dict[str, Any]) -> list[dict[str, np.ndarray]]:
         if not self.shared_stream:
-            return await self.own_stream(model, inputs, outputs, request_id)
-        stream = self._shared()
-        if stream.busy((model, request_id)):
-            return await self.own_stream(model, inputs, outputs, request_id)
-        return await stream.call((model, request_id), infer_request(model, inputs, outputs, request_id,
-                                                                    self._parameters()))
+            return await self.own_stream(model, inputs, outputs, request_id, parameters)
+        return await self._shared().call(infer_request(model, inputs, outputs, request_id, parameters))
 
     def _shared(self) -> SharedStream:
         if self._stream is None or self._stream.broken:
@@ -171,7 +165,7 @@ class GrpcTransport:
         return self._stream
 
     async def own_stream(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str],
-                         request_id: str) -> list[dict[str, np.ndarray]]:
+                         request_id: str, parameters: dict[str, Any]) -> list[dict[str, np.ndarray]]:
         """The sub-request on a stream of its own (tritonclient.grpc.aio), closed when it is answered."""
         import tritonclient.grpc as grpcclient
         from tritonclient.grpc import aio as grpcaio
@@ -186,7 +180,7 @@ class GrpcTransport:
             tensors.append(tensor)
         done = asyncio.Event()
         request = {"model_name": model, "inputs": tensors, "request_id": request_id,
-                   "outputs": [grpcclient.InferRequestedOutput(o) for o in outputs], "parameters": self._parameters()}
+                   "outputs": [grpcclient.InferRequestedOutput(o) for o in outputs], "parameters": parameters}
 
         async def requests() -> AsyncIterator[dict[str, Any]]:
             yield request

@@ -17,15 +17,16 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from runtime.core.errors import AccessDenied, ConfigError, EngineError, RequestValidationError, RsdError
-from runtime.engines.triton.transport import timed
+from runtime.engines.triton.transport import CACHE_KEY, SubRequestTags, released_keys, timed
 from runtime.wire.model_env import TOKEN_ENV, URL_ENV
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,24 @@ def to_tensors(outputs: Mapping[str, np.ndarray]) -> list[Any]:
     return [pb.Tensor(name, value) for name, value in outputs.items()]
 
 
+def exit_with_parent(poll_s: float = 0.5) -> None:
+    """End this stub when tritonserver, its parent, is gone (killed with -9, e.g. with `rsd serve`):
+    the Python backend's stub runs on unnoticed otherwise (measured: still alive 30 s later), holding
+    its memory and models. A daemon thread polls the parent pid; one per process."""
+    if any(t.name == "parent-watch" for t in threading.enumerate()):
+        return
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        log.error("tritonserver (pid %d) is gone; this model stub exits", parent)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+
 @dataclass(slots=True)
 class StubLoop:
     """The model's asyncio loop, run in a thread of its own; `execute` hands it requests.
@@ -100,6 +119,7 @@ class StubLoop:
     _executor: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
+        exit_with_parent()
         self._loop = asyncio.new_event_loop()
         self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix=f"{self.name}-io")
         self._loop.set_default_executor(self._executor)
@@ -204,15 +224,20 @@ class PbTransport:
     token: str = ""
     multi_response: bool = False
     observe: Callable[[str, float], None] | None = None  # (model, seconds) per sub-request
+    tags: SubRequestTags = field(default_factory=SubRequestTags)
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str],
-                    request_id: str) -> list[dict[str, np.ndarray]]:
+                    key: str) -> list[dict[str, np.ndarray]]:
         pb = _pb()
+        request_id, parameters = self.tags.tag(model, key)
         request = pb.InferenceRequest(model_name=model, inputs=to_tensors(inputs),
                                       requested_output_names=list(outputs), request_id=request_id,
-                                      parameters={TOKEN_PARAMETER: self.token})
+                                      parameters={**parameters, TOKEN_PARAMETER: self.token})
         responses = await timed(model, request_id, self._exec(request), self.timeout_s, self.observe)
         return [_outputs(model, r) for r in responses]
+
+    def release(self, model: str, key: str) -> None:
+        self.tags.release(model, key)
 
     async def _exec(self, request: Any) -> list[Any]:
         iterator = await request.async_exec(decoupled=True)
@@ -300,14 +325,27 @@ class Incoming:
                    frozenset(request.requested_output_names()), read_parameters(request),
                    request.get_response_sender())
 
+    @property
+    def key(self) -> str:
+        """The BLS request this sub-request belongs to (its cache key); a client of our own sends none."""
+        return str(self.parameters.get(CACHE_KEY) or self.request_id)
 
-async def answer(incoming: Incoming, guard: Guard,
-                 handle: Callable[[dict[str, np.ndarray], str], Awaitable[dict[str, np.ndarray]]]) -> None:
+
+class SubModel(Protocol):
+    async def handle(self, tensors: dict[str, np.ndarray], key: str) -> dict[str, np.ndarray]: ...
+
+    def release(self, keys: Sequence[str]) -> None:
+        """Free what is held for these requests (they ended)."""
+        ...
+
+
+async def answer(incoming: Incoming, guard: Guard, model: SubModel) -> None:
     """Serve one sub-model request: one response with the final flag, or one error response."""
     pb = _pb()
     try:
         guard.check(incoming.parameters)
-        outputs = await handle(incoming.inputs, incoming.request_id)
+        model.release(released_keys(incoming.parameters))
+        outputs = await model.handle(incoming.inputs, incoming.key)
         wanted = incoming.wanted or set(outputs)
         response = pb.InferenceResponse(output_tensors=to_tensors({k: v for k, v in outputs.items() if k in wanted}))
     except RsdError as exc:

@@ -5,6 +5,12 @@ step event) is added to counters; each step's PRM reward feeds a histogram; dura
 measured by the BLS (a `RequestClock` per request) and by the sub-request transport. Definitions:
   rsd_requests_total{method, outcome}              requests ended: ok | invalid | error | cancelled
   rsd_requests_in_flight                           requests being served now (gauge)
+  rsd_rows_running                                 rows (step loops) running now, at most the admission
+                                                   capacity (gauge; runtime.in_server.admission)
+  rsd_requests_waiting                             requests handed to the BLS waiting for room (gauge;
+                                                   Triton's queue before it: nv_inference_pending_request_count)
+  rsd_requests_rejected_total                      requests refused at capacity after waiting in the BLS
+                                                   (Triton's own queue refusals: nv_inference_request_failure)
   rsd_request_duration_seconds{method}             histogram: start to last step, requests that ended ok
   rsd_time_to_first_step_seconds{method}           histogram: start to the first decided step
   rsd_step_duration_seconds{method, source}        histogram: time to decide one step (since the
@@ -165,6 +171,9 @@ class BufferedFactory:
 _FAMILIES: dict[str, tuple[str, str, Sequence[float] | None]] = {
     "rsd_requests_total": ("counter", "Requests ended, by method and outcome (ok, invalid, error, cancelled)", None),
     "rsd_requests_in_flight": ("gauge", "Requests being served", None),
+    "rsd_rows_running": ("gauge", "Rows (step loops) running, at most the admission capacity", None),
+    "rsd_requests_waiting": ("gauge", "Requests handed to the BLS waiting for room to run", None),
+    "rsd_requests_rejected_total": ("counter", "Requests refused at capacity after waiting in the BLS", None),
     "rsd_request_duration_seconds": ("histogram", "Request latency, start to last step (requests that ended ok)",
                                      SECONDS_BUCKETS),
     "rsd_time_to_first_step_seconds": ("histogram", "Time from the request's start to its first decided step",
@@ -215,6 +224,12 @@ class RsdMetrics:
         self._in_flight += 1
         self.metric("rsd_requests_in_flight").set(self._in_flight)
         return RequestClock()
+
+    def admission(self, running_rows: int, waiting: int, rejected: int = 0) -> None:
+        """The admission state after a change (runtime.in_server.admission)."""
+        self.metric("rsd_rows_running").set(running_rows)
+        self.metric("rsd_requests_waiting").set(waiting)
+        self.metric("rsd_requests_rejected_total").increment(rejected)
 
     def request_ended(self, method: str, outcome: str, clock: RequestClock | None = None) -> None:
         self._in_flight -= 1

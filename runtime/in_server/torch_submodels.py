@@ -3,9 +3,11 @@
 Each handler turns one request's tensors (`runtime.engines.triton.contract`) into an engine
 call and the result back into tensors; `triton_repo/torch_*/1/model.py` only moves tensors.
 Requests run as concurrent coroutines, so the engine's ForwardScheduler batches them in flight.
-Each BLS request id gets an engine session (its KV cache) from an LRU of sessions: the BLS
-cannot tell the sub-model that a request ended, so an abandoned request's session is closed
-when it is evicted instead of leaking.
+Each BLS request (the sub-request's cache key) gets an engine session (its KV cache) from a
+`SessionTable`: a session is never closed while a call on it is in flight; the BLS says which
+requests ended with its next sub-request (runtime.engines.triton.transport.RELEASED_KEYS) and
+their sessions close once idle; past `cache_requests` sessions the least recently used idle ones
+close (requests whose end was never heard, e.g. after a BLS restart).
 
 What a request is (`LmSubModel._route`), on TensorRT-LLM's names, all on the request's cache:
   draft_input_ids, request_output_len = len(draft) + 1, no stop words: verification (TensorRT-LLM's
@@ -31,7 +33,8 @@ import asyncio
 import dataclasses
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -68,23 +71,64 @@ class _Opens(Protocol):
 
 
 @dataclass(slots=True)
-class KeyLru:
-    """The sessions of the most recently used request keys; an evicted session is closed."""
+class _Entry:
+    session: Any
+    users: int = 0  # calls in flight on it
+    ended: bool = False  # the BLS said its request ended: close once no call uses it
+
+
+@dataclass(slots=True)
+class SessionTable:
+    """Engine sessions by request key, reference-counted: `use` holds one for a call; a session
+    closes when its request ended (`release`) and no call uses it, or, past `bound` sessions, when
+    it is the least recently used idle one. Sessions in use are never closed, so while every one is
+    busy the table holds more than `bound` (the BLS's admission control keeps that from happening)."""
 
     engine: _Opens
     bound: int
-    _sessions: OrderedDict[str, Any] = field(default_factory=OrderedDict)
+    _entries: OrderedDict[str, _Entry] = field(default_factory=OrderedDict)
 
-    def session(self, key: str) -> Any:
-        """The key's session, opened on first use, now the most recently used."""
-        session = self._sessions.pop(key, None)
-        self._sessions[key] = session if session is not None else self.engine.open(key)
-        while len(self._sessions) > self.bound:
-            self._sessions.popitem(last=False)[1].close()
-        return self._sessions[key]
+    @contextmanager
+    def use(self, key: str) -> Iterator[Any]:
+        """The key's session for one call (opened on first use, now the most recently used)."""
+        entry = self._entries.pop(key, None) or _Entry(self.engine.open(key))
+        self._entries[key] = entry
+        entry.users += 1
+        try:
+            self._evict()
+            yield entry.session
+        finally:
+            entry.users -= 1
+            if entry.ended and not entry.users:
+                self._close(key)
+
+    @contextmanager
+    def use_all(self, keys: Sequence[str]) -> Iterator[list[Any]]:
+        with ExitStack() as stack:
+            yield [stack.enter_context(self.use(key)) for key in keys]
+
+    def release(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            entry = self._entries.get(key)
+            if entry is not None:
+                entry.ended = True
+                if not entry.users:
+                    self._close(key)
+
+    def in_use(self, key: str) -> bool:
+        entry = self._entries.get(key)
+        return entry is not None and entry.users > 0
+
+    def _evict(self) -> None:
+        idle = [key for key, entry in self._entries.items() if not entry.users]  # least recently used first
+        for key in idle[:max(0, len(self._entries) - self.bound)]:
+            self._close(key)
+
+    def _close(self, key: str) -> None:
+        self._entries.pop(key).session.close()
 
     def __len__(self) -> int:
-        return len(self._sessions)
+        return len(self._entries)
 
 
 class _Counters(Protocol):
@@ -100,12 +144,16 @@ def _report(engine: object, counters: _Counters | None) -> None:
 @dataclass(slots=True)
 class LmSubModel:
     lm: object  # runtime.engines.torch.generator.TorchLM (typed loosely: torch imports stay lazy)
-    lru: KeyLru
+    sessions: SessionTable
     counters: _Counters | None = None  # e.g. runtime.in_server.metrics.EngineMetrics
+
+    def release(self, keys: Sequence[str]) -> None:
+        self.sessions.release(keys)
 
     async def handle(self, tensors: Mapping[str, np.ndarray], key: str) -> dict[str, np.ndarray]:
         call = parse_lm_request(tensors)
-        reply = await self._route(call)(call, self.lru.session(key))
+        with self.sessions.use(key) as session:
+            reply = await self._route(call)(call, session)
         _report(self.lm, self.counters)
         if not call.exclude_input:
             per_token = (None if reply.token_logprobs is None else
@@ -210,24 +258,25 @@ class LmSubModel:
 @dataclass(slots=True)
 class PrmSubModel:
     prm: object  # runtime.engines.torch.prm.TorchPRM
-    lru: KeyLru
+    sessions: SessionTable
     counters: _Counters | None = None
+
+    def release(self, keys: Sequence[str]) -> None:
+        self.sessions.release(keys)
 
     async def handle(self, tensors: Mapping[str, np.ndarray], key: str) -> dict[str, np.ndarray]:
         call = parse_prm_request(tensors)
         if not call.keys:
-            rewards, usage = await self.lru.session(key).rewards_at(call.rows, call.positions)
+            with self.sessions.use(key) as session:
+                rewards, usage = await session.rewards_at(call.rows, call.positions)
             _report(self.prm, self.counters)
             return prm_reply_tensors(rewards, usage)
         # rows of several BLS requests: each key's rows on its own session, all in one forward
         groups = call.groups()
-        if len(groups) > self.lru.bound:
-            raise EngineError(f"row_keys: {len(groups)} requests in one call, more than the {self.lru.bound} "
-                              f"sessions kept (cache_requests)")
-        sessions = [self.lru.session(k) for k in groups]
-        scored = await asyncio.gather(*(
-            session.rewards_at([call.rows[i] for i in rows], [call.positions[i] for i in rows])
-            for session, rows in zip(sessions, groups.values())))
+        with self.sessions.use_all(list(groups)) as sessions:
+            scored = await asyncio.gather(*(
+                session.rewards_at([call.rows[i] for i in rows], [call.positions[i] for i in rows])
+                for session, rows in zip(sessions, groups.values())))
         _report(self.prm, self.counters)
         per_row: list[list[float]] = [[] for _ in call.rows]
         for rows, (rewards, _) in zip(groups.values(), scored):
@@ -253,7 +302,7 @@ def build_lm_submodel(cfg: PipelineConfig, role: str, cache_requests: int, threa
     segmenter = StepSegmenter(tok.piece, tok.eos_ids, cfg.step_delimiter)
     lm = build_lm(role, model.path, model.dtype, model.device, segmenter, tok, cfg.engine.max_batch_rows,
                   cfg.engine.lean_forward)
-    return LmSubModel(lm, KeyLru(lm, cache_requests))
+    return LmSubModel(lm, SessionTable(lm, cache_requests))
 
 
 def build_prm_submodel(cfg: PipelineConfig, cache_requests: int, threads: int = 0) -> PrmSubModel:
@@ -264,4 +313,4 @@ def build_prm_submodel(cfg: PipelineConfig, cache_requests: int, threads: int = 
         raise ConfigError("models.prm", "the pipeline config has no PRM")
     set_threads(threads or cfg.engine.torch_threads)
     prm = prm_for(cfg.prm, cfg.engine, with_format=False)
-    return PrmSubModel(prm, KeyLru(prm, cache_requests))
+    return PrmSubModel(prm, SessionTable(prm, cache_requests))

@@ -4,4 +4,5 @@ from __future__ import annotations
 
 TOKEN_ENV = "RSD_INTERNAL_TOKEN"  # the per-start token sub-models require of every request
 DRAIN_ENV = "RSD_DRAIN_FILE"  # the file exists while the server drains (new requests refused)
+ABORT_SUFFIX = ".abort"  # DRAIN_ENV's path + this exists once the drain's grace expired
 URL_ENV = "RSD_GRPC_URL"  # host:port of the server's gRPC endpoint: how the BLS reaches sub-models

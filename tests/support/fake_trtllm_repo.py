@@ -86,14 +86,18 @@ class FakeTransport:
     calls: Counter[str] = field(default_factory=Counter)
     requests: list[tuple[str, dict[str, np.ndarray]]] = field(default_factory=list)  # every engine request
 
+    def release(self, model: str, key: str) -> None:
+        if model in self.handlers:
+            self.handlers[model].release([key])
+
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str],
-                    request_id: str) -> list[dict[str, np.ndarray]]:
+                    key: str) -> list[dict[str, np.ndarray]]:
         self.calls[model] += 1
         tensors = {k: np.array(v) for k, v in inputs.items()}
         if model in self.engines:
             self.requests.append((model, tensors))
             return [{k: v for k, v in r.items() if k in outputs} for r in self.engines[model].respond(tensors)]
         if model in self.handlers:
-            reply = await self.handlers[model].handle(tensors, request_id)
+            reply = await self.handlers[model].handle(tensors, key)
             return [{k: v for k, v in reply.items() if k in outputs}]
         raise EngineError(f"{model}: model is not loaded")

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from runtime.core.errors import EngineError
+from runtime.engines.triton.transport import SubRequestTags, released_keys
 
 
 @dataclass(slots=True)
@@ -16,13 +17,19 @@ class InProcessTransport:
     handlers: Mapping[str, Any]  # model name -> object with `async handle(tensors, key)`
     calls: dict[str, int] = field(default_factory=dict)
     sent: list[tuple[str, dict[str, np.ndarray]]] = field(default_factory=list)  # (model, inputs) per request
+    tags: SubRequestTags = field(default_factory=SubRequestTags)  # released keys travel as over Triton
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str],
-                    request_id: str) -> list[dict[str, np.ndarray]]:
+                    key: str) -> list[dict[str, np.ndarray]]:
         handler = self.handlers.get(model)
         if handler is None:
             raise EngineError(f"{model}: model is not loaded")
         self.calls[model] = self.calls.get(model, 0) + 1
         self.sent.append((model, dict(inputs)))
-        reply = await handler.handle({k: np.array(v) for k, v in inputs.items()}, request_id)
+        _, parameters = self.tags.tag(model, key)
+        handler.release(released_keys(parameters))
+        reply = await handler.handle({k: np.array(v) for k, v in inputs.items()}, key)
         return [{k: v for k, v in reply.items() if k in outputs}]
+
+    def release(self, model: str, key: str) -> None:
+        self.tags.release(model, key)

@@ -21,7 +21,8 @@
 Usage (prefill / decode tokens, forwards) is what the sub-model reports in its reply; for a
 TensorRT-LLM engine, which reports none, it is derived from what the engine returns
 (`runtime.engines.triton.usage`). A request's session (`TritonLM.open`) holds only its key,
-by which the sub-model caches the request: nothing here shadows the sub-model's cache.
+by which the sub-model caches the request: nothing here shadows the sub-model's cache; closing it
+tells the sub-model the request ended.
 """
 from __future__ import annotations
 
@@ -237,8 +238,10 @@ class TritonLmSession:
         return await self.lm.logits(self, req)
 
     def close(self) -> None:
-        """Nothing to free here: the sub-model's own LRU evicts the request's cache (nothing tells it a
-        request ended)."""
+        """Tell our torch sub-model the request ended (with its next sub-request), so it frees the
+        request's cache; a TensorRT-LLM engine holds nothing per request between calls."""
+        if self.lm.on_cache:
+            self.lm.transport.release(self.lm.model, self.key)
 
 
 @dataclass(slots=True)

@@ -164,7 +164,8 @@ class TritonPrmSession:
         return RewardResult(tuple(r[0] for r in rewards), used)
 
     def close(self) -> None:
-        """The sub-model's LRU evicts the request's cache."""
+        """The request ended: the sub-model frees its cache (told with the next PRM sub-request)."""
         if not self.closed:
             self.prm.batcher.open_requests -= 1
+            self.prm.transport.release(self.prm.model, self.key)
         self.closed = True

@@ -2,12 +2,17 @@
 
 Parse config, build the pipeline (the same step loop as in-process, on engines that call the
 sub-models), then serve each request as its own task on the model's loop: validate, run,
-respond (runtime.in_server.bls). `execute` only hands requests over and returns.
+respond (runtime.in_server.bls). `execute` only admits requests (it blocks while the BLS runs
+its capacity of rows, so Triton's bounded queue holds the rest: runtime.in_server.admission)
+and hands them over.
 """
+import time
+
 from runtime.assembly.bls import SubModels, build_bls_pipeline, parse_block_sizes
 from runtime.config import load_config
 from runtime.in_server import host
-from runtime.in_server.bls import RsdService, drain_flag
+from runtime.in_server.admission import Admission
+from runtime.in_server.bls import RsdService, abort_flag, drain_flag
 from runtime.in_server.metrics import BufferedFactory, RsdMetrics
 
 
@@ -26,12 +31,16 @@ class TritonPythonModel:
                           backend, int(host.require(params, "max_draft_len")),
                           parse_block_sizes(params.get("tokens_per_block", "")))
         pipeline = build_bls_pipeline(load_config(host.require(params, "pipeline_config")), transport, names)
-        self.service = RsdService(pipeline, metrics, int(host.require(params, "max_prompt_bytes")), drain_flag())
+        admission = Admission(int(host.require(params, "max_running_rows")),
+                              float(host.require(params, "queue_timeout_s")))
+        self.service = RsdService(pipeline, metrics, int(host.require(params, "max_prompt_bytes")), drain_flag(),
+                                  admission, abort_flag())
 
     def execute(self, requests):
+        deadline = time.monotonic() + self.service.admission.max_wait_s
         for request in requests:
-            sink = host.PbSink(request.get_response_sender())
-            self.loop.spawn(self.service.serve(host.read_inputs(request), host.read_parameters(request), sink))
+            self.service.submit(host.read_inputs(request), host.read_parameters(request),
+                                host.PbSink(request.get_response_sender()), self.loop.spawn, deadline)
         return None
 
     def finalize(self):

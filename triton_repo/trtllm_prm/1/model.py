@@ -21,7 +21,7 @@ class TritonPythonModel:
 
     def execute(self, requests):
         for request in requests:
-            self.loop.spawn(host.answer(host.Incoming.read(request), self.guard, self.model.handle))
+            self.loop.spawn(host.answer(host.Incoming.read(request), self.guard, self.model))
         return None
 
     def finalize(self):
