@@ -42,11 +42,13 @@ class EngineConfig:
     max_batch_rows: int = 64  # rows per batched forward (concurrent sequences x candidates)
     torch_threads: int = 0  # 0 keeps torch's default
     lean_forward: bool = True  # llama/mistral/qwen2 decoders as plain torch calls (runtime.engines.torch.lean)
+    kv_cache_mb: int = 4096  # each model's KV arena never grows past this (0: no budget)
 
     def __post_init__(self) -> None:
         validate.integer("engine.max_batch_rows", self.max_batch_rows, lo=1)
         validate.integer("engine.torch_threads", self.torch_threads, lo=0)
         validate.boolean("engine.lean_forward", self.lean_forward)
+        validate.integer("engine.kv_cache_mb", self.kv_cache_mb, lo=0, hi=2**24)
 
 
 @dataclass(frozen=True, slots=True)

@@ -135,3 +135,31 @@ def test_concurrent_decodes_attend_in_place(long_pipeline) -> None:  # type: ign
     assert arena.copied_tokens - before <= 2 * total, (arena.copied_tokens - before, total)
     assert arena.live == live  # every request's slot was freed
 
+
+
+def test_the_kv_arena_stays_within_its_budget_and_refuses_clearly() -> None:
+    """Growth is capped to engine.kv_cache_mb: sequences are added until the budget holds no more,
+    the arena's tensors never exceed it, and the refusal names the setting."""
+    import torch
+
+    from runtime.core.errors import EngineError
+    from runtime.engines.torch.kvcache import KVArena
+
+    per_position = 2 * 2 * 4 * 8 * 4  # K and V, 2 layers, 4 heads, head_dim 8, float32
+    arena = KVArena(max_len=512, budget_bytes=64 * 100 * per_position, name="draft")  # 6,400 positions
+    like = torch.zeros(1, 4, 1, 8)
+    arena.reserve(1, 100)
+    for layer in range(2):
+        arena.layer(layer, like)
+    caches = []
+    with pytest.raises(EngineError, match=r"draft: the KV cache would need .* over its budget .*engine.kv_cache_mb"):
+        while True:
+            caches.append(arena.new())
+            assert arena.bytes <= arena.budget_bytes
+    assert len(caches) == arena.slot_cap == 64  # doubling was cut back to what the budget holds
+    unbounded = KVArena(max_len=512)
+    unbounded.reserve(1, 100)
+    unbounded.layer(0, like)
+    for _ in range(80):
+        unbounded.new()
+    assert unbounded.slot_cap == 128  # without a budget it doubles on

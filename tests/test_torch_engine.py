@@ -1,6 +1,8 @@
 """The PyTorch engine on real (tiny, random-weight) Hugging Face models: batched forwards equal
 single ones, degenerate method equalities hold token for token, KV caches are reused, concurrent
-requests share forwards, and cached PRM scoring equals a full recompute."""
+requests share forwards and sample as they do alone, and after a rejected step the PRM's and the
+draft's caches equal a recompute from scratch. Where a test guards a defect the older tests could
+not see, a companion test shows it failing on a deliberately wrong rule."""
 from __future__ import annotations
 
 import asyncio
@@ -166,22 +168,127 @@ def test_concurrent_requests_share_forwards_and_match_sequential(tiny_pipeline: 
     assert (sched.batched_rows - rows) / (sched.forwards - forwards) > 4.0
 
 
+# RSD on the tiny models at this threshold keeps some draft steps and has the target rewrite others.
+MIXED = {"method": "rsd", "threshold": 0.06, "max_tokens": 48, "max_step_tokens": 6}
+
+
+def _rsd_runs(p: Pipeline) -> list:  # type: ignore[type-arg]
+    runs = [p.generate_sync(q, MIXED) for q in QUESTIONS]
+    sources = {s.source for r in runs for s in r.steps}
+    assert sources == {"draft", "target"}, f"nothing was tested: steps came from {sources} only"
+    return runs
+
+
+def _prm_mismatches(p: Pipeline) -> int:
+    """Steps whose reward differs from scoring question + accepted steps + that draft candidate
+    from scratch (a fresh cache), over RSD runs in which the target rewrote some steps."""
+    prm, bad = p.engines.prm, 0
+    for question, result in zip(QUESTIONS, _rsd_runs(p)):
+        accepted: list[str] = []
+        for step in result.steps:
+            candidate = step.draft_text if step.draft_text is not None else step.text
+            ids = prm.fmt.prefix_ids(question)
+            for text in accepted + [candidate]:
+                ids += prm.fmt.step_ids(text.split("\n\n")[0])
+            cache = prm.scheduler.runner.new_cache()
+            (hidden,) = prm.scheduler.runner.run([Row(cache, ids, 1)])
+            cache.free()
+            bad += abs(prm.head.fn(hidden).item() - step.reward) > 1e-5
+            accepted.append(step.text)
+    return bad
+
+
+def _draft_mismatches(p: Pipeline) -> int:
+    """Draft steps (kept or rewritten) that differ from what a fresh draft session writes from the
+    same prefix, token for token, over RSD runs in which the target rewrote some steps: the draft's
+    cache after a rejected step must hold the target's tokens, not its own rejected ones."""
+    from runtime.core.types import StepRequest
+
+    draft, bad = p.engines.draft, 0
+
+    async def fresh(prefix: tuple[int, ...], cap: int) -> tuple[int, ...]:
+        with closing(draft.open("fresh")) as session:
+            result = await session.generate(StepRequest(prefix, 1, 0.0, 1.0, cap, 0))
+        return result.generations[0].token_ids
+
+    for question, result in zip(QUESTIONS, _rsd_runs(p)):
+        prefix = p.request(question).prompt_ids
+        for step in result.steps:
+            written = p.tokenizer.decode(asyncio.run(fresh(prefix, MIXED["max_step_tokens"])))
+            candidate = step.draft_text if step.draft_text is not None else step.text
+            bad += not (written == candidate or (step.finished and written.startswith(candidate)))
+            prefix += step.token_ids
+    return bad
+
+
+def _crop_by_length(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deliberately wrong cache rule: trust the cached length, not the cached tokens (what a
+    cache that is not cropped after a rejected step does)."""
+    monkeypatch.setattr(SeqCache, "reuse", lambda self, ids, keep_new=0: self.crop(
+        min(self.length, len(ids) - keep_new)))
+
+
+SAMPLED = ("rsd", "gsi", "sd", "cos", "bon", "target", "draft")
+
+
+def _seeded_differences(p: Pipeline) -> list[str]:
+    """Methods whose seeded T > 0 output differs between the request alone and the same request
+    batched with seven others (other prompts, other seeds), as vLLM's test_deterministic_when_seeded."""
+    others = [(f"{i}*{i + 3}", 100 + i) for i in range(7)]
+    differ = []
+    for method in SAMPLED:
+        params = {"method": method, "temperature": 0.8, "top_p": 0.95, "n": 3, "threshold": 0.06, "gamma": 3,
+                  "max_tokens": 36, "max_step_tokens": 6}
+        alone = p.generate_sync("12*3-4", {**params, "seed": 7}).text
+
+        async def together() -> str:
+            runs = [p.generate("12*3-4", {**params, "seed": 7})]
+            runs += [p.generate(q, {**params, "seed": seed}) for q, seed in others]
+            return (await asyncio.gather(*runs))[0].text
+
+        if asyncio.run(together()) != alone:
+            differ.append(method)
+    return differ
+
+
+def test_seeded_sampling_is_the_same_alone_and_batched(tiny_pipeline: Pipeline) -> None:
+    assert _seeded_differences(tiny_pipeline) == []
+
+
+def test_the_seeded_test_catches_a_generator_shared_between_requests(tiny_pipeline: Pipeline,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deliberately wrong engine: one random generator for every request (draws then depend on
+    who else is batched). The greedy-only concurrency test above passes with it."""
+    from runtime.engines.torch.generator import TorchLM
+
+    shared = torch.Generator().manual_seed(0)
+    monkeypatch.setattr(TorchLM, "_generator", lambda self, seed, index: shared)
+    assert len(_seeded_differences(tiny_pipeline)) >= 3
+
+
 def test_cached_prm_rewards_equal_a_full_recompute(tiny_pipeline: Pipeline) -> None:
-    """Step-by-step scoring with KV reuse equals scoring the whole transcript at once."""
-    p = tiny_pipeline
-    result = p.generate_sync("1+2", {"method": "rsd", "threshold": 0.0, "max_tokens": 40, "max_step_tokens": 8})
-    prm = p.engines.prm
-    steps = [s.text.split("\n\n")[0] for s in result.steps]
-    ids = prm.fmt.prefix_ids("1+2")
-    ends = []
-    for text in steps:
-        ids += prm.fmt.step_ids(text)
-        ends.append(len(ids) - 1)
-    cache = prm.scheduler.runner.new_cache()
-    (hidden,) = prm.scheduler.runner.run([Row(cache, ids, len(ids))])
-    cache.free()
-    full = prm.head.fn(hidden[ends]).tolist()
-    assert [s.reward for s in result.steps] == pytest.approx(full, abs=1e-5)
+    """Step-by-step scoring with KV reuse equals scoring each transcript from scratch, including the
+    steps after a draft step was rejected and rewritten (the old version of this test ran at
+    threshold 0, where no step is rewritten, and passed with the wrong rule below)."""
+    assert _prm_mismatches(tiny_pipeline) == 0
+
+
+def test_the_prm_recompute_test_catches_a_cache_kept_after_a_rejection(tiny_pipeline: Pipeline,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    _crop_by_length(monkeypatch)
+    assert _prm_mismatches(tiny_pipeline) > 0
+
+
+def test_the_draft_cache_after_a_rejected_step_equals_a_fresh_session(tiny_pipeline: Pipeline) -> None:
+    assert _draft_mismatches(tiny_pipeline) == 0
+
+
+def test_the_draft_cache_test_catches_a_cache_kept_after_a_rejection(tiny_pipeline: Pipeline,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The degenerate equalities (threshold 0: no rejection; above 1: the draft's output unused)
+    pass with this wrong rule; the test above does not."""
+    _crop_by_length(monkeypatch)
+    assert _draft_mismatches(tiny_pipeline) > 0
 
 
 def test_logits_with_cache_equal_full_forward(tiny_pipeline: Pipeline) -> None:

@@ -32,13 +32,13 @@ def build_pipeline(cfg: PipelineConfig) -> Pipeline:
 
 def lm_for(role: str, model: ModelConfig, gen: Generators, engine: EngineConfig) -> TorchLM:
     return build_lm(role, model.path, model.dtype, model.device, gen.segmenter, gen.tok, engine.max_batch_rows,
-                    engine.lean_forward)
+                    engine.lean_forward, engine.kv_cache_mb)
 
 
 def prm_for(model: ModelConfig, engine: EngineConfig, with_format: bool = True) -> Any:
     assert model.format is not None, "PipelineConfig requires a PRM format"
     return build_prm(model.path, model.format, model.dtype, model.device, engine.max_batch_rows, with_format,
-                     engine.lean_forward)
+                     engine.lean_forward, engine.kv_cache_mb)
 
 
 def _verifier(cfg: PipelineConfig, lms: dict[str, TorchLM], gen: Generators) -> TorchLM:

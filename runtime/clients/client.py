@@ -31,7 +31,19 @@ _NUMPY = {"TYPE_FP32": np.float32, "TYPE_INT32": np.int32, "TYPE_UINT64": np.uin
 
 
 class ServerError(RsdError):
-    """The server answered with an error (its message names the field at fault)."""
+    """The server answered with an error (its message names the field at fault); `status` is the
+    HTTP status over HTTP (503: overloaded or shutting down, retry later)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def overloaded(self) -> bool:
+        """Refused before it started because the server was full: retrying later is safe."""
+        text = str(self)
+        return self.status == 503 or "overloaded, retry later" in text or "Exceeds maximum queue size" in text \
+            or "Request timeout expired" in text
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +128,7 @@ class RsdClient:
         try:
             resp = urllib.request.urlopen(req, timeout=self.timeout_s)
         except urllib.error.HTTPError as exc:
-            raise ServerError(_http_error(exc.read())) from None
+            raise ServerError(_http_error(exc.read()), exc.code) from None
         with resp:
             if not stream:
                 yield _json_message(json.loads(resp.read()))

@@ -301,7 +301,7 @@ def build_lm_submodel(cfg: PipelineConfig, role: str, cache_requests: int, threa
     tok = load_tokenizer(check_folder(model.path, f"models.{role}.path"), f"models.{role}.path")
     segmenter = StepSegmenter(tok.piece, tok.eos_ids, cfg.step_delimiter)
     lm = build_lm(role, model.path, model.dtype, model.device, segmenter, tok, cfg.engine.max_batch_rows,
-                  cfg.engine.lean_forward)
+                  cfg.engine.lean_forward, cfg.engine.kv_cache_mb)
     return LmSubModel(lm, SessionTable(lm, cache_requests))
 
 

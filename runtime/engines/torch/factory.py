@@ -41,7 +41,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_lm(role: str, path: Path, dtype: str, device_name: str, segmenter: StepSegmenter, tok: HFTokenizer,
-             max_rows: int, lean: bool = True) -> TorchLM:
+             max_rows: int, lean: bool = True, kv_cache_mb: int = 0) -> TorchLM:
     """A generator from a Hugging Face causal-LM folder (`role` names it in logs and errors);
     `lean`: its forward as plain torch calls where the architecture allows (runtime.engines.torch.lean)."""
     path = check_folder(path, f"models.{role}.path")
@@ -49,33 +49,35 @@ def build_lm(role: str, path: Path, dtype: str, device_name: str, segmenter: Ste
     decoder, head, config = load_causal_lm(path, dtype, str(device))
     log.info("loaded %s from %s on %s", role, path, device)
     return lm_engine(role, decoder, head, segmenter, device, max_rows, max_positions(config, tok.tok), tok.vocab_size,
-                     lean)
+                     lean, kv_cache_mb)
 
 
 def lm_engine(role: str, decoder: torch.nn.Module, head: torch.nn.Module, segmenter: StepSegmenter,
-              device: torch.device, max_rows: int, max_len: int, vocab_size: int, lean: bool = True) -> TorchLM:
+              device: torch.device, max_rows: int, max_len: int, vocab_size: int, lean: bool = True,
+              kv_cache_mb: int = 0) -> TorchLM:
     """A generator on loaded modules (a headless decoder and its output head)."""
     runner = BatchRunner(decoder, device, max_rows=max_rows, head=head, vocab_size=vocab_size, max_len=max_len,
-                         lean=lean, name=role)
+                         lean=lean, name=role, kv_budget_bytes=kv_cache_mb << 20)
     return TorchLM(role, ForwardScheduler(runner, name=role), head, segmenter, device, matmul_params(decoder, head),
                    max_len, vocab_size)
 
 
 def build_prm(path: Path, prm_format: str, dtype: str, device_name: str, max_rows: int,
-              with_format: bool = True, lean: bool = True) -> TorchPRM:
+              with_format: bool = True, lean: bool = True, kv_cache_mb: int = 0) -> TorchPRM:
     """The PRM engine; `with_format=False` for a server sub-model that receives token ids."""
     path = check_folder(path, "models.prm.path")
     device = resolve_device(device_name)
     decoder, config = load_backbone(path, dtype, str(device))
     head = make_head(prm_format, path, device, "models.prm")
     fmt = make_prm_format(prm_format, load_tokenizer(path, "models.prm.path"), "models.prm") if with_format else None
-    return prm_engine(decoder, head, device, max_rows, max_positions(config), fmt, lean)
+    return prm_engine(decoder, head, device, max_rows, max_positions(config), fmt, lean, kv_cache_mb)
 
 
 def prm_engine(decoder: torch.nn.Module, head: PrmHead, device: torch.device, max_rows: int, max_len: int,
-               fmt: PrmFormat | None, lean: bool = True) -> TorchPRM:
+               fmt: PrmFormat | None, lean: bool = True, kv_cache_mb: int = 0) -> TorchPRM:
     """A PRM on a loaded backbone and reward head."""
-    runner = BatchRunner(decoder, device, max_rows=max_rows, max_len=max_len, lean=lean, name="prm")
+    runner = BatchRunner(decoder, device, max_rows=max_rows, max_len=max_len, lean=lean, name="prm",
+                         kv_budget_bytes=kv_cache_mb << 20)
     return TorchPRM(ForwardScheduler(runner, name="prm"), head, matmul_params(decoder, None) + head.params, fmt)
 
 

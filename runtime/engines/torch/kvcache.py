@@ -10,6 +10,10 @@ requests are usually consecutive. Capacities double when exceeded (amortised O(1
 Copies happen only where data must be duplicated: a fork copies its parent's prefix once,
 freeing moves one sequence, growth moves everything once per doubling, and a batch of
 non-consecutive slots is gathered (counted in `copied_tokens`, which tests read).
+
+The arena has a memory budget (`budget_bytes`, engine.kv_cache_mb): growth is capped to it and a
+forward that needs more than the budget fails with an EngineError naming the setting, instead of
+the process growing until the OOM killer takes the whole server down.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from runtime.core.errors import EngineError
 from runtime.core.tokens import common_prefix
 
 
@@ -59,6 +64,8 @@ class SeqCache:
 @dataclass(eq=False, slots=True)
 class KVArena:
     max_len: int = 1 << 30  # capacity never grows past this (the model's context)
+    budget_bytes: int = 0  # K and V of every layer together never exceed this (0: no budget)
+    name: str = "model"
     keys: list[torch.Tensor] = field(default_factory=list)  # per layer [slot_cap, H, len_cap, D]
     values: list[torch.Tensor] = field(default_factory=list)
     slot_cap: int = 0
@@ -100,6 +107,7 @@ class KVArena:
         len_cap = self.len_cap
         if length > self.len_cap:
             len_cap = max(length, min(max(2 * self.len_cap, 64), self.max_len))
+        slot_cap, len_cap = self._within_budget(slots, length, slot_cap, len_cap)
         used = max((c.length for c in self.owners), default=0)
         rows = min(self.live, self.slot_cap)
         for store in (self.keys, self.values):
@@ -110,6 +118,31 @@ class KVArena:
         if self.keys:
             self.copied_tokens += rows * used
         self.slot_cap, self.len_cap = slot_cap, len_cap
+
+    @property
+    def bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for store in (self.keys, self.values) for t in store)
+
+    def _within_budget(self, slots: int, length: int, slot_cap: int, len_cap: int) -> tuple[int, int]:
+        """The grown capacities, cut back to the budget (doubling is amortisation, not a need); an
+        EngineError when even `slots` x `length` do not fit."""
+        if not self.budget_bytes or not self.keys:  # before the first forward: nothing allocated yet
+            return slot_cap, len_cap
+        k = self.keys[0]
+        per_position = 2 * len(self.keys) * k.shape[1] * k.shape[3] * k.element_size()
+        if slot_cap * len_cap * per_position <= self.budget_bytes:
+            return slot_cap, len_cap
+        need_slots, need_len = max(slots, self.slot_cap), max(length, self.len_cap)
+        if need_slots * need_len * per_position > self.budget_bytes:
+            raise EngineError(
+                f"{self.name}: the KV cache would need {need_slots * need_len * per_position / 2**20:.0f} MiB for "
+                f"{need_slots} sequences of {need_len} tokens, over its budget of {self.budget_bytes / 2**20:.0f} MiB "
+                f"(engine.kv_cache_mb); lower admission.max_running_rows or raise the budget")
+        if slot_cap * len_cap * per_position > self.budget_bytes:
+            slot_cap = max(need_slots, min(slot_cap, self.budget_bytes // (per_position * len_cap)))
+        if slot_cap * len_cap * per_position > self.budget_bytes:
+            len_cap = max(need_len, min(len_cap, self.budget_bytes // (per_position * slot_cap)))
+        return slot_cap, len_cap
 
     def layer(self, index: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer `index`'s K/V storage, allocated on first use with `like`'s heads, dim, dtype

@@ -107,6 +107,7 @@ class BatchRunner:
     vocab_size: int = 0
     max_len: int = 1 << 30  # the model's context: the arena never grows past it
     arena: KVArena | None = None
+    kv_budget_bytes: int = 0  # the arena's memory budget (engine.kv_cache_mb; 0: none)
     forwards: int = 0
     gathers: int = 0  # forwards whose rows were gathered (not a view of the arena)
     lean: bool = True  # the model's forward as plain torch calls where it can (runtime.engines.torch.lean)
@@ -115,7 +116,7 @@ class BatchRunner:
 
     def __post_init__(self) -> None:
         if self.arena is None:
-            self.arena = KVArena(self.max_len)
+            self.arena = KVArena(self.max_len, self.kv_budget_bytes, self.name)
         self._decoder = decoder_forward(self.model, self.lean, self.name)
 
     def new_cache(self) -> SeqCache:
