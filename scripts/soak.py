@@ -1,9 +1,15 @@
 #!/usr/bin/env python3
 """Soak a server: 16 concurrent clients over mixed methods for minutes; prints requests, errors,
-latency percentiles, RSS per server process at start and end, restarts and crash lines in the log.
+refusals, latency percentiles, RSS per server process at start and end, restarts and crash lines.
 
     .venv/bin/python scripts/soak.py [--minutes 10] [--concurrency 16] [--pipeline configs/default.yaml]
     .venv/bin/python scripts/soak.py --url 127.0.0.1:8001 --minutes 10      # a running server (no RSS)
+    .venv/bin/python scripts/soak.py --concurrency 128 --minutes 3          # beyond the admission bound
+
+Past the admission capacity (`admission` in the serving YAML; --max-running-rows etc. override it)
+requests wait in Triton's queue or are refused as overloaded: a refusal is not an error, a request
+that fails once admitted, or hangs, is. Exit 1 on any error, hang, restart, crash line, or RSS
+growth over --max-rss-growth.
 
 Without --url it starts a server under `rsd serve`'s supervisor on free ports (log in --out).
 """
@@ -35,6 +41,11 @@ def main() -> int:
     p.add_argument("--max-tokens", type=int, default=48, help="per request (default 48)")
     p.add_argument("--pipeline", default=str(REPO_ROOT / "configs" / "default.yaml"), help="pipeline YAML")
     p.add_argument("--url", help="host:grpc_port of a running server (then no RSS or log checks)")
+    p.add_argument("--max-running-rows", type=int, help="admission capacity (default: the serving YAML's)")
+    p.add_argument("--max-queue-size", type=int, help="requests waiting in Triton's queue (default: the YAML's)")
+    p.add_argument("--queue-timeout-s", type=float, help="how long one may wait (default: the YAML's)")
+    p.add_argument("--max-rss-growth", type=float, default=0.10,
+                   help="fail if a server process grew more than this after the warm-up (default 0.10)")
     p.add_argument("--out", default=str(REPO_ROOT / "runs" / "soak" / time.strftime("%Y%m%d-%H%M%S")))
     args = p.parse_args()
     if args.url:
@@ -52,7 +63,9 @@ def _with_server(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     http, grpc, metrics = free_ports(3)
     cfg = load_serve_config(REPO_ROOT / "configs" / "triton" / "torch_cpu.yaml").with_overrides(
-        pipeline=args.pipeline, http_port=http, grpc_port=grpc, metrics_port=metrics)
+        pipeline=args.pipeline, http_port=http, grpc_port=grpc, metrics_port=metrics,
+        max_running_rows=args.max_running_rows, max_queue_size=args.max_queue_size,
+        queue_timeout_s=args.queue_timeout_s)
     server = TritonServer(render_repository(cfg, out / "repo"), http, grpc, metrics, log_file=out / "tritonserver.log")
     supervisor = Supervisor(server, RestartPolicy(max_restarts=3), grace_s=10)
     stop, ready = threading.Event(), threading.Event()
@@ -70,11 +83,13 @@ def _with_server(args: argparse.Namespace) -> int:
         thread.join(120)
     crashes = [line for line in (out / "tritonserver.log").read_text(errors="replace").splitlines() if CRASH.search(line)]
     print(result.summary())
-    print(f"restarts: {supervisor.restarts}; crash lines in the log: {len(crashes)}; load average before: "
+    grown = {name: g for name, g in result.rss_growth().items() if g > args.max_rss_growth}
+    print(f"restarts: {supervisor.restarts}; crash lines in the log: {len(crashes)}; RSS grown over "
+          f"{args.max_rss_growth:.0%}: {grown or 'none'}; load average before: "
           f"{'/'.join(f'{x:.2f}' for x in load)}, after: {'/'.join(f'{x:.2f}' for x in os.getloadavg())}")
     for line in crashes[:10]:
         print("  log:", line)
-    return 1 if result.errors or crashes or supervisor.restarts else 0
+    return 1 if result.errors or crashes or supervisor.restarts or grown else 0
 
 
 if __name__ == "__main__":

@@ -88,6 +88,44 @@ def test_stream_errors_are_classified_by_their_form():
         assert (err.status, err.param) == (status, param), message
 
 
+def test_a_full_server_is_503_with_retry_after_and_other_failures_are_not():
+    """Refusals of a request that never started (Triton's queue full or timed out, the BLS at
+    capacity) are retryable: 503 with Retry-After; a sub-model failure is 503 without it."""
+    from runtime.frontends.openai_api import create_app
+    from runtime.frontends.triton_backend import BackendError
+
+    spec = ModelSpec("rsd", False, INPUTS)
+    for message in ("[request id: 9] Exceeds maximum queue size", "Request timeout expired",
+                    "overloaded, retry later: the server is at capacity (64 of 64 rows running)"):
+        err = classify(message, spec)
+        assert (err.status, err.retry_after_s) == (503, 1), message
+    assert classify("prm: no answer within 60 s", spec).retry_after_s is None
+
+    from fastapi.testclient import TestClient
+
+    class Full:
+        url, model = "127.0.0.1:1", "rsd"
+
+        async def ready(self) -> bool:
+            return True
+
+        async def spec(self) -> ModelSpec:
+            raise BackendError(503, "Exceeds maximum queue size", retry_after_s=1)
+
+    class Front:
+        backend, model_name = Full(), "rsd"
+
+        async def serve(self, req):  # type: ignore[no-untyped-def]
+            from runtime.frontends.openai_api import _backend
+
+            await _backend(self.backend.spec())
+
+    client = TestClient(create_app(Front()))  # type: ignore[arg-type]
+    resp = client.post("/v1/completions", json={"model": "rsd", "prompt": "1+1"})
+    assert resp.status_code == 503 and resp.headers["Retry-After"] == "1"
+    assert resp.json()["error"]["code"] == "overloaded"
+
+
 def test_batched_models_are_detected_from_metadata():
     meta = {"name": "rsd", "inputs": [{"name": "text_input", "datatype": "BYTES", "shape": ["-1", "1"]}]}
     assert ModelSpec.from_metadata(meta).batched

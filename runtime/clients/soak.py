@@ -5,6 +5,10 @@
 Each client thread sends one request after another (gRPC, streamed and unary alternately),
 cycling through the methods of the mix. Counted: requests, errors (with their messages),
 latency, and the resident memory of every server process after a warm-up and at the end.
+A request the server refused before starting it because it was full (ServerError.overloaded:
+UNAVAILABLE "Exceeds maximum queue size" or "overloaded, retry later") is not an error: it is
+counted in `refused`, with how long the refusal took; an error is a request that failed after it
+was admitted, or hung (no response within the client's timeout).
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.clients.client import RsdClient
+from runtime.clients.client import RsdClient, ServerError
 
 # The issue's mix: rsd, target, sd and gsi with n = 4, plus the other methods.
 MIX: tuple[dict[str, Any], ...] = (
@@ -31,13 +35,15 @@ class SoakResult:
     duration_s: float = 0.0
     latencies_s: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    refused: list[float] = field(default_factory=list)  # seconds until each refusal (the server was full)
+    hangs: int = 0  # of the errors: requests that got no response within the client's timeout
     by_method: dict[str, int] = field(default_factory=dict)
     rss_start: dict[str, int] = field(default_factory=dict)  # process -> bytes, after the warm-up
     rss_end: dict[str, int] = field(default_factory=dict)
 
     @property
     def requests(self) -> int:
-        return len(self.latencies_s) + len(self.errors)
+        return len(self.latencies_s) + len(self.errors) + len(self.refused)
 
     def percentile(self, q: float) -> float:
         if not self.latencies_s:
@@ -53,6 +59,8 @@ class SoakResult:
         lines = [f"{self.requests} requests in {self.duration_s:.0f} s ({self.requests / max(self.duration_s, 1e-9):.2f}"
                  f" req/s), {len(self.errors)} errors; latency p50 {self.percentile(0.5):.2f} s, "
                  f"p99 {self.percentile(0.99):.2f} s, max {max(self.latencies_s, default=float('nan')):.2f} s",
+                 f"refused as overloaded: {len(self.refused)} (slowest refusal "
+                 f"{max(self.refused, default=0.0):.2f} s); hangs: {self.hangs}",
                  "by method: " + ", ".join(f"{m} {n}" for m, n in sorted(self.by_method.items()))]
         for proc, start in sorted(self.rss_start.items()):
             end = self.rss_end.get(proc)
@@ -85,13 +93,19 @@ def soak(grpc_url: str, seconds: float, concurrency: int = 16, warmup_s: float =
                 if not messages or not messages[-1].final:
                     raise RuntimeError("the request ended without its final response")
                 outcome: str | None = None
+            except ServerError as exc:
+                outcome = "refused" if exc.overloaded else f"{chosen['method']}: ServerError: {exc}"
             except Exception as exc:  # every failure is counted, none stops the soak
                 outcome = f"{chosen['method']}: {type(exc).__name__}: {exc}"
+            took = time.monotonic() - t0
             with lock:
                 if outcome is None:
-                    result.latencies_s.append(time.monotonic() - t0)
+                    result.latencies_s.append(took)
+                elif outcome == "refused":
+                    result.refused.append(took)
                 else:
                     result.errors.append(outcome)
+                    result.hangs += "TimeoutError" in outcome
                 result.by_method[chosen["method"]] = result.by_method.get(chosen["method"], 0) + 1
 
     threads = [threading.Thread(target=client, args=(w,), daemon=True) for w in range(concurrency)]

@@ -8,7 +8,7 @@ stream to the `rsd` model (`runtime.frontends.triton_backend`); with `"stream": 
 step is one SSE chunk, whose `rsd` field holds the step's source and reward (the last chunk also
 the request's stats). Errors are OpenAI's JSON with 400 (invalid arguments, including the
 server's own validation), 404 (unknown model or path), 503 (Triton unavailable, a sub-model
-failed) or 500. Token counts in `usage` use the pipeline's tokenizer and prompt template (the ones
+failed; with `Retry-After` when the server was full and did not start the request) or 500. Token counts in `usage` use the pipeline's tokenizer and prompt template (the ones
 the BLS uses); completion tokens are the server's count unless a stop string cut the text.
 """
 from __future__ import annotations
@@ -161,7 +161,8 @@ async def _backend(awaitable: Any) -> Any:
     try:
         return await awaitable
     except BackendError as exc:
-        raise OpenAIError(exc.status, str(exc), exc.param) from None
+        raise OpenAIError(exc.status, str(exc), exc.param, "overloaded" if exc.retry_after_s else None,
+                          exc.retry_after_s) from None
     except StopAsyncIteration:
         raise OpenAIError(503, "the model ended the request without a step") from None
 
@@ -193,7 +194,7 @@ def create_app(front: OpenAIFront) -> Any:
     created = int(time.time())
 
     def error(exc: OpenAIError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
 
     @app.exception_handler(OpenAIError)
     async def _openai_error(_: Request, exc: OpenAIError) -> JSONResponse:

@@ -45,9 +45,15 @@ _STATUS_TYPE = {400: "invalid_request_error", 404: "invalid_request_error", 503:
 class OpenAIError(Exception):
     """An error answered as OpenAI's JSON: {"error": {"message", "type", "param", "code"}}."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.status, self.param, self.code = status, param, code
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        """Retry-After when the server was full (the request never started: retrying is safe)."""
+        return {"Retry-After": str(self.retry_after_s)} if self.retry_after_s is not None else {}
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": str(self), "type": _STATUS_TYPE.get(self.status, "invalid_request_error" if self.status < 500 else "server_error"),

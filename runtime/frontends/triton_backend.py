@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 _NUMPY = {"BYTES": np.object_, "FP32": np.float32, "FP64": np.float64, "INT32": np.int32, "INT64": np.int64,
           "UINT32": np.uint32, "UINT64": np.uint64, "BOOL": np.bool_}
 _UNAVAILABLE = ("unknown model", "is not ready", "shutting down", "shut down", "no answer within", "unavailable")
+_OVERLOADED = ("overloaded, retry later", "Exceeds maximum queue size", "Request timeout expired")  # never started
 _INVALID = ("unknown request parameter", "unknown input", "unexpected", "expects", "must be", "not supported")
 _FIELDS = frozenset(f.name for f in dataclasses.fields(RequestParams))
 _REQUEST_ID = re.compile(r"^\[request id: [^\]]*\]\s*")
@@ -39,10 +40,11 @@ _REQUEST_ID = re.compile(r"^\[request id: [^\]]*\]\s*")
 class BackendError(Exception):
     """A request the backend could not serve, with the HTTP status it maps to."""
 
-    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+    def __init__(self, status: int, message: str, param: str | None = None, retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.param = param
+        self.retry_after_s = retry_after_s  # the server was full and did not start the request
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,8 @@ def classify(message: str, spec: ModelSpec | None) -> BackendError:
         return BackendError(400, message, head)
     if head.startswith("internal error"):
         return BackendError(500, message)
+    if any(phrase in message for phrase in _OVERLOADED):
+        return BackendError(503, message, retry_after_s=1)
     if any(phrase in message for phrase in _UNAVAILABLE):
         return BackendError(503, message)
     if any(phrase in message for phrase in _INVALID):
