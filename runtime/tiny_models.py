@@ -40,6 +40,9 @@ def make_lm(out: Path, hidden: int, layers: int, seed: int, step_bias: float = 3
     with torch.no_grad():
         model.lm_head.weight[tok.convert_tokens_to_ids("\n\n")] *= step_bias
         model.lm_head.weight[tok.eos_token_id] *= step_bias / 2
+    # like real models (Qwen2.5: 151,665 tokens, 151,936 rows), embedding and output rows are padded past
+    # the tokenizer, to a multiple of 16; the tokenizer's rows keep their weights
+    model.resize_token_embeddings(-(-len(tok) // 16) * 16)
     model.save_pretrained(str(out))
     GenerationConfig(eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id).save_pretrained(str(out))
 

@@ -187,7 +187,7 @@ def test_fake_engine_enforces_the_real_contract(fakes):
                          ({k: v for k, v in good.items() if k != "input_lengths"}, "input_lengths: required"),
                          ({**good, "return_context_logits": np.array([[True]])}, "gather_context_logits"),
                          ({**good, "bad_words_list": np.zeros((1, 2, 1), np.int32)}, "does not implement"),
-                         ({**good, "draft_input_ids": np.array([[3]], np.int32)}, "max_draft_len is 0")):
+                         ({**good, "draft_input_ids": np.array([[3]], np.int32)}, r"exceeds maximum draft tokens length \(0\)")):
         with pytest.raises(EngineError, match=message):
             engine.respond(bad)
     spec = FakeSpec("lm", 9, seed=1)

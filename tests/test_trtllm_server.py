@@ -16,6 +16,7 @@ import pytest
 from trtllm_helpers import fake_serve_config, in_process
 
 from runtime.clients.client import RsdClient, ServerError
+from runtime.core.errors import EngineError
 from runtime.deploy.repo import render_repository
 from runtime.deploy.server import TritonServer, free_ports
 from support.fake_trtllm_repo import substitute_fakes
@@ -144,3 +145,52 @@ def test_prm_model_contract_and_reuse(trt_server):
     assert error is None and rewards[:, 0].tolist() == pytest.approx([want(rows[0], 9), want(rows[1], 8)], abs=1e-5)
     _, error = _prm_request(trt_server, PrmCall(rows[:1], ((2,),)))  # inside the reused prefix
     assert error is not None and "step_positions: position 2" in str(error.message())
+
+
+def test_log_probs_and_a_logit_bias_reach_the_engines(trt_server, reference):
+    """A logit bias travels as embedding_bias exactly the engine's vocabulary wide (the model's config
+    vocab_size, past the tokenizer's: the tiny models pad it like Qwen2.5 does); per-token log-probs
+    come from the engine's output_log_probs."""
+    params = {"method": "target", "max_tokens": 16, "embedding_bias_words": ["1"], "embedding_bias_weights": [8.0],
+              "return_log_probs": True}
+    got = client(trt_server).generate(PROMPTS[0], params)
+    want = asyncio.run(reference.generate(PROMPTS[0], params))
+    assert got.text == want.text and "1" in got.text
+    assert got.log_probs is not None and len(got.log_probs) > 0
+    plain = client(trt_server).generate(PROMPTS[0], {"method": "target", "max_tokens": 16})
+    assert plain.text != got.text  # the bias changed the output
+
+
+def _mutated_server(root, tiny_config, mutate):  # type: ignore[no-untyped-def]
+    http, grpc, metrics = free_ports(3)
+    cfg = fake_serve_config(root, tiny_config, http_port=http, grpc_port=grpc, metrics_port=metrics,
+                            sub_request_timeout_s=60.0)
+    repo = render_repository(cfg, root / "repo")
+    substitute_fakes(repo)
+    config = repo / "target" / "config.pbtxt"
+    config.write_text(mutate(config.read_text()))
+    return cfg, TritonServer(repo, http, grpc, metrics, cfg.address, exit_timeout_s=10,
+                             log_file=root / "tritonserver.log", internal_token=INTERNAL_TOKEN)
+
+
+def test_a_config_without_a_guided_decoding_parameter_does_not_load(tmp_path, tiny_config):
+    """Mutation check: the real backend's constructor throws on the missing key, so must the stand-in."""
+    _, server = _mutated_server(tmp_path, tiny_config, lambda text: "\n".join(
+        line for line in text.splitlines() if '"tokenizer_dir"' not in line))
+    with pytest.raises(EngineError, match="while starting"):
+        server.start(ready_timeout_s=300)
+    log = (tmp_path / "tritonserver.log").read_text(errors="replace")
+    assert "failed to load 'target'" in log and "Cannot find parameter with name: tokenizer_dir" in log
+
+
+def test_a_config_that_does_not_declare_a_perf_output_fails_the_request(tmp_path, tiny_config):
+    """Mutation check: with return_perf_metrics the backend emits all ten perf outputs, and Triton core
+    fails a response carrying one the config does not declare."""
+    cfg, server = _mutated_server(tmp_path, tiny_config, lambda text: "\n".join(
+        line for line in text.splitlines() if '"acceptance_rate"' not in line))
+    server.start(ready_timeout_s=300)
+    try:
+        with pytest.raises(ServerError, match="unexpected inference output 'acceptance_rate' for model 'target'"):
+            client(cfg).generate(PROMPTS[0], {"method": "target", "max_tokens": 8})
+    finally:
+        server.stop()

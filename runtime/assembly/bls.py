@@ -88,11 +88,11 @@ def _lm(role: str, path: Path, names: SubModels, transport: SubModelTransport, s
     a TensorRT-LLM target verifies natively when it was built for draft tokens (max_draft_len)."""
     engine = names.engine(role)
     args = (role, getattr(names, role), transport, segmenter, end_id, pad_id, words, estimate_matmul_params(path),
-            folder_max_positions(path, tok), tok.vocab_size, _outputs(engine), engine)
+            folder_max_positions(path, tok), tok.vocab_size, _outputs(engine), engine, _model_vocab(path, tok))
     if role == "target" and engine is None:
-        return NativeVerifyLM(*args, max_draft_len=1 << 30, logits_width=tok.vocab_size)
+        return NativeVerifyLM(*args, max_draft_len=1 << 30)
     if role == "target" and names.max_draft_len > 0:
-        return NativeVerifyLM(*args, max_draft_len=names.max_draft_len, logits_width=_model_vocab(path, tok))
+        return NativeVerifyLM(*args, max_draft_len=names.max_draft_len)
     return TritonLM(*args)
 
 
@@ -125,5 +125,5 @@ def _prm(cfg: PipelineConfig, transport: SubModelTransport, names: SubModels, lm
         some, engine = next(iter(lms.values())), names.engine("prm")
         verifier = TritonLM("prm", names.prm, transport, some.segmenter, some.end_id, some.pad_id, some.stop_words,
                             estimate_matmul_params(path), folder_max_positions(path, tok), tok.vocab_size,
-                            _outputs(engine), engine)
+                            _outputs(engine), engine, _model_vocab(path, tok))
     return LikelihoodPRM(verifier, tok, cfg.prompt_template, cfg.step_delimiter)

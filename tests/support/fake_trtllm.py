@@ -3,18 +3,26 @@
 Small seeded numpy tables stand in for the networks: an LM's next-token logits depend on the last
 two tokens (logits = A[t-1] + B[t-2] (+ noise N[t-1] for a draft) + boosts), a PRM engine's
 context-logit row at t on tokens t and t-1. Every request is validated against the real contract
-(tests/support/trtllm_contract.py) and parsed here independently of the BLS's own parser.
-Behaviours follow TensorRT-LLM where the sources say so, and otherwise take the option that
+(tests/support/trtllm_contract.py: names, dtypes, shapes) and the real backend's rules
+(tests/support/trtllm_rules.py, each citing its source: required config parameters, end_id range,
+embedding_bias and draft_logits widths, build flags for logits, which outputs a response carries
+and that the model's config declares them), and parsed here independently of the BLS's own
+parser. Behaviours follow TensorRT-LLM where the sources say so, and otherwise take the option that
 tests the BLS's robustness:
 - the end token is not returned (generation stops before it); stop-word tokens are returned;
 - n sequences come back as n responses tagged sequence_index;
 - with draft_input_ids (engines with max_draft_len > 0) the draft tokens are verified (greedy:
-  token match; with draft_logits: speculative sampling), then decoding goes on to request_output_len;
+  token match; with draft_logits: speculative sampling) and the request ends there, with the
+  accepted tokens and one more, whatever request_output_len says;
 - context logits only from engines built with gather_context_logits (which excludes max_draft_len),
   and under enable_kv_cache_reuse only for the suffix after the full blocks a finished request
   computed (tokens_per_block), always leaving at least the last token to compute;
-- return_perf_metrics adds kv_cache_reused_blocks (those blocks), kv_cache_alloc_new_blocks and
-  kv_cache_alloc_total_blocks to every response.
+- return_perf_metrics adds the ten perf outputs to every response, requested or not
+  (kv_cache_reused_blocks: those blocks);
+- output_ids and sequence_length always; cum_log_probs / output_log_probs, context_logits,
+  generation_logits only when asked for and requested; sequence_index only when n > 1; no
+  batch_index (one row per request);
+- embedding_bias is added to the logits (it must be exactly the engine's vocabulary wide).
 A fake engine folder holds `fake_engine.json` (FakeSpec) and the `rsd_engine_manifest.json`.
 """
 from __future__ import annotations
@@ -31,6 +39,7 @@ from runtime.core.errors import EngineError
 from runtime.core.sampling import process, sample, speculative_verify
 from runtime.engines.triton.contract import parse_stop_words
 
+from . import trtllm_rules
 from .trtllm_contract import check_request
 
 FAKE_SPEC = "fake_engine.json"
@@ -38,20 +47,22 @@ POSITIONS = 11
 IMPLEMENTED = {"input_ids", "input_lengths", "request_output_len", "end_id", "pad_id", "stop_words_list",
                "temperature", "runtime_top_k", "runtime_top_p", "seed", "num_return_sequences", "return_log_probs",
                "return_context_logits", "return_generation_logits", "exclude_input_in_output", "draft_input_ids",
-               "draft_logits", "return_perf_metrics"}
+               "draft_logits", "return_perf_metrics", "embedding_bias"}
 
 
 @dataclass(frozen=True, slots=True)
 class FakeSpec:
     kind: str  # lm | prm
-    vocab_size: int  # tokens the engine accepts; also the LM's logits width
+    vocab_size: int  # tokens the engine accepts; also the LM's logits width (its model's config vocab_size)
     seed: int
     width: int = 0  # prm: context-logit row width (1: a narrowed value head)
     noise: float = 0.0  # lm: scale of the draft's deviation from the shared tables
     boosts: tuple[tuple[int, float], ...] = ()  # lm: (token, added logit), e.g. the step delimiter
     gather_context_logits: bool = False
+    gather_generation_logits: bool = False
     max_draft_len: int = 0
     tokens_per_block: int = 4
+    tokens: int = 0  # the tokenizer's size (0: vocab_size): rows past it are padding a trained model never picks
 
     @classmethod
     def load(cls, engine_dir: Path) -> FakeSpec:
@@ -72,14 +83,20 @@ class FakeNet:
     @classmethod
     def build(cls, spec: FakeSpec) -> FakeNet:
         rng = np.random.default_rng(spec.seed)
-        width = spec.width if spec.kind == "prm" else spec.vocab_size
-        a, b, c = (scale * rng.normal(size=(spec.vocab_size, width)) for scale in (1.0, 0.6, 0.4))
+        rows = spec.tokens or spec.vocab_size  # the tables are drawn for the tokenizer's ids, then padded
+        width = spec.width if spec.kind == "prm" else rows
+        a, b, c = (scale * rng.normal(size=(rows, width)) for scale in (1.0, 0.6, 0.4))
         pos = 0.5 * rng.normal(size=(POSITIONS, width))
         if spec.noise:
             a = a + spec.noise * np.random.default_rng(spec.seed + 1000).normal(size=a.shape)
         bias = np.zeros(width)
         for token, value in spec.boosts:
             bias[token] += value
+        if rows < spec.vocab_size:
+            pad = spec.vocab_size - rows
+            a, b, c = (np.pad(t, ((0, pad), (0, pad if spec.kind == "lm" else 0))) for t in (a, b, c))
+            if spec.kind == "lm":
+                pos, bias = np.pad(pos, ((0, 0), (0, pad))), np.pad(bias, (0, pad), constant_values=-30.0)
         return cls(spec, a, b, c, pos, bias)
 
     def next_logits(self, ids: tuple[int, ...]) -> np.ndarray:  # [V]
@@ -113,6 +130,7 @@ class Request:
     draft: tuple[int, ...]
     draft_logits: np.ndarray | None
     perf_metrics: bool = False
+    bias: np.ndarray | None = None  # embedding_bias, squeezed to [V] as the backend does
 
 
 def parse_request(t: Mapping[str, np.ndarray], exclude_default: bool) -> Request:
@@ -128,13 +146,14 @@ def parse_request(t: Mapping[str, np.ndarray], exclude_default: bool) -> Request
     ids = tuple(int(x) for x in np.asarray(t["input_ids"])[0, :length])
     draft = tuple(int(x) for x in np.asarray(t["draft_input_ids"])[0]) if "draft_input_ids" in t else ()
     logits = np.asarray(t["draft_logits"])[0] if "draft_logits" in t else None
+    bias = np.asarray(t["embedding_bias"])[0] if "embedding_bias" in t else None  # BE squeezeTensor(.., 1)
     stop = parse_stop_words(np.asarray(t["stop_words_list"])) if "stop_words_list" in t else ()
     return Request(ids, int(value("request_output_len", 0)), int(value("end_id", -1)), int(value("pad_id", 0)), stop,
                    value("runtime_top_k", 0) == 1, float(value("temperature", 1.0)), float(value("runtime_top_p", 1.0)),
                    int(value("seed", 0)), int(value("num_return_sequences", 1)), bool(value("return_log_probs", False)),
                    bool(value("return_context_logits", False)), bool(value("return_generation_logits", False)),
                    bool(value("exclude_input_in_output", exclude_default)), draft, logits,
-                   bool(value("return_perf_metrics", False)))
+                   bool(value("return_perf_metrics", False)), bias)
 
 
 @dataclass(slots=True)
@@ -148,73 +167,86 @@ class FakeEngine:
 
     @classmethod
     def load(cls, params: Mapping[str, str]) -> FakeEngine:
+        trtllm_rules.check_model_parameters(params)
         check_parameters(params)
         spec = FakeSpec.load(Path(params["gpt_model_path"]))
         return cls(FakeNet.build(spec), params["exclude_input_in_output"] == "true",
                    params["enable_kv_cache_reuse"] == "true")
 
-    def respond(self, tensors: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    def respond(self, tensors: Mapping[str, np.ndarray],
+                requested: frozenset[str] = frozenset()) -> list[dict[str, np.ndarray]]:
+        """The responses the real backend would send: the outputs its flags and `requested` (the
+        request's requested output names; empty: every output) make it emit."""
         req = parse_request(tensors, self.exclude_default)
         self._check(req)
         out = [self._sequence(req, i) for i in range(req.n)]
         if req.context_logits:
             out[0]["context_logits"] = self._context(req.ids)[None]
-        if req.perf_metrics:
+        wanted = requested or frozenset(name for response in out for name in response)
+        out = [{k: v for k, v in response.items() if k in trtllm_rules.ALWAYS_OUTPUTS or k in wanted}
+               for response in out]
+        if req.perf_metrics:  # every response, requested or not
             for response in out:
-                response.update(self._perf(req.ids))
+                response.update(self._perf(req))
         self._store(req.ids)
         return out
 
-    def _perf(self, ids: tuple[int, ...]) -> dict[str, np.ndarray]:
+    def _perf(self, req: Request) -> dict[str, np.ndarray]:
         block = self.net.spec.tokens_per_block
-        reused = self._reused(ids) // block if self.reuse else 0
-        total = -(-len(ids) // block)
-        return {name: np.array([[value]], np.int32) for name, value in (
-            ("kv_cache_reused_blocks", reused), ("kv_cache_alloc_new_blocks", total - reused),
-            ("kv_cache_alloc_total_blocks", total))}
+        reused = self._reused(req.ids) // block if self.reuse else 0
+        total = -(-len(req.ids) // block)
+        return trtllm_rules.perf_outputs(reused, total - reused, total, 0, len(req.draft))
 
     def _check(self, req: Request) -> None:
         spec = self.net.spec
-        if not 0 < len(req.ids) or req.output_len < 1:
-            raise EngineError("input_lengths / request_output_len: must be >= 1")
-        if max(req.ids) >= spec.vocab_size and spec.kind == "lm":
+        if spec.kind == "lm" and req.ids and max(req.ids) >= spec.vocab_size:  # the fake's own tables' size
             raise EngineError(f"input_ids: token id {max(req.ids)} >= vocabulary {spec.vocab_size}")
-        width = spec.width if spec.kind == "prm" else spec.vocab_size
-        if not 0 <= req.end_id < width or not 0 <= req.pad_id < width:
-            raise EngineError(f"end_id / pad_id must be below the engine vocabulary ({width})")
-        if req.context_logits and not spec.gather_context_logits:
-            raise EngineError("return_context_logits: the engine was built without --gather_context_logits")
-        if req.draft and len(req.draft) > spec.max_draft_len:
-            raise EngineError(f"draft_input_ids: {len(req.draft)} tokens, the engine's max_draft_len is "
-                              f"{spec.max_draft_len}")
+        trtllm_rules.check_request(
+            vocab_size=spec.width if spec.kind == "prm" else spec.vocab_size, end_id=req.end_id,
+            output_len=req.output_len, ids=req.ids, draft=req.draft, draft_logits=req.draft_logits, bias=req.bias,
+            max_draft_len=spec.max_draft_len, context_logits=req.context_logits,
+            generation_logits=req.generation_logits, gather_context=spec.gather_context_logits,
+            gather_generation=spec.gather_generation_logits)
         if spec.kind == "prm" and req.output_len != 1:
             raise EngineError("request_output_len: the fake PRM engine only scores (1)")
 
     def _sequence(self, req: Request, index: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng([req.seed, index])
         tokens, rows, logp = self._verified(req, rng) if req.draft else ([], [], 0.0)
-        while len(tokens) < req.output_len and not _ends(tokens, req.stop_words) and not self._ended(tokens, req):
+        token_logps: list[float] = [0.0] * len(tokens)
+        # a target request with draft tokens ends after one engine step: the accepted tokens + one
+        # (EX trtGptModelInflightBatching.cpp updateRequests, isDraftTokensExternal() && hasDraftTokens())
+        while len(tokens) < req.output_len and not _ends(tokens, req.stop_words) and not self._ended(tokens, req) \
+                and not req.draft:
             row = self.net.next_logits(req.ids + tuple(tokens))
+            if req.bias is not None:
+                row = row + req.bias.astype(np.float32)
             dist = process(row, 1.0 if req.greedy else req.temperature, req.top_p)
             token = int(np.argmax(row)) if req.greedy else sample(dist, rng)
             rows.append(row)
             logp += float(np.log(dist[token]))
+            token_logps.append(float(np.log(dist[token])))
             tokens.append(token)
         if req.end_id in tokens:  # generation ends at the end token, which is not returned
             del tokens[tokens.index(req.end_id):]
         seq = (() if req.exclude_input else req.ids) + tuple(tokens)
         ids = np.full((1, 1, max(len(seq), 1)), req.pad_id, dtype=np.int32)
         ids[0, 0, :len(seq)] = seq
-        out = {"output_ids": ids, "sequence_length": np.array([[len(seq)]], np.int32),
-               "sequence_index": np.array([[index]], np.int32), "batch_index": np.array([[0]], np.int32)}
+        out = {"output_ids": ids, "sequence_length": np.array([[len(seq)]], np.int32)}
+        if req.n > 1:
+            out["sequence_index"] = np.array([[index]], np.int32)
         if req.logprobs:
             out["cum_log_probs"] = np.array([[logp]], np.float32)
+            lps = np.full((1, 1, max(len(seq), 1)), -1.0, np.float32)  # padded with -1, as the backend does
+            lps[0, 0, len(seq) - len(tokens):len(seq)] = token_logps[:len(tokens)]
+            out["output_log_probs"] = lps
         if req.generation_logits:
             out["generation_logits"] = np.stack(rows)[None, None].astype(np.float32)
         return out
 
     def _verified(self, req: Request, rng: np.random.Generator) -> tuple[list[int], list[np.ndarray], float]:
-        rows = [self.net.next_logits(req.ids + req.draft[:i]) for i in range(len(req.draft) + 1)]
+        bias = req.bias.astype(np.float32) if req.bias is not None else np.float32(0.0)
+        rows = [self.net.next_logits(req.ids + req.draft[:i]) + bias for i in range(len(req.draft) + 1)]
         if req.greedy or req.draft_logits is None:
             tokens = []
             for i, row in enumerate(rows):
@@ -253,7 +285,8 @@ def _ends(tokens: list[int], words: tuple[tuple[int, ...], ...]) -> bool:
 
 
 def check_parameters(params: Mapping[str, str]) -> None:
-    """The parameters the real backend needs, with the values the BLS relies on."""
+    """What this project's layout must set for the BLS (ours, on top of the backend's own rules in
+    trtllm_rules.check_model_parameters)."""
     expected = {"gpt_model_type": "inflight_fused_batching", "max_beam_width": "1", "exclude_input_in_output": "true"}
     for key, want in expected.items():
         if params.get(key) != want:

@@ -9,6 +9,7 @@ is a narrowed value head (row width 1, `score_head` layout) with the Skywork rea
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -25,9 +26,19 @@ from runtime.engines.hf import load_tokenizer
 from runtime.engines.prm_readout import VALUE_HEAD_INPUT, RewardReadout
 from runtime.in_server.engine_prm import ENGINE_MANIFEST
 
+from . import trtllm_rules
 from .fake_trtllm import FAKE_SPEC, FakeEngine, FakeNet, FakeSpec
 
 FAKE_MODEL = REPO_ROOT / "tests" / "fake_trtllm" / "model.py"
+TEMPLATE = REPO_ROOT / "triton_repo" / "tensorrt_llm" / "config.pbtxt"
+
+
+def declared_outputs(config: Path = TEMPLATE) -> frozenset[str]:
+    """The output names a tensorrt_llm config declares (the shipped template by default)."""
+    text = config.read_text()
+    block = text[text.index("\noutput ["):]
+    block = block[:block.index("\n]")]
+    return frozenset(re.findall(r'name:\s*"([^"]+)"', block))
 ENGINE_MODELS = {"draft": "draft", "target": "target", "prm_engine": "prm"}  # model name -> engine role
 
 
@@ -39,10 +50,16 @@ def write_fake_engines(root: Path, models: Mapping[str, Path], max_draft_len: in
     delimiter = min(delimiter_token_ids(((i, tok.piece(i)) for i in range(tok.vocab_size)), "\n\n"))
     specials = {tok.tok.pad_token_id, tok.tok.bos_token_id} - {None} - set(tok.eos_ids)
     boosts = ((delimiter, 1.2), (min(tok.eos_ids), 0.3), *((s, -10.0) for s in sorted(specials)))
+    # an engine's vocabulary is its model's config vocab_size (embedding rows, often padded past the
+    # tokenizer's), as convert_checkpoint writes it into the engine's config.json
+    vocab = {role: int(json.loads((Path(path) / "config.json").read_text())["vocab_size"]) for role, path in models.items()}
+    n = tok.vocab_size
     specs = {
-        "draft": FakeSpec("lm", tok.vocab_size, seed=7, noise=0.6, boosts=boosts),
-        "target": FakeSpec("lm", tok.vocab_size, seed=7, boosts=boosts, max_draft_len=max_draft_len),
-        "prm": FakeSpec("prm", tok.vocab_size, seed=11, width=1, gather_context_logits=True),
+        "draft": FakeSpec("lm", vocab["draft"], seed=7, noise=0.6, boosts=boosts, gather_generation_logits=True,
+                          tokens=n),
+        "target": FakeSpec("lm", vocab["target"], seed=7, boosts=boosts, max_draft_len=max_draft_len,
+                           gather_generation_logits=True, tokens=n),
+        "prm": FakeSpec("prm", vocab["prm"], seed=11, width=1, gather_context_logits=True, tokens=n),
     }
     readout = RewardReadout("value_head", "score_head", "sigmoid", 0, prm_bias, 1, "\n\n", delimiter, 1, VALUE_HEAD_INPUT)
     for role, spec in specs.items():
@@ -85,6 +102,7 @@ class FakeTransport:
     handlers: dict[str, Any] = field(default_factory=dict)
     calls: Counter[str] = field(default_factory=Counter)
     requests: list[tuple[str, dict[str, np.ndarray]]] = field(default_factory=list)  # every engine request
+    declared: frozenset[str] = field(default_factory=declared_outputs)  # what Triton core lets a response carry
 
     def release(self, model: str, key: str) -> None:
         if model in self.handlers:
@@ -96,7 +114,10 @@ class FakeTransport:
         tensors = {k: np.array(v) for k, v in inputs.items()}
         if model in self.engines:
             self.requests.append((model, tensors))
-            return [{k: v for k, v in r.items() if k in outputs} for r in self.engines[model].respond(tensors)]
+            responses = self.engines[model].respond(tensors, frozenset(outputs))
+            for response in responses:
+                trtllm_rules.check_outputs(response, outputs, self.declared, model)
+            return [{k: v for k, v in r.items() if k in outputs} for r in responses]
         if model in self.handlers:
             reply = await self.handlers[model].handle(tensors, key)
             return [{k: v for k, v in reply.items() if k in outputs}]

@@ -81,9 +81,17 @@ class TritonLM:
     stop_words: tuple[tuple[int, ...], ...]
     num_params: int
     max_len: int
-    vocab_size: int
+    vocab_size: int  # the tokenizer's: ids past it never occur, logits past it are trimmed
     outputs: tuple[str, ...] = LM_OUTPUTS + USAGE_OUTPUTS + (FINISH_REASON,)  # trtllm: assembly.bls._outputs
     trtllm: TrtllmEngine | None = None  # None: one of our sub-models (it reports usage)
+    # The model's vocabulary (its config's vocab_size: embedding and logits rows, often padded past the
+    # tokenizer's; 0: vocab_size). A TensorRT-LLM engine requires embedding_bias and draft_logits exactly
+    # this wide (createNewDecoderRequests.cpp, "The embedding bias shape is not as expected").
+    logits_width: int = 0
+
+    @property
+    def width(self) -> int:
+        return self.logits_width or self.vocab_size
 
     @property
     def on_cache(self) -> bool:
@@ -100,7 +108,7 @@ class TritonLM:
         return LmCall(prefix, output_len, n, temperature, top_p, seed, self.end_id, self.pad_id, self.stop_words,
                       top_k=top_k, repetition_penalty=r.repetition_penalty, presence_penalty=r.presence_penalty,
                       frequency_penalty=r.frequency_penalty, min_tokens=min_new if r.end_ids else 0,
-                      bad_words=r.bad_words, bias=r.bias, vocab_size=self.vocab_size, perf_metrics=self.perf_metrics,
+                      bad_words=r.bad_words, bias=r.bias, vocab_size=self.width, perf_metrics=self.perf_metrics,
                       **extra)
 
     async def generate(self, session: TritonLmSession, req: StepRequest) -> GenerateResult:

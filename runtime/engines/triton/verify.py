@@ -62,7 +62,6 @@ class NativeVerifyLM(TritonLM):
     """A target LM whose engine verifies draft tokens (its sessions are runtime.core.protocols.TokenVerifier)."""
 
     max_draft_len: int = 0
-    logits_width: int = 0  # the engine's vocabulary (draft_logits rows are padded to it)
 
     def open(self, key: str) -> NativeVerifySession:
         return (ProposingVerifySession if self.on_cache else NativeVerifySession)(self, key)
@@ -73,12 +72,12 @@ class NativeVerifyLM(TritonLM):
         call = LmCall(req.prefix, len(draft) + 1, 1, req.temperature, req.top_p, req.seed, self.end_id, self.pad_id,
                       top_k=req.top_k, repetition_penalty=r.repetition_penalty, presence_penalty=r.presence_penalty,
                       frequency_penalty=r.frequency_penalty, min_tokens=req.min_new_tokens if r.end_ids else 0,
-                      bad_words=r.bad_words, bias=r.bias, vocab_size=self.logits_width, perf_metrics=self.perf_metrics,
+                      bad_words=r.bad_words, bias=r.bias, vocab_size=self.width, perf_metrics=self.perf_metrics,
                       logprobs=True)
         tensors = lm_request_tensors(call)
         if draft:
             sampled = req.temperature > 0.0
-            tensors.update(draft_tensors(draft, draft_logits(req.draft_probs[:len(draft)], self.logits_width)
+            tensors.update(draft_tensors(draft, draft_logits(req.draft_probs[:len(draft)], self.width)
                                          if sampled else None))
         responses = await self.transport.infer(self.model, tensors, self.outputs, session.key)
         reply = parse_lm_reply(responses)
