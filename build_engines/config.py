@@ -115,6 +115,11 @@ class PrmSpec:
                 raise ConfigError(f"{w}.model_cls_name", "value_head takes QWenValueHeadPRM or nothing")
             if self.model_cls_name and self.head_layout is not HeadLayout.SCORE_HEAD:
                 raise ConfigError(f"{w}.model_cls_name", "QWenValueHeadPRM only applies to score_head")
+            if self.head_layout is HeadLayout.SCORE_HEAD and self.model_cls_name is None:
+                # the stock class keeps vocab_size at the full vocabulary while lm_head is 1-2 wide: the
+                # runtime sizes its logits buffers by vocab_size (gptJsonConfig.cpp), the engine's output not
+                raise ConfigError(f"{w}.model_cls_name", "score_head needs QWenValueHeadPRM (the engine's vocab_size "
+                                                         "must be the head's width)")
         if not self.separator:
             raise ConfigError(f"{w}.separator", "must not be empty")
         if self.separator_token_id is not None:

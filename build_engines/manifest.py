@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from build_engines.config import HeadLayout
+from build_engines.config import HeadLayout, Role
 from build_engines.models import ModelInfo
 from build_engines.plan import TWO_CLASS_HEAD_FILE, EnginePlan, Step, StepKind
 from build_engines.prm_remap import HEAD_INFO, HeadInfo
@@ -151,6 +151,7 @@ def engine_manifest(engine: EnginePlan, arch: str, trtllm_version: str, outcomes
         "limits": {k: v for k, v in asdict(spec.limits).items() if k != "where"},
         "tokens_per_block": spec.tokens_per_block,
         "max_draft_len": spec.max_draft_len,
+        "gather_generation_logits": spec.role is Role.DRAFT,  # build_engines/plan.py _build_step
         "logits_dtype": "float32",
         "commands": [{"step": o.step.name, "argv": list(o.step.argv), "fingerprint": o.fingerprint,
                       "skipped": o.skipped, "seconds": round(o.seconds, 3)} for o in outcomes],

@@ -198,6 +198,13 @@ def _build_step(spec: EngineSpec, quant: QuantPlan, paths: EnginePaths, tc: Tool
         argv += ["--multiple_profiles", "enable"]
     if spec.max_draft_len:
         argv += ["--speculative_decoding_mode", "draft_tokens_external", "--max_draft_len", str(spec.max_draft_len)]
+    if spec.role is Role.DRAFT:
+        # sd/cos proposals read the draft's generation logits; through Triton the engine must carry this
+        # flag: the backend never sets the executor's own (model_instance_state.cc getExecutorConfigFromParams)
+        # and the executor refuses without one of them (executorImpl.cpp fetchNewRequests). The "deprecated"
+        # warning trtllm-build prints is printed on every build; the flag still lands in the engine's
+        # config.json (build_config.gather_generation_logits, read by gptJsonConfig.cpp).
+        argv += ["--gather_generation_logits"]
     if spec.prm is not None:
         argv += ["--gather_context_logits"]
         if spec.prm.custom_class is not None:

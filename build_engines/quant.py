@@ -12,8 +12,15 @@ Support table (TRT-LLM precision support matrix; ModelOpt support matrix):
 | KV fp8           | **no** | yes | quantize.py --kv_cache_dtype fp8 |
 | KV int8          | yes | yes | quantize.py --kv_cache_dtype int8 / convert --int8_kv_cache |
 
-`auto` picks fp8 + FP8 KV on Ada/Hopper and int8_sq + INT8 KV on Ampere for the draft and target,
-and plain dtype for the PRM. PRM heads that are not a plain CausalLM (score_head, two_class_custom)
+`auto` picks fp8 + FP8 KV on Ada/Hopper and int8_sq with a plain (fp16/bf16) KV cache on Ampere
+for the draft and target, and plain dtype for the PRM. The KV cache dtype decides whether RSD's
+steps reuse the cache: trtllm-build turns paged context FMHA off for an INT8 KV cache, and for an
+FP8 KV cache under non-FP8 weights (builder.py build: "Paged Context FMHA is disabled ..."), and the
+executor then turns KV-cache block reuse off ("KV cache reuse disabled because model was not built
+with paged context FMHA support", trtGptModelInflightBatching.cpp fixExecutorConfig, 1.2.0rc2
+b35ac1b6): every step would re-run the whole prefix. Such a KV cache is therefore only taken when
+asked for, and never on a target that verifies draft tokens, which fails to load without reuse
+("KV cache block reuse must be enabled for speculative decoding target model", same file). PRM heads that are not a plain CausalLM (score_head, two_class_custom)
 only take what convert_checkpoint.py can produce without ModelOpt, because ModelOpt's quantize.py
 loads the model with AutoModelForCausalLM and would drop the reward head.
 """
@@ -48,9 +55,9 @@ AUTO_LM: dict[GpuArch, Quantization] = {
 AUTO_KV: dict[Quantization, KvCacheDtype] = {
     Quantization.NONE: KvCacheDtype.NONE,
     Quantization.FP8: KvCacheDtype.FP8,
-    Quantization.INT8_SQ: KvCacheDtype.INT8,
-    Quantization.INT8_WO: KvCacheDtype.INT8,
-    Quantization.INT4_AWQ: KvCacheDtype.INT8,
+    Quantization.INT8_SQ: KvCacheDtype.NONE,  # an INT8 KV cache would turn KV reuse off (module docstring)
+    Quantization.INT8_WO: KvCacheDtype.NONE,
+    Quantization.INT4_AWQ: KvCacheDtype.NONE,
 }
 QFORMAT: dict[Quantization, str] = {
     Quantization.NONE: "full_prec",
@@ -102,6 +109,7 @@ def resolve_quant(spec: EngineSpec, arch: GpuArch) -> QuantPlan:
         kv = KvCacheDtype.NONE
     _check_arch(spec, arch, q, kv)
     _check_prm(spec, arch, q, kv)
+    _check_reuse(spec, arch, q, kv)
     tool, qformat = _tool(q, kv)
     return QuantPlan(arch, q, kv, tool, qformat)
 
@@ -112,6 +120,19 @@ def _check_arch(spec: EngineSpec, arch: GpuArch, q: Quantization, kv: KvCacheDty
         raise UnsupportedQuantizationError(f"{w}.quantization", arch.value, q.value, _WHY_FP8)
     if arch not in KV_SUPPORT[kv]:
         raise UnsupportedQuantizationError(f"{w}.kv_cache_dtype", arch.value, f"{kv.value} KV cache", _WHY_FP8)
+
+
+def keeps_kv_reuse(q: Quantization, kv: KvCacheDtype) -> bool:
+    """Whether the engine keeps paged context FMHA, and so KV-cache block reuse (module docstring)."""
+    return kv is KvCacheDtype.NONE or (kv is KvCacheDtype.FP8 and q is Quantization.FP8)
+
+
+def _check_reuse(spec: EngineSpec, arch: GpuArch, q: Quantization, kv: KvCacheDtype) -> None:
+    if spec.max_draft_len and not keeps_kv_reuse(q, kv):
+        raise UnsupportedQuantizationError(
+            "engines.target.kv_cache_dtype", arch.value, f"{q.value} weights with a {kv.value} KV cache",
+            "a target that verifies draft tokens (max_draft_len) needs KV-cache block reuse, which this KV cache "
+            "turns off; use kv_cache_dtype none (or fp8 with fp8 weights)")
 
 
 def _check_prm(spec: EngineSpec, arch: GpuArch, q: Quantization, kv: KvCacheDtype) -> None:

@@ -165,6 +165,8 @@ class FakeRunner:
 
 def engine_set_yaml(models_root: Path, output_root: Path, prm: dict[str, Any], prm_model: str = "prm",
                     family: str = "qwen", **engine: Any) -> dict[str, Any]:
+    if prm.get("format") == "value_head" and prm.get("head_layout", "score_head") == "score_head":
+        prm = {"model_cls_name": "QWenValueHeadPRM", **prm}  # a score_head engine needs the class (config.py)
     limits = {"max_batch_size": 4, "max_input_len": 63, "max_seq_len": 64, "max_num_tokens": 256}
     base = {"family": family, "dtype": "float16", **limits, **engine}
     return {"name": "tiny", "models_root": str(models_root), "output_root": str(output_root),

@@ -22,6 +22,7 @@ from engine_build_helpers import (
 
 from build_engines.cli import main as cli_main
 from build_engines.config import GpuArch, KvCacheDtype, Quantization, Role
+from runtime.core.errors import ConfigError
 from build_engines.errors import ConfigError, GpuDetectionError, UnsupportedQuantizationError
 from build_engines.gpu import detect_gpu_arch
 from build_engines.plan import StepKind, Toolchain, make_plan
@@ -104,8 +105,36 @@ def test_auto_quantization_per_gpu(tmp_path):
     config = load_config(SKYWORK, Overrides(models_root=tmp_path, output_root=tmp_path))
     config = replace(config, target=replace(config.target, quantization=tuple((a, Quantization.AUTO) for a in GpuArch)))
     labels = {arch: make_plan(config, arch, TC).engines[1].quant.label for arch in GpuArch}
+    # Ampere: no INT8 KV cache by default, it would turn KV-cache reuse off (build_engines/quant.py)
     assert labels == {GpuArch.SM90: "fp8 + fp8 KV", GpuArch.SM89: "fp8 + fp8 KV",
-                      GpuArch.SM80: "int8_sq + int8 KV", GpuArch.SM86: "int8_sq + int8 KV"}
+                      GpuArch.SM80: "int8_sq", GpuArch.SM86: "int8_sq"}
+
+
+@pytest.mark.parametrize(("weights", "kv", "ok"), [
+    ("fp8", "fp8", True), ("none", "none", True), ("int8_sq", "none", True),
+    ("int8_sq", "int8", False), ("none", "fp8", False), ("int4_awq", "fp8", False)])
+def test_a_draft_verifying_target_keeps_kv_reuse(tmp_path, weights, kv, ok):
+    """trtllm-build turns paged context FMHA off for an INT8 KV cache and for FP8 KV under non-FP8
+    weights; the executor then turns block reuse off, and a draft_tokens_external target refuses to load
+    without it (trtGptModelInflightBatching.cpp, 1.2.0rc2): the plan refuses such a target."""
+    config = load_config(SKYWORK, Overrides(models_root=tmp_path, output_root=tmp_path))
+    target = replace(config.target, max_draft_len=4, kv_cache_dtype=KvCacheDtype(kv),
+                     quantization=tuple((a, Quantization(weights)) for a in GpuArch))
+    config = replace(config, target=target)
+    if ok:
+        make_plan(config, GpuArch.SM90, TC)
+    else:
+        with pytest.raises(ConfigError, match="needs KV-cache block reuse"):
+            make_plan(config, GpuArch.SM90, TC)
+
+
+def test_the_draft_engine_answers_generation_logits(tmp_path):
+    """sd/cos proposals read the draft's generation_logits through Triton: only the engine flag enables
+    them (the backend never sets the executor's), so the draft is built with it, and only the draft."""
+    plan = make_plan(load_config(SKYWORK, Overrides(models_root=tmp_path)), GpuArch.SM90, TC)
+    draft, target, prm = (e.steps[-1].argv for e in plan.engines)
+    assert "--gather_generation_logits" in draft
+    assert "--gather_generation_logits" not in target and "--gather_generation_logits" not in prm
 
 
 @pytest.mark.parametrize("config_file", CONFIGS, ids=lambda p: p.stem)

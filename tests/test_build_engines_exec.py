@@ -21,7 +21,8 @@ from build_engines.plan import Toolchain, make_plan
 from build_engines.yaml_config import Overrides, parse_config
 
 TC = Toolchain(python="python3")
-VALUE_PRM = {"format": "value_head", "head_layout": "score_head", "separator_token_id": 3}
+VALUE_PRM = {"format": "value_head", "head_layout": "score_head", "separator_token_id": 3,
+             "model_cls_name": "QWenValueHeadPRM"}
 
 
 @pytest.fixture()
@@ -57,7 +58,8 @@ def test_build_writes_manifests_and_second_run_skips(models, tmp_path):
     assert draft["prm"] is None and draft["engine_dir"] == str(plan.engines[0].paths.engine)
     prm = _manifest(plan, Role.PRM)["prm"]
     assert prm["prm_format"] == "value_head" and prm["bias"] == pytest.approx(0.25)
-    assert (prm["op"], prm["index"], prm["separator_token_id"], prm["engine_vocab_size"]) == ("sigmoid", 0, 3, 8)
+    # QWenValueHeadPRM narrows the engine's vocabulary to the head's width
+    assert (prm["op"], prm["index"], prm["separator_token_id"], prm["engine_vocab_size"]) == ("sigmoid", 0, 3, 1)
     assert "sigmoid(context_logits[t, 0] + 0.25)" in prm["formula"]
     assert (tmp_path / "engines" / "logs" / "draft.checkpoint.log").is_file()
 

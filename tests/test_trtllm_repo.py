@@ -123,7 +123,9 @@ def test_serve_command_renders_the_shipped_yaml(fake_cfg, tmp_path):
     out = tmp_path / "repo"
     code = main(["serve", "--config", str(TRTLLM_YAML), "--pipeline", str(fake_cfg.pipeline),
                  "--engines", str(fake_cfg.trtllm.engine_root), "--repo", str(out), "--render-only"])
-    assert code == 0 and sorted(p.name for p in out.iterdir()) == ["draft", "prm", "prm_engine", "rsd", "target"]
+    # the shipped YAML's PRM is the torch PRM (trtllm.prm: torch): no prm_engine model
+    assert code == 0 and sorted(p.name for p in out.iterdir()) == ["draft", "prm", "rsd", "target"]
+    assert 'backend: "python"' in (out / "prm" / "config.pbtxt").read_text()
     assert "${" not in "".join(p.read_text() for p in out.glob("*/config.pbtxt"))
 
 
@@ -144,6 +146,7 @@ ENGINE = {"max_tokens_in_paged_kv_cache": 1024}
     ({"engines": {"draft": ENGINE}, "batch_scheduler_policy": "fifo"}, {}, "batch_scheduler_policy"),
     ({"engines": {"draft": ENGINE}, "native_verify": "yes"}, {}, "native_verify"),
     ({"engines": {"draft": ENGINE}}, {"instances": {"target": 2}}, "instances.target"),
+    ({"engines": {"draft": ENGINE}, "prm": "tensorrt"}, {}, "trtllm.prm"),
 ])
 def test_trtllm_section_is_strict(tmp_path, trtllm, top, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -249,3 +252,28 @@ def test_likelihood_prm_is_served_as_an_lm_engine(tmp_path, tiny_config, prm_rol
     if prm_role == "prm":
         prm = parse(repo / "prm" / "config.pbtxt")
         assert prm.backend == "tensorrtllm" and params(prm)["gpt_model_path"] == str(cfg.trtllm.engine_dir("prm"))
+
+
+def test_a_verifying_target_needs_kv_reuse_and_sd_needs_the_drafts_generation_logits(fake_cfg, tmp_path, caplog):
+    """Render-time checks from TensorRT-LLM's sources: a draft_tokens_external target without KV-cache
+    reuse fails to load (trtGptModelInflightBatching.cpp), and a draft built without
+    --gather_generation_logits cannot answer sd's and cos's proposals through Triton."""
+    import dataclasses
+    import json
+
+    from runtime.deploy.repo import render_repository
+
+    trt = fake_cfg.trtllm
+    engines = tuple(dataclasses.replace(e, enable_kv_cache_reuse=False) if e.role == "target" else e
+                    for e in trt.engines)
+    no_reuse = dataclasses.replace(fake_cfg, trtllm=dataclasses.replace(trt, engines=engines))
+    with pytest.raises(ConfigError, match=r"trtllm\.engines\.target\.enable_kv_cache_reuse"):
+        render_repository(no_reuse, tmp_path / "a")
+    manifest = trt.engine_dir("draft") / "rsd_engine_manifest.json"
+    data = json.loads(manifest.read_text())
+    try:
+        manifest.write_text(json.dumps({**data, "gather_generation_logits": False}))
+        render_repository(fake_cfg, tmp_path / "b")
+        assert "without --gather_generation_logits: sd and cos" in caplog.text
+    finally:
+        manifest.write_text(json.dumps(data))

@@ -128,7 +128,10 @@ def _prm_request(cfg, call):
     return (None if result is None else result.as_numpy("step_rewards")), error
 
 
-def test_prm_model_contract_and_reuse(trt_server):
+def test_prm_model_contract(trt_server):
+    """The PRM engine's rows at every asked position, also for rows sharing a prefix with an earlier
+    request: an engine built with --gather_context_logits never reuses KV blocks (its config asks for
+    reuse here, and TensorRT-LLM turns it off), so every context-logit row comes back."""
     from runtime.engines.triton.contract import PrmCall
     from support.fake_trtllm_repo import load_fake_engine
 
@@ -138,13 +141,33 @@ def test_prm_model_contract_and_reuse(trt_server):
         return 1 / (1 + math.exp(-(net.context_rows(row)[p, 0] - 0.5)))
 
     rows = ((9, 8, 7, 6, 5, 4, 3, 10, 11, 12), (9, 8, 7, 6, 5, 4, 3, 10, 13))
-    rewards, error = _prm_request(trt_server, PrmCall(rows[:1], ((2, 9),)))  # nothing cached yet
+    rewards, error = _prm_request(trt_server, PrmCall(rows[:1], ((2, 9),)))
     assert error is None and rewards[0].tolist() == pytest.approx([want(rows[0], 2), want(rows[0], 9)], abs=1e-5)
-    # now 8 tokens of both rows are cached: the engine returns suffix rows, aligned from the end
-    rewards, error = _prm_request(trt_server, PrmCall(rows, ((9,), (8,))))
-    assert error is None and rewards[:, 0].tolist() == pytest.approx([want(rows[0], 9), want(rows[1], 8)], abs=1e-5)
-    _, error = _prm_request(trt_server, PrmCall(rows[:1], ((2,),)))  # inside the reused prefix
-    assert error is not None and "step_positions: position 2" in str(error.message())
+    rewards, error = _prm_request(trt_server, PrmCall(rows, ((2,), (8,))))  # the shared prefix too
+    assert error is None and rewards[:, 0].tolist() == pytest.approx([want(rows[0], 2), want(rows[1], 8)], abs=1e-5)
+
+
+def test_the_default_layout_scores_with_the_torch_prm(tmp_path, tiny_config):
+    """trtllm.prm: torch (the default): draft and target on engines, the PRM on our PyTorch engine in
+    the same server (the narrowed-vocabulary PRM engine stays opt-in); greedy RSD equals the same
+    pipeline in process, rewards included."""
+    http, grpc, metrics = free_ports(3)
+    cfg = fake_serve_config(tmp_path, tiny_config, prm="torch", http_port=http, grpc_port=grpc,
+                            metrics_port=metrics, sub_request_timeout_s=60.0)
+    repo = render_repository(cfg, tmp_path / "repo")
+    assert substitute_fakes(repo) == ["draft", "target"] and "PyTorch engine" in (repo / "prm" / "1" / "model.py").read_text()
+    reference, _ = in_process(cfg)
+    server = TritonServer(repo, http, grpc, metrics, cfg.address, exit_timeout_s=10,
+                          log_file=tmp_path / "tritonserver.log")
+    server.start(ready_timeout_s=300)
+    try:
+        params = {"method": "rsd", "max_tokens": 32, "threshold": 0.5}
+        got = client(cfg).generate(PROMPTS[1], params)
+        want = asyncio.run(reference.generate(PROMPTS[1], params))
+        assert got.text == want.text and list(got.sources) == [s.source for s in want.steps]
+        assert got.rewards == pytest.approx([s.reward for s in want.steps], abs=1e-5, nan_ok=True)
+    finally:
+        server.stop()
 
 
 def test_log_probs_and_a_logit_bias_reach_the_engines(trt_server, reference):

@@ -34,30 +34,31 @@ class SubModels:
     prm: str = "prm"
     backend: str = "torch"  # trtllm: TensorRT-LLM engines (n sequences may come as n responses)
     max_draft_len: int = 0  # trtllm: > 0, the target verifies up to this many draft tokens natively
-    tokens_per_block: tuple[tuple[str, int], ...] = ()  # trtllm: (role, KV block size) of each LM engine
+    engines: tuple[tuple[str, TrtllmEngine], ...] = ()  # trtllm: what each LM engine's manifest says
 
     def __post_init__(self) -> None:
         if self.backend not in ("torch", "trtllm"):
             raise ConfigError("submodel_backend", f"must be torch or trtllm, got {self.backend!r}")
         if self.max_draft_len < 0 or (self.max_draft_len and self.backend != "trtllm"):
             raise ConfigError("max_draft_len", "a draft cap is a trtllm target's (>= 0); the torch target verifies any")
-        if any(n < 0 for _, n in self.tokens_per_block) or (self.tokens_per_block and self.backend != "trtllm"):
-            raise ConfigError("tokens_per_block", "block sizes (>= 0) are for trtllm engines")
+        if self.engines and self.backend != "trtllm":
+            raise ConfigError("trtllm_engines", "engine facts are for trtllm engines")
 
     def engine(self, role: str) -> TrtllmEngine | None:
         """What serves the role's LM: None for our torch sub-models (they report usage and cut steps
         themselves); a TensorRT-LLM engine's usage is derived and its steps are re-cut."""
-        return TrtllmEngine(dict(self.tokens_per_block).get(role, 0)) if self.backend == "trtllm" else None
+        return dict(self.engines).get(role, TrtllmEngine()) if self.backend == "trtllm" else None
 
 
-def parse_block_sizes(text: str) -> tuple[tuple[str, int], ...]:
-    """`draft:32,target:32` (the rendered `tokens_per_block` parameter) as (role, size) pairs."""
+def parse_engines(text: str) -> tuple[tuple[str, TrtllmEngine], ...]:
+    """`draft:32:4096,target:32:4096` (the rendered `trtllm_engines` parameter: role, KV block size,
+    max_seq_len of each LM engine, from its manifest) as (role, TrtllmEngine) pairs."""
     pairs = []
     for item in filter(None, (part.strip() for part in text.split(","))):
-        role, _, size = item.partition(":")
-        if not size.strip().isdigit():
-            raise ConfigError("tokens_per_block", f"expected role:size pairs, got {item!r}")
-        pairs.append((role.strip(), int(size)))
+        fields = item.split(":")
+        if len(fields) != 3 or not all(f.strip().isdigit() for f in fields[1:]):
+            raise ConfigError("trtllm_engines", f"expected role:tokens_per_block:max_seq_len, got {item!r}")
+        pairs.append((fields[0].strip(), TrtllmEngine(int(fields[1]), int(fields[2]))))
     return tuple(pairs)
 
 
@@ -87,8 +88,11 @@ def _lm(role: str, path: Path, names: SubModels, transport: SubModelTransport, s
     """The torch sub-model verifies, proposes, scores and reads rows on the request's cache (`on_cache`);
     a TensorRT-LLM target verifies natively when it was built for draft tokens (max_draft_len)."""
     engine = names.engine(role)
+    max_len = folder_max_positions(path, tok)
+    if engine is not None and engine.max_seq_len:  # the engine was built for fewer positions
+        max_len = min(max_len, engine.max_seq_len)
     args = (role, getattr(names, role), transport, segmenter, end_id, pad_id, words, estimate_matmul_params(path),
-            folder_max_positions(path, tok), tok.vocab_size, _outputs(engine), engine, _model_vocab(path, tok))
+            max_len, tok.vocab_size, _outputs(engine), engine, _model_vocab(path, tok))
     if role == "target" and engine is None:
         return NativeVerifyLM(*args, max_draft_len=1 << 30)
     if role == "target" and names.max_draft_len > 0:

@@ -23,7 +23,7 @@ from runtime.core.errors import ConfigError
 from runtime.deploy.config import ServeConfig
 from runtime.deploy.trtllm_repo import (
     PRM_ENGINE_MODEL,
-    block_sizes,
+    engine_facts,
     check_engines,
     max_draft_len,
     tensorrt_llm_values,
@@ -37,10 +37,13 @@ TEMPLATES = REPO_ROOT / "triton_repo"
 BUILD_ROOT = REPO_ROOT / ".build" / "triton_repo"
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # role -> template folder, per backend; both speak the tensor contract of runtime/engines/triton/contract.py.
+# On trtllm a reward-head PRM is the torch PRM by default (trtllm.prm: torch), or trtllm_prm over a
+# PRM engine (trtllm.prm: engine); both speak the PRM contract.
 LAYOUTS: Mapping[str, Mapping[str, str]] = {
     "torch": {"rsd": "rsd", "draft": "torch_lm", "target": "torch_lm", "prm": "torch_prm"},
-    "trtllm": {"rsd": "rsd", "draft": "tensorrt_llm", "target": "tensorrt_llm", "prm": "trtllm_prm",
-               PRM_ENGINE_MODEL: "tensorrt_llm"},
+    "trtllm": {"rsd": "rsd", "draft": "tensorrt_llm", "target": "tensorrt_llm", "prm": "torch_prm"},
+    "trtllm+prm_engine": {"rsd": "rsd", "draft": "tensorrt_llm", "target": "tensorrt_llm", "prm": "trtllm_prm",
+                          PRM_ENGINE_MODEL: "tensorrt_llm"},
 }
 
 
@@ -74,7 +77,7 @@ def model_values(role: str, template: str, cfg: ServeConfig, pipeline: PipelineC
                       max_queue_size=str(cfg.max_queue_size), queue_timeout_s=f"{cfg.queue_timeout_s:g}",
                       queue_timeout_us=str(int(cfg.queue_timeout_s * 1e6)),
                       submodel_backend=cfg.backend, max_draft_len=str(max_draft_len(cfg)),
-                      tokens_per_block=_block_sizes(cfg, pipeline))
+                      trtllm_engines=_engine_facts(cfg, pipeline))
     elif template == "torch_lm":
         values.update(role=role, max_batch_size=str(cfg.max_batch_size), max_queue_delay_us=str(cfg.max_queue_delay_us),
                       cache_requests=str(cfg.cache_requests), torch_threads=str(cfg.torch_threads))
@@ -88,22 +91,29 @@ def roles_served(pipeline: PipelineConfig, backend: str = "torch") -> list[str]:
     on trtllm a reward-head PRM is `prm` (the PRM contract) calling `prm_engine` (the engine)."""
     roles = [role for role in ("draft", "target", "prm") if getattr(pipeline, role) is not None]
     served = ["rsd"] + [r for r in roles if not (r == "prm" and shared_verifier(pipeline) is not None)]
-    if backend == "trtllm" and "prm" in served and template_of("prm", backend, pipeline) == "trtllm_prm":
+    if "prm" in served and template_of("prm", backend, pipeline) == "trtllm_prm":
         served.append(PRM_ENGINE_MODEL)
     return served
 
 
-def _block_sizes(cfg: ServeConfig, pipeline: PipelineConfig) -> str:
-    """The rsd BLS's `tokens_per_block` parameter: role:size of each LM served by a TensorRT-LLM engine."""
+def layout(cfg: ServeConfig) -> str:
+    """The LAYOUTS key of a serving config."""
+    if cfg.trtllm is not None and cfg.trtllm.prm == "engine":
+        return "trtllm+prm_engine"
+    return cfg.backend
+
+
+def _engine_facts(cfg: ServeConfig, pipeline: PipelineConfig) -> str:
+    """The rsd BLS's `trtllm_engines` parameter for each LM served by a TensorRT-LLM engine."""
     if cfg.backend != "trtllm":
         return ""
-    lms = [r for r in roles_served(pipeline, cfg.backend) if template_of(r, cfg.backend, pipeline) == "tensorrt_llm"
+    lms = [r for r in roles_served(pipeline, layout(cfg)) if template_of(r, layout(cfg), pipeline) == "tensorrt_llm"
            and r != PRM_ENGINE_MODEL]
-    return ",".join(f"{role}:{size}" for role, size in block_sizes(cfg, lms))
+    return engine_facts(cfg, lms)
 
 
 def template_of(role: str, backend: str, pipeline: PipelineConfig) -> str:
-    """A likelihood PRM is a language model: it is served like draft and target."""
+    """`backend`: a LAYOUTS key. A likelihood PRM is a language model: it is served like draft and target."""
     if role == "prm" and pipeline.prm is not None and pipeline.prm.format == "likelihood":
         return LAYOUTS[backend]["target"]
     return LAYOUTS[backend][role]
@@ -120,13 +130,13 @@ def render_repository(cfg: ServeConfig, out: Path | None = None, templates: Path
     """Render the model repository for `cfg` into `out` (default: `instance_dir(cfg)`)."""
     pipeline = load_config(cfg.pipeline)
     out = out or instance_dir(cfg)
-    models = roles_served(pipeline, cfg.backend)
+    models = roles_served(pipeline, layout(cfg))
     if cfg.backend == "trtllm":
-        check_engines(cfg, pipeline, models)
+        check_engines(cfg, pipeline, [m for m in models if template_of(m, layout(cfg), pipeline) == "tensorrt_llm"])
     staging = Path(tempfile.mkdtemp(prefix=".render-", dir=_parent(out)))
     try:
         for role in models:
-            template = template_of(role, cfg.backend, pipeline)
+            template = template_of(role, layout(cfg), pipeline)
             src = templates / template
             if not (src / "config.pbtxt").is_file():
                 raise ConfigError("backend", f"{cfg.backend}: no template {src.name!r} for the {role} model "

@@ -6,6 +6,8 @@
         draft:  {gpu_device_ids: [0], max_tokens_in_paged_kv_cache: 65536, kv_cache_free_gpu_mem_fraction: 0.2}
         target: {gpu_device_ids: [0], max_tokens_in_paged_kv_cache: 131072, kv_cache_free_gpu_mem_fraction: 0.4}
         prm:    {gpu_device_ids: [0], max_tokens_in_paged_kv_cache: 65536, enable_kv_cache_reuse: false}
+      prm: torch                       # the reward model: torch (our PyTorch PRM on the pipeline's
+                                       # device, e.g. cuda, in the same server) or engine (a PRM engine, opt-in)
       batch_scheduler_policy: guaranteed_no_evict   # or max_utilization
       max_queue_size: 0                # Triton queue bound of each tensorrt_llm model (0: unbounded)
       native_verify: false             # sd verifies draft tokens in the target (needs max_draft_len > 0)
@@ -29,10 +31,11 @@ from runtime.core.errors import ConfigError
 
 ENGINE_ROLES = ("draft", "target", "prm")
 POLICIES = ("guaranteed_no_evict", "max_utilization")
+PRM_PATHS = ("torch", "engine")
 TRTLLM_IMAGE = "nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3"
 _ENGINE_KEYS = {"engine_dir", "gpu_device_ids", "max_tokens_in_paged_kv_cache", "kv_cache_free_gpu_mem_fraction",
                 "enable_kv_cache_reuse"}
-_TOP_KEYS = {"engine_root", "engines", "batch_scheduler_policy", "max_queue_size", "native_verify", "image"}
+_TOP_KEYS = {"engine_root", "engines", "batch_scheduler_policy", "max_queue_size", "native_verify", "image", "prm"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +70,12 @@ class TrtllmConfig:
     max_queue_size: int = 0
     native_verify: bool = False
     image: str = TRTLLM_IMAGE
+    # A reward-head PRM on the PyTorch engine (the torch_prm model, on the pipeline's models.prm.device),
+    # or on a TensorRT-LLM engine (opt-in: the narrowed-vocabulary engine, docs/production_gpu.md §4).
+    prm: str = "torch"
 
     def __post_init__(self) -> None:
+        validate.choice("trtllm.prm", self.prm, PRM_PATHS)
         if self.batch_scheduler_policy not in POLICIES:
             raise ConfigError("trtllm.batch_scheduler_policy",
                               f"must be one of {', '.join(POLICIES)}, got {self.batch_scheduler_policy!r}")

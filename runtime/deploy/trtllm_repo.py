@@ -69,19 +69,23 @@ def max_draft_len(cfg: ServeConfig) -> int:
     return _int_field(_manifest(_trtllm(cfg), "target"), "max_draft_len", "trtllm.native_verify")
 
 
-def block_sizes(cfg: ServeConfig, models: list[str]) -> list[tuple[str, int]]:
-    """(model, KV-cache tokens per block) of LM engines, from their manifests (0: not recorded)."""
+def engine_facts(cfg: ServeConfig, models: list[str]) -> str:
+    """The rsd BLS's `trtllm_engines` parameter: model:tokens_per_block:max_seq_len of each LM engine,
+    from its manifest (0: not recorded)."""
     trt = _trtllm(cfg)
-    return [(m, _int_field(_manifest(trt, engine_role(m)), "tokens_per_block", f"trtllm.engines.{m}.engine_dir"))
-            for m in models]
+    facts = []
+    for m in models:
+        manifest, key = _manifest(trt, engine_role(m)), f"trtllm.engines.{m}.engine_dir"
+        limits = manifest.get("limits")
+        max_seq_len = _int_field(limits, "max_seq_len", key) if isinstance(limits, dict) else 0
+        facts.append(f"{m}:{_int_field(manifest, 'tokens_per_block', key)}:{max_seq_len}")
+    return ",".join(facts)
 
 
 def check_engines(cfg: ServeConfig, pipeline: PipelineConfig, models: list[str]) -> None:
-    """Cross-check every engine a rendered model points at with its manifest."""
+    """Cross-check every engine a rendered `tensorrt_llm` model (`models`) points at with its manifest."""
     trt = _trtllm(cfg)
     for model in models:
-        if model == "rsd" or (model == "prm" and PRM_ENGINE_MODEL in models):
-            continue
         role = engine_role(model)
         manifest = _manifest(trt, role)
         key = f"trtllm.engines.{role}"
@@ -99,6 +103,14 @@ def check_engines(cfg: ServeConfig, pipeline: PipelineConfig, models: list[str])
     if max_draft_len(cfg) < 1 and trt.native_verify:
         raise ConfigError("trtllm.native_verify", "the target engine was built without --max_draft_len "
                                                   "(set max_draft_len on the target engine, or native_verify: false)")
+    if trt.native_verify and not trt.engine("target").enable_kv_cache_reuse:
+        # trtGptModelInflightBatching.cpp (1.2.0rc2): "KV cache block reuse must be enabled for speculative
+        # decoding target model": the target would fail to load
+        raise ConfigError("trtllm.engines.target.enable_kv_cache_reuse", "a target that verifies draft tokens "
+                                                                         "(native_verify) needs KV-cache reuse")
+    if "draft" in models and not _manifest(trt, "draft").get("gather_generation_logits", False):
+        log.warning("the draft engine was built without --gather_generation_logits: sd and cos, whose proposals "
+                    "read its generation logits, will fail (rebuild it with python -m build_engines)")
 
 
 def _check_prm(manifest: dict[str, object], pipeline: PipelineConfig, key: str) -> None:

@@ -8,17 +8,12 @@ vocabulary, including the 1- or 2-wide vocabulary of the narrowed PRM classes). 
 readout (runtime/engines/prm_readout.py) turns the rows at the requested positions into rewards:
 value head sigmoid(row[0] + bias), two-class softmax(row[0:2])[1].
 
-Usage: the tokens the engine ran for a row are its context-logit rows (the whole row, or under
-KV reuse the suffix after the reused blocks); concurrent rows count as one forward (the engine
-schedules requests that arrive together in one iteration).
-
-KV-cache reuse: with enable_kv_cache_reuse TensorRT-LLM returns context logits only for the
-non-reused suffix of the input. Rows are therefore aligned from the end: of R rows for L input
-tokens, row i is position L - R + i; a position inside the reused prefix has no logits and fails
-the request, naming it. The BLS asks only for each candidate's last position, always in the
-suffix, so reuse is safe with this alignment. The shipped serving YAML still turns reuse off on
-the PRM engine (exact rows whatever the engine does; costs re-running each step's prefix);
-set `trtllm.engines.prm.enable_kv_cache_reuse: true` once verified on a GPU.
+Usage: the tokens the engine ran for a row are the whole row (one context-logit row each);
+concurrent rows count as one forward (the engine schedules requests that arrive together in one
+iteration). An engine built with --gather_context_logits never reuses KV blocks: TensorRT-LLM
+turns reuse off for it ("KV cache reuse disabled because model was built to return context
+logits", trtGptModelInflightBatching.cpp fixExecutorConfig, 1.2.0rc2), so every row is run whole
+and a reply with fewer rows than input tokens is an error.
 """
 from __future__ import annotations
 
@@ -78,13 +73,6 @@ def readout_of(manifest: Mapping[str, object], key: str) -> RewardReadout:
     return readout
 
 
-def suffix_offset(input_len: int, rows: int) -> int:
-    """Input position of the first returned context-logit row (rows < input_len under KV reuse)."""
-    if not 0 < rows <= input_len:
-        raise EngineError(f"the PRM engine returned {rows} context-logit rows for {input_len} input tokens")
-    return input_len - rows
-
-
 @dataclass(frozen=True, slots=True)
 class EnginePrm:
     """PRM sub-model handler: the torch_prm contract in, one engine request per row."""
@@ -119,14 +107,9 @@ class EnginePrm:
         if logits.shape[-1] < self.readout.num_labels:
             raise EngineError(f"{self.engine}: context-logit rows are {logits.shape[-1]} wide, the readout needs "
                               f"{self.readout.num_labels}")
-        offset = suffix_offset(len(row), logits.shape[0])
-        if offset:
-            log.debug("%s reused %d of %d tokens; aligning rows from the end", self.engine, offset, len(row))
-        for p in positions:
-            if p < offset:
-                raise EngineError(f"step_positions: position {p} lies in the {offset} tokens the PRM engine reused "
-                                  f"from its KV cache (no context logits); disable enable_kv_cache_reuse on it")
-        return [reward_from_row(logits[p - offset], self.readout) for p in positions], logits.shape[0]
+        if logits.shape[0] != len(row):
+            raise EngineError(f"{self.engine} returned {logits.shape[0]} context-logit rows for {len(row)} input tokens")
+        return [reward_from_row(logits[p], self.readout) for p in positions], len(row)
 
 
 def build_engine_prm(transport: SubModelTransport, engine: str, manifest: str | Path) -> EnginePrm:

@@ -14,9 +14,8 @@ tests the BLS's robustness:
 - with draft_input_ids (engines with max_draft_len > 0) the draft tokens are verified (greedy:
   token match; with draft_logits: speculative sampling) and the request ends there, with the
   accepted tokens and one more, whatever request_output_len says;
-- context logits only from engines built with gather_context_logits (which excludes max_draft_len),
-  and under enable_kv_cache_reuse only for the suffix after the full blocks a finished request
-  computed (tokens_per_block), always leaving at least the last token to compute;
+- context logits only from engines built with gather_context_logits (which excludes max_draft_len
+  and turns KV-cache reuse off, so they are always the whole prompt's);
 - return_perf_metrics adds the ten perf outputs to every response, requested or not
   (kv_cache_reused_blocks: those blocks);
 - output_ids and sequence_length always; cum_log_probs / output_log_probs, context_logits,
@@ -172,6 +171,12 @@ class FakeEngine:
         spec = FakeSpec.load(Path(params["gpt_model_path"]))
         return cls(FakeNet.build(spec), params["exclude_input_in_output"] == "true",
                    params["enable_kv_cache_reuse"] == "true")
+
+    def __post_init__(self) -> None:
+        # an engine built to return context logits never reuses KV blocks, whatever the config says
+        # ("KV cache reuse disabled because model was built to return context logits",
+        # trtGptModelInflightBatching.cpp fixExecutorConfig, TensorRT-LLM b35ac1b6)
+        self.reuse = self.reuse and not self.net.spec.gather_context_logits
 
     def respond(self, tensors: Mapping[str, np.ndarray],
                 requested: frozenset[str] = frozenset()) -> list[dict[str, np.ndarray]]:

@@ -69,6 +69,7 @@ def write_fake_engines(root: Path, models: Mapping[str, Path], max_draft_len: in
         manifest = {"schema": "rsd.engine_manifest/1", "role": role, "engine_dir": str(folder),
                     "source_model": str(models[role]), "tokenizer_dir": str(models[role]), "tp_size": 1,
                     "max_draft_len": spec.max_draft_len, "tokens_per_block": spec.tokens_per_block,
+                    "gather_generation_logits": spec.gather_generation_logits, "limits": {"max_seq_len": 512},
                     "logits_dtype": "float32", "tensorrt_llm_version": "fake",
                     "prm": readout.to_manifest() if role == "prm" else None}
         (folder / ENGINE_MANIFEST).write_text(json.dumps(manifest, indent=2))

@@ -68,6 +68,9 @@ class TrtllmEngine:
     runtime.engines.triton.usage) and may overshoot a multi-token delimiter (its output is re-cut)."""
 
     tokens_per_block: int = 0  # its KV-cache block size (0: unknown; cached tokens then go uncounted)
+    # prompt + output tokens it holds (0: unknown): its prompts are at most max_seq_len - 1 tokens
+    # (trtGptModel.h maxInputLen = min(max_seq_len - 1, max_num_tokens); --max_input_len is ignored)
+    max_seq_len: int = 0
 
 
 @dataclass(slots=True)

@@ -67,7 +67,10 @@ class NativeVerifyLM(TritonLM):
         return (ProposingVerifySession if self.on_cache else NativeVerifySession)(self, key)
 
     async def verify(self, session: TritonLmSession, req: VerifyRequest) -> VerifyResult:
-        draft = req.draft_tokens[:self.max_draft_len]
+        # the engine cuts drafts that do not fit its prompt limit (max_seq_len - 1) but not their logits,
+        # and then refuses the request (llmRequest.cpp validate; "Incompatible buffer sizes"): cut both here
+        room = max(0, self.max_len - 1 - len(req.prefix))
+        draft = req.draft_tokens[:min(self.max_draft_len, room)]
         r = req.rules  # the engine applies the request's rules and top-k to its own rows
         call = LmCall(req.prefix, len(draft) + 1, 1, req.temperature, req.top_p, req.seed, self.end_id, self.pad_id,
                       top_k=req.top_k, repetition_penalty=r.repetition_penalty, presence_penalty=r.presence_penalty,

@@ -8,7 +8,7 @@ and hands them over.
 """
 import time
 
-from runtime.assembly.bls import SubModels, build_bls_pipeline, parse_block_sizes
+from runtime.assembly.bls import SubModels, build_bls_pipeline, parse_engines
 from runtime.config import load_config
 from runtime.in_server import host
 from runtime.in_server.admission import Admission
@@ -29,7 +29,7 @@ class TritonPythonModel:
                                                              metrics.observe_submodel_call)
         names = SubModels(params["draft_model"], params["target_model"], params["prm_model"],
                           backend, int(host.require(params, "max_draft_len")),
-                          parse_block_sizes(params.get("tokens_per_block", "")))
+                          parse_engines(params.get("trtllm_engines", "")))
         pipeline = build_bls_pipeline(load_config(host.require(params, "pipeline_config")), transport, names)
         admission = Admission(int(host.require(params, "max_running_rows")),
                               float(host.require(params, "queue_timeout_s")))
