@@ -81,7 +81,7 @@ def test_requests_beyond_capacity_wait_then_are_refused_never_failed_half_way(sm
     # none ran (the two running requests outlast the wait); some were refused at once (queue full),
     # the others after waiting (2 s) or when Triton's queue timed them out
     assert not any(outcome == "ok" for outcome, _ in refused), refused
-    assert any("Exceeds maximum queue size" in o and took < 1.0 for o, took in refused), refused
+    assert any("Exceeds maximum queue size" in o and took < 1.5 for o, took in refused), refused  # not after the wait
     assert any("overloaded, retry later" in o and took >= 1.9 for o, took in refused), refused
     time.sleep(0.6)  # two metric flushes (0.25 s each): the gauges show the state now
     with urllib.request.urlopen(f"http://127.0.0.1:{small.metrics_port}/metrics", timeout=10) as resp:

@@ -99,10 +99,10 @@ def test_sub_request_timeout_is_an_engine_error(pb):
 
 
 def test_stub_loop_runs_sub_requests_concurrently_up_to_its_threads(pb):
-    """48 concurrent 0.3 s sub-requests on a 64-thread loop take about 0.3 s, not 48 × 0.3 / (cpu + 4)."""
+    """48 concurrent 1 s sub-requests on a 64-thread loop take about 1 s, not 48 x 1 / (cpu + 4) = 8 s
+    (asyncio's default executor on 2 cores); the bound leaves a busy machine 3 s of slack."""
     loop = host.StubLoop("bls", threads=64)
     transport = host.PbTransport(timeout_s=10.0)
-    SlowRequest.delay = 0.3
 
     async def many():
         await asyncio.gather(*(transport.infer("draft", {}, [], f"r{i}") for i in range(48)))
@@ -110,9 +110,8 @@ def test_stub_loop_runs_sub_requests_concurrently_up_to_its_threads(pb):
     try:
         started = time.monotonic()
         loop.run(many(), timeout_s=30)
-        assert time.monotonic() - started < 1.5
+        assert time.monotonic() - started < 4.0
     finally:
-        SlowRequest.delay = 1.0
         loop.shutdown(grace_s=1)
 
 

@@ -421,4 +421,4 @@ def test_prm_batcher_waits_briefly_for_the_other_open_requests_rows():
     batcher.max_wait_s = 0.05  # a request that never sends rows holds the others up at most max_wait_s
     started = time.monotonic()
     asyncio.run(batcher.score("alone", ((1, 2),), ((1,),)))
-    assert 0.04 < time.monotonic() - started < 0.5 and len(transport.calls[-1].rows) == 1
+    assert 0.04 < time.monotonic() - started < 2.0 and len(transport.calls[-1].rows) == 1  # not forever
