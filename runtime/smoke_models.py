@@ -1,4 +1,4 @@
-"""Tiny random models shaped for TensorRT-LLM engines, for scripts/gpu_smoke.sh when the embedded
+"""Tiny random models shaped for TensorRT-LLM engines, for scripts/gpu_first_run.sh when the embedded
 models (models/embedded) are absent.
 
 The tokenizer and the Skywork-style value-head PRM are those of runtime.tiny_models; the
