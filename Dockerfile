@@ -10,6 +10,10 @@ COPY pyproject.toml ./
 COPY runtime ./runtime
 COPY build_engines ./build_engines
 COPY configs ./configs
+# rsd serve renders the model repository from these templates, and the BLS reads the pipeline's
+# tokenizers (configs/default.yaml points at models/embedded; mount others and pass --pipeline)
+COPY triton_repo ./triton_repo
+COPY models ./models
 
 RUN python3 -m pip install --no-cache-dir --no-deps -e . \
  && (python3 -c "import yaml, tqdm" 2>/dev/null \

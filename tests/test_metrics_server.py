@@ -80,3 +80,16 @@ def test_submodel_call_histogram_moves_per_model(moved):
         moved_by = (total(after, "rsd_submodel_call_duration_seconds_count", model=model)
                     - total(before, "rsd_submodel_call_duration_seconds_count", model=model))
         assert moved_by >= 1, model
+
+
+def test_the_dashboard_reads_only_families_the_server_exports(moved):
+    """Every rsd_* family the Grafana dashboard and the manifests' tests know (tests/test_k8s_manifests.py
+    DASHBOARD_METRICS, which checks every dashboard query against it) is in a live scrape, with its type."""
+    from test_k8s_manifests import DASHBOARD_METRICS
+
+    _, after, types, _ = moved
+    exported = {name for name, _, _ in after}
+    for family, kind in DASHBOARD_METRICS.items():
+        assert types.get(family) == kind, (family, types.get(family))
+        samples = {family + "_count"} if kind == "histogram" else {family}
+        assert samples & exported, family

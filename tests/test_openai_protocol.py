@@ -113,7 +113,7 @@ def test_a_full_server_is_503_with_retry_after_and_other_failures_are_not():
             raise BackendError(503, "Exceeds maximum queue size", retry_after_s=1)
 
     class Front:
-        backend, model_name = Full(), "rsd"
+        backend, model_name, api_key = Full(), "rsd", ""
 
         async def serve(self, req):  # type: ignore[no-untyped-def]
             from runtime.frontends.openai_api import _backend

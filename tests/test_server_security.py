@@ -61,25 +61,35 @@ def test_model_control_is_refused_on_grpc_and_http(triton_server):
     _still_serving(triton_server)
 
 
-def test_configs_statistics_and_shared_memory_need_the_admin_key(triton_server):
+def test_read_only_apis_are_open_on_loopback_and_the_rest_needs_the_admin_key(triton_server):
+    """What perf_analyzer, genai-perf and Model Analyzer read (model config, metadata, statistics)
+    answers without a header on loopback; shared memory (and repository control, logging, trace)
+    does not, over gRPC and HTTP."""
     from tritonclient.utils import InferenceServerException
 
     client = _grpc(triton_server)
-    for call in (lambda: client.get_model_config("rsd"), lambda: client.get_inference_statistics("rsd"),
-                 lambda: client.register_system_shared_memory("x", "/rsd_probe", 64),
-                 lambda: client.get_system_shared_memory_status()):
-        with pytest.raises(InferenceServerException):
+    assert client.get_model_config("rsd").config.name == "rsd"
+    assert client.get_model_metadata("rsd").name == "rsd"
+    assert client.get_inference_statistics("rsd") is not None
+    for method, path in (("GET", "/v2/models/rsd/config"), ("GET", "/v2/models/rsd"), ("GET", "/v2/models/stats")):
+        assert _http(triton_server, method, path)[0] == 200, path
+    for call in (lambda: client.register_system_shared_memory("x", "/rsd_probe", 64),
+                 lambda: client.get_system_shared_memory_status(), lambda: client.get_log_settings(),
+                 lambda: client.get_trace_settings(), lambda: client.get_model_repository_index(),
+                 lambda: client.unload_model("target")):
+        with pytest.raises(InferenceServerException, match="restricted"):
             call()
-    for method, path in (("GET", "/v2/models/rsd/config"), ("GET", "/v2/models/stats"),
-                         ("POST", "/v2/systemsharedmemory/region/x/register"), ("GET", "/v2/systemsharedmemory/status")):
+    for method, path in (("POST", "/v2/systemsharedmemory/region/x/register"), ("GET", "/v2/systemsharedmemory/status"),
+                         ("GET", "/v2/logging"), ("POST", "/v2/repository/index"),
+                         ("POST", "/v2/repository/models/target/unload")):
         status, _ = _http(triton_server, method, path, {"key": "/rsd_probe", "offset": 0, "byte_size": 64}
                           if method == "POST" else None)
-        assert status in (400, 403), path
+        assert status == 403, path
     # the operator's key opens them (header on HTTP, metadata on gRPC)
     key = {ADMIN_HEADER: triton_server.admin_key}
-    status, body = _http(triton_server, "GET", "/v2/models/rsd/config", headers=key)
-    assert status == 200 and json.loads(body)["name"] == "rsd"
-    assert client.get_model_config("rsd", headers={GRPC_ADMIN_HEADER: triton_server.admin_key}).config.name == "rsd"
+    assert _http(triton_server, "GET", "/v2/systemsharedmemory/status", headers=key)[0] == 200
+    assert client.get_system_shared_memory_status(headers={GRPC_ADMIN_HEADER: triton_server.admin_key}) is not None
+    assert client.is_model_ready("target")
 
 
 @pytest.mark.parametrize("model", ["draft", "target", "prm"])
@@ -139,7 +149,7 @@ def test_unknown_json_key_and_grpc_parameter_are_errors_naming_them(triton_serve
     assert error is None
     by_tensor = RsdClient(triton_server.grpc_url, "grpc", timeout_s=TIMEOUT).generate("1+1=", {"method": "target",
                                                                                                "max_tokens": 6})
-    assert result.as_numpy("text_output")[0][0].decode() == by_tensor.text
+    assert result.as_numpy("text_output")[0].decode() == by_tensor.text
 
 
 def test_huge_prompt_is_refused_without_stalling_other_requests(triton_server):

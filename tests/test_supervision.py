@@ -24,7 +24,7 @@ def _open_fds() -> int:
 
 def test_a_sidecar_restarts_with_backoff_then_gives_up_without_leaking_handles(tmp_path):
     car = Sidecar("crasher", (sys.executable, "-c", "import sys; sys.exit(3)"), tmp_path / "car.log",
-                  RestartPolicy(max_restarts=3, window_s=60, backoff_s=0.05, max_backoff_s=1.0))
+                  policy=RestartPolicy(max_restarts=3, window_s=60, backoff_s=0.05, max_backoff_s=1.0))
     before = _open_fds()
     starts: list[float] = []
     failure = None

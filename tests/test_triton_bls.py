@@ -174,9 +174,9 @@ def test_service_streams_steps_then_closes(pipelines):
     whole = _serve(bls, _inputs("2*3=", False, max_tokens=12), FakeSink())
     assert streamed.closed == whole.closed == 1 and not streamed.errors
     assert [final for _, final in streamed.sent] == [False] * (len(streamed.sent) - 1) + [True]
-    text = b"".join(out["text_output"][0][0] for out, _ in streamed.sent)  # [batch, 1]
+    text = b"".join(out["text_output"][0] for out, _ in streamed.sent)  # [1], as TensorRT-LLM's BLS
     (out, final), = whole.sent
-    assert final and out["text_output"][0][0] == text and out["step_source"].shape == (1, len(streamed.sent))
+    assert final and out["text_output"][0] == text and out["step_source"].shape == (1, len(streamed.sent))
     assert json.loads(out["stats"][0][0])["tokens"] <= 12 and out["finish_reason"][0][0] == b"max_tokens"
 
 
@@ -334,7 +334,7 @@ def test_service_serves_every_row_of_a_batched_request(pipelines):
     its row, the final flag comes last, and row options (exclude_input_in_output, perf) are per row."""
     bls = pipelines[1]
     prompts = ["2*3=", "1+1="]
-    alone = [_serve(bls, _inputs(p, False, max_tokens=12), FakeSink()).sent[0][0]["text_output"][0][0]
+    alone = [_serve(bls, _inputs(p, False, max_tokens=12), FakeSink()).sent[0][0]["text_output"][0]
              for p in prompts]
     tensors = {"text_input": np.array([[p.encode()] for p in prompts], dtype=np.object_),
                "stream": np.array([[True], [False]]), "max_tokens": np.array([[12], [12]], np.int32),
@@ -345,7 +345,7 @@ def test_service_serves_every_row_of_a_batched_request(pipelines):
     rows: dict[int, bytes] = {}
     for out, _ in sink.sent:
         row = int(out["batch_index"][0][0])
-        rows[row] = rows.get(row, b"") + out["text_output"][0][0]
+        rows[row] = rows.get(row, b"") + out["text_output"][0]
         assert 0.0 <= out["acceptance_rate"][0][0] <= 1.0
         assert out["total_accepted_draft_tokens"][0][0] <= out["total_draft_tokens"][0][0]
     assert rows == {0: alone[0], 1: prompts[1].encode() + alone[1]}  # row 1 repeats its input (not excluded)

@@ -32,12 +32,14 @@ def http(server, timeout: float = TIMEOUT) -> RsdClient:
 
 
 def scrape(server) -> dict[str, float]:
+    """rsd_* samples by name and labels, the served_model="rsd" label left out (every BLS metric has it)."""
     text = metrics_text(server.metrics_url)
     samples = {}
     for line in text.splitlines():
         match = re.match(r"^(rsd_[^ ]+) ([0-9.eE+-]+|NaN)$", line)
         if match:
-            samples[match.group(1)] = float(match.group(2))
+            key = re.sub(r',?served_model="rsd"', "", match.group(1)).replace("{,", "{").replace("{}", "")
+            samples[key] = float(match.group(2))
     return samples
 
 

@@ -67,8 +67,8 @@ def end_to_end_inputs(prompt: str, max_tokens: int, **extra: Any) -> dict[str, n
     return inputs
 
 
-def grpc_stream(server, inputs: Mapping[str, np.ndarray], outputs: tuple[str, ...] = ("text_output",)
-                ) -> list[dict[str, np.ndarray]]:
+def grpc_stream(server, inputs: Mapping[str, np.ndarray], outputs: tuple[str, ...] = ("text_output",),
+                model: str = "rsd") -> list[dict[str, np.ndarray]]:
     """One request on a gRPC stream, as the TensorRT-LLM clients send it; every response's outputs."""
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import np_to_triton_dtype
@@ -84,7 +84,7 @@ def grpc_stream(server, inputs: Mapping[str, np.ndarray], outputs: tuple[str, ..
     requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
     responses: list[dict[str, np.ndarray]] = []
     try:
-        client.async_stream_infer("rsd", tensors, outputs=requested, request_id=uuid.uuid4().hex,
+        client.async_stream_infer(model, tensors, outputs=requested, request_id=uuid.uuid4().hex,
                                   enable_empty_final_response=True)
         while True:
             try:

@@ -35,6 +35,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--openai-port", type=int, help="port of the OpenAI-compatible front (/v1/completions, "
                                                    "/v1/chat/completions, /v1/models, /health); 0: none "
                                                    "(default from the config: 9000)")
+    p.add_argument("--health-port", type=int, help="port of /ready (Triton and every front answer, not "
+                                                   "draining) and /live; 0: none (default from the config: 8003)")
+    p.add_argument("--model-name", action="append", metavar="NAME",
+                   help="serve the rsd BLS under this name (repeatable): e.g. ensemble and tensorrt_llm_bls for "
+                        "TensorRT-LLM's clients (default from the config: rsd)")
+    p.add_argument("--api-key", default=os.environ.get("RSD_API_KEY"),
+                   help="clients must send 'Authorization: Bearer KEY': the OpenAI front checks it, and Triton's "
+                        "inference APIs (gRPC metadata: triton-grpc-protocol-authorization) require it; health "
+                        "and metrics stay open (default: $RSD_API_KEY, else none)")
+    p.add_argument("--open-read-apis", action="store_true",
+                   help="beyond loopback, leave model config, metadata and statistics open (on loopback they "
+                        "always are; repository control, shared memory, trace and logging always need the admin key)")
     p.add_argument("--engines", help="trtllm: the engine-set output root of `python -m build_engines` "
                                      "(overrides trtllm.engine_root)")
     p.add_argument("--repo", help="where to render the repository (default: .build/triton_repo/<config name>-"
@@ -45,9 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="GPU host: run the NGC Triton container instead (default image: "
                         "nvcr.io/nvidia/tritonserver:24.10-pyt-python-py3; trtllm: the config's trtllm.image)")
     p.add_argument("--admin-key", default=os.environ.get("RSD_ADMIN_KEY"),
-                   help="opens Triton's restricted APIs (model repository, model config, shared memory, "
-                        "statistics, trace, logging) to requests with the header 'rsd-admin-key: KEY' "
-                        "(default: $RSD_ADMIN_KEY, else a random key: closed)")
+                   help="opens Triton's restricted APIs (model repository, shared memory, trace, logging; beyond "
+                        "loopback also model config, metadata and statistics) to requests with the header "
+                        "'rsd-admin-key: KEY' (default: $RSD_ADMIN_KEY, else a random key: closed)")
     p.add_argument("--grace-s", type=float, help="SIGTERM: seconds in-flight requests get to finish "
                                                  "(default from the config: 30)")
     p.add_argument("--max-restarts", type=int, help="restarts of a failed server within the config's "
@@ -64,8 +76,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = load_serve_config(args.config).with_overrides(
         pipeline=args.pipeline, address=args.address, http_port=args.http_port, grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port, openai_port=args.openai_port, shutdown_grace_s=args.grace_s,
-        max_restarts=args.max_restarts)
+        metrics_port=args.metrics_port, openai_port=args.openai_port, health_port=args.health_port,
+        shutdown_grace_s=args.grace_s, max_restarts=args.max_restarts,
+        model_names=tuple(args.model_name) if args.model_name else None)
     if args.engines:
         if cfg.trtllm is None:
             raise ConfigError("--engines", "only for a serving config with backend trtllm")
@@ -81,51 +94,72 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.container is not None:
         return _run_container(cfg, repo, args.container, args.admin_key, extra)
     return _run_local(cfg, repo, Path(args.log_file) if args.log_file else repo.with_suffix(".log"),
-                      args.admin_key, extra)
+                      args.admin_key, args.api_key or "", args.open_read_apis, extra)
 
 
-def _run_local(cfg: ServeConfig, repo: Path, log_file: Path, admin_key: str | None,
-               extra: tuple[str, ...]) -> int:
-    from runtime.deploy.server import TritonServer
+def _run_local(cfg: ServeConfig, repo: Path, log_file: Path, admin_key: str | None, api_key: str,
+               open_read_apis: bool, extra: tuple[str, ...]) -> int:
+    from runtime.deploy.health import Health, HealthServer
+    from runtime.deploy.server import TritonServer, is_loopback, port_is_free
     from runtime.deploy.supervisor import RestartPolicy, Supervisor
     from runtime.deploy.trtllm_launch import launch_for
 
     launch = launch_for(cfg)
     server = TritonServer(repo, cfg.http_port, cfg.grpc_port, cfg.metrics_port, cfg.address,
-                          cfg.exit_timeout_s, log_file, (*launch.args, *extra), launch.launcher, launch.env)
+                          cfg.exit_timeout_s, log_file, (*launch.args, *extra), launch.launcher, launch.env,
+                          open_read_apis=open_read_apis, api_key=api_key)
     if admin_key:
         server.admin_key = admin_key
     server.check_ports()
+    if cfg.health_port and not port_is_free(cfg.address, cfg.health_port):
+        raise ConfigError("--health-port", f"{cfg.address}:{cfg.health_port} is not free; pick another port (0: none)")
+    if not is_loopback(cfg.address) and not api_key:
+        log.warning("rsd serve: bound to %s without --api-key: anyone who reaches these ports can run inference",
+                    cfg.address)
     policy = RestartPolicy(cfg.max_restarts, cfg.restart_window_s, cfg.restart_backoff_s)
-    sidecars = (_openai_front(cfg, log_file),) if cfg.openai_port else ()
-    supervisor = Supervisor(server, policy, cfg.shutdown_grace_s, launch.ready_timeout_s, sidecars=sidecars)
+    sidecars = (_openai_front(cfg, log_file, api_key),) if cfg.openai_port else ()
+    health = Health(server.ready, tuple((s.name, s.health_url) for s in sidecars), threading.main_thread())
+    supervisor = Supervisor(server, policy, cfg.shutdown_grace_s, launch.ready_timeout_s, sidecars=sidecars,
+                            health=health)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     log.setLevel(logging.INFO)  # the supervisor's restarts and drain are what an operator reads
+    probes = HealthServer(health, cfg.address, cfg.health_port) if cfg.health_port else None
+    if probes is not None:
+        probes.start()
     print(f"starting tritonserver (log: {log_file}) ...", flush=True)
 
     def ready() -> None:
         front = f"  openai http://{cfg.address}:{cfg.openai_port}/v1" if cfg.openai_port else ""
-        print(f"serving: http {server.url}  grpc {cfg.address}:{cfg.grpc_port}  "
-              f"metrics http://{cfg.address}:{cfg.metrics_port}/metrics{front}  (Ctrl-C or SIGTERM drains and stops)",
-              flush=True)
+        ready_url = f"  ready http://{cfg.address}:{cfg.health_port}/ready" if cfg.health_port else ""
+        print(f"serving: {', '.join(cfg.model_names)} on http {server.url}  grpc {cfg.address}:{cfg.grpc_port}  "
+              f"metrics http://{cfg.address}:{cfg.metrics_port}/metrics{front}{ready_url}  "
+              f"(Ctrl-C or SIGTERM drains and stops)", flush=True)
 
-    code = supervisor.run(stop, on_ready=ready)
+    try:
+        code = supervisor.run(stop, on_ready=ready)
+    finally:
+        if probes is not None:
+            probes.stop()
     print("stopped" if code == 0 else f"tritonserver kept failing; see {log_file}", flush=True,
           file=sys.stdout if code == 0 else sys.stderr)
     return code
 
 
-def _openai_front(cfg: ServeConfig, log_file: Path) -> Sidecar:
-    from runtime.deploy.server import port_is_free
+def _openai_front(cfg: ServeConfig, log_file: Path, api_key: str) -> Sidecar:
+    from runtime.deploy.server import is_loopback, port_is_free
     from runtime.deploy.supervisor import Sidecar
 
     if not port_is_free(cfg.address, cfg.openai_port):
         raise ConfigError("--openai-port", f"{cfg.address}:{cfg.openai_port} is not free; pick another port (0: no front)")
-    command = (sys.executable, "-m", "runtime.frontends.openai_api", "--triton", f"{cfg.address}:{cfg.grpc_port}",
-               "--host", cfg.address, "--port", str(cfg.openai_port), "--pipeline", str(cfg.pipeline))
-    return Sidecar("the OpenAI-compatible front", command, log_file.with_name(log_file.stem + "-openai.log"))
+    local = cfg.address if is_loopback(cfg.address) else "127.0.0.1"  # how this host reaches Triton and the front
+    command = (sys.executable, "-m", "runtime.frontends.openai_api", "--triton", f"{local}:{cfg.grpc_port}",
+               "--host", cfg.address, "--port", str(cfg.openai_port), "--pipeline", str(cfg.pipeline),
+               "--model-name", cfg.model_names[0], "--triton-model", cfg.model_names[0])
+    env_key = ("RSD_API_KEY", api_key)  # passed by environment, not argv (ps shows argv)
+    return Sidecar("the OpenAI-compatible front", command, log_file.with_name(log_file.stem + "-openai.log"),
+                   f"http://{local}:{cfg.openai_port}/health", env=(env_key,) if api_key else ())
 
 
 def _run_container(cfg: ServeConfig, repo: Path, image: str, admin_key: str | None, extra: tuple[str, ...]) -> int:

@@ -78,6 +78,7 @@ class RsdClient:
     protocol: str = "grpc"  # grpc | http
     model: str = "rsd"
     timeout_s: float = 120.0
+    api_key: str = ""  # a server started with --api-key: sent as `authorization: Bearer KEY`
 
     def stream(self, prompt: str, params: Mapping[str, Any] | None = None, stream: bool = True) -> Iterator[StepMessage]:
         values = request_values(prompt, params or {}, stream)
@@ -99,12 +100,19 @@ class RsdClient:
 
         client = grpcclient.InferenceServerClient(self.url)
         responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
-        client.start_stream(callback=lambda result, error: responses.put((result, error)))
+        from runtime.wire.model_env import INFER_AUTH_METADATA
+
+        headers = {INFER_AUTH_METADATA: f"Bearer {self.api_key}"} if self.api_key else None
+        client.start_stream(callback=lambda result, error: responses.put((result, error)), headers=headers)
         finished = False
         try:
             inputs = [_grpc_input(grpcclient, spec, value) for spec, value in values.values()]
-            client.async_stream_infer(self.model, inputs, request_id=uuid.uuid4().hex,
-                                      enable_empty_final_response=True)
+            try:
+                client.async_stream_infer(self.model, inputs, request_id=uuid.uuid4().hex,
+                                          enable_empty_final_response=True)
+            except Exception as exc:  # the server refused the stream itself (e.g. a restricted API)
+                finished = True
+                raise ServerError(_stream_error(responses, exc)) from None
             while not finished:
                 try:
                     result, error = responses.get(timeout=self.timeout_s)
@@ -124,7 +132,10 @@ class RsdClient:
         body = {name: _json_value(spec, value) for name, (spec, value) in values.items()}
         endpoint = "generate_stream" if stream else "generate"
         url = f"http://{self.url.removeprefix('http://')}/v2/models/{self.model}/{endpoint}"
-        req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
         try:
             resp = urllib.request.urlopen(req, timeout=self.timeout_s)
         except urllib.error.HTTPError as exc:
@@ -139,6 +150,15 @@ class RsdClient:
                     if "error" in data:
                         raise ServerError(data["error"])
                     yield _json_message(data)
+
+
+def _stream_error(responses: queue.Queue[tuple[Any, Any]], exc: Exception) -> str:
+    """The error the stream's callback got (its reason), else the exception's own message."""
+    try:
+        _, error = responses.get(timeout=5)
+    except queue.Empty:
+        return str(exc)
+    return str(error.message() if hasattr(error, "message") else error) if error is not None else str(exc)
 
 
 def _grpc_input(grpcclient: Any, spec: TensorSpec, value: Any) -> Any:

@@ -3,7 +3,11 @@
     backend: torch                 # torch | trtllm (trtllm: the `trtllm` section, runtime/deploy/trtllm_config.py)
     pipeline: ../default.yaml      # the pipeline config (models, prompt template, defaults)
     address: 127.0.0.1
-    ports: {http: 8000, grpc: 8001, metrics: 8002, openai: 9000}   # openai 0: no OpenAI front
+    ports: {http: 8000, grpc: 8001, metrics: 8002, openai: 9000, health: 8003}
+                                   # openai 0: no OpenAI front; health: /ready and /live of the whole
+                                   # server (runtime/deploy/health.py), 0: none
+    model_names: [rsd]             # the names the rsd BLS is served under (TensorRT-LLM's: ensemble,
+                                   # tensorrt_llm_bls); `rsd serve --model-name` overrides
     instances: {rsd: 1, draft: 1, target: 1, prm: 1}
     max_batch_size: 8              # Triton-side batch limit of the draft/target models
     max_queue_delay_us: 0          # dynamic batching delay of the draft/target models
@@ -25,6 +29,7 @@ Relative paths resolve against the YAML file's folder.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +52,9 @@ class ServeConfig:
     grpc_port: int = 8001
     metrics_port: int = 8002
     openai_port: int = 9000  # the OpenAI-compatible front (runtime.frontends.openai_api); 0: none
+    health_port: int = 8003  # /ready and /live of rsd serve (runtime.deploy.health); 0: none
     instances: tuple[tuple[str, int], ...] = (("rsd", 1), ("draft", 1), ("target", 1), ("prm", 1))
+    model_names: tuple[str, ...] = ("rsd",)
     max_batch_size: int = 8
     max_queue_delay_us: int = 0
     sub_request_timeout_s: float = 120.0
@@ -71,10 +78,17 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ConfigError("backend", f"unknown backend {self.backend!r}; expected one of {', '.join(BACKENDS)}")
-        for name in ("http_port", "grpc_port", "metrics_port", "openai_port"):
+        for name in ("http_port", "grpc_port", "metrics_port", "openai_port", "health_port"):
             validate.integer(name, getattr(self, name), lo=0, hi=65535)
         for role, count in self.instances:
             validate.integer(f"instances.{role}", count, lo=1, hi=64)
+        if not self.model_names or len(set(self.model_names)) != len(self.model_names):
+            raise ConfigError("model_names", f"one or more distinct names, got {list(self.model_names)}")
+        for name in self.model_names:
+            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,63}", name):
+                raise ConfigError("model_names", f"{name!r} is not a model name (letters, digits, _ . -)")
+            if name in ("draft", "target", "prm", "prm_engine"):
+                raise ConfigError("model_names", f"{name!r} is a sub-model's name")
         validate.integer("max_batch_size", self.max_batch_size, lo=1, hi=4096)
         validate.integer("max_queue_delay_us", self.max_queue_delay_us, lo=0, hi=10**7)
         validate.integer("bls_threads", self.bls_threads, lo=1, hi=4096)
@@ -108,9 +122,9 @@ class ServeConfig:
     @property
     def running_rows(self) -> int:
         """One BLS instance's admission capacity: together the instances run at most the sessions each
-        torch sub-model keeps (cache_requests), or max_running_rows."""
+        torch sub-model keeps (cache_requests), or max_running_rows; several served names share it."""
         total = self.max_running_rows or (self.cache_requests if self.backend == "torch" else 64)
-        return max(1, total // self.instance_count("rsd"))
+        return max(1, total // (self.instance_count("rsd") * len(self.model_names)))
 
     def with_overrides(self, **values: Any) -> ServeConfig:
         """CLI overrides (None = keep)."""
@@ -125,18 +139,21 @@ def load_serve_config(path: str | Path) -> ServeConfig:
 
 
 def parse_serve_config(data: Mapping[str, Any], base: Path, source: Path | None = None) -> ServeConfig:
-    validate.known_keys("", data, {"backend", "pipeline", "address", "ports", "instances", "max_batch_size",
+    validate.known_keys("", data, {"backend", "pipeline", "address", "ports", "instances", "model_names", "max_batch_size",
                       "max_queue_delay_us", "sub_request_timeout_s", "bls_threads", "cache_requests",
                       "admission", "torch_threads", "exit_timeout_s", "max_prompt_bytes", "shutdown_grace_s",
                       "restarts", "trtllm"})
     pipeline = validate.resolve_path(validate.required("", data, "pipeline"), base)
-    ports = validate.known_keys("ports", data.get("ports") or {}, {"http", "grpc", "metrics", "openai"})
+    ports = validate.known_keys("ports", data.get("ports") or {}, {"http", "grpc", "metrics", "openai", "health"})
     instances = validate.known_keys("instances", data.get("instances") or {}, ROLES)
     restarts = validate.known_keys("restarts", data.get("restarts") or {}, {"max", "window_s", "backoff_s"})
     admission = validate.known_keys("admission", data.get("admission") or {},
                                     {"max_running_rows", "max_queue_size", "queue_timeout_s"})
     scalars = {k: v for k, v in data.items()
-               if k not in ("pipeline", "ports", "instances", "restarts", "admission", "trtllm")}
+               if k not in ("pipeline", "ports", "instances", "restarts", "admission", "trtllm", "model_names")}
+    if "model_names" in data:
+        names = data["model_names"]
+        scalars["model_names"] = tuple(names) if isinstance(names, list) else (names,)
     scalars.update(admission)
     scalars.update({f"restart_{k}" if k != "max" else "max_restarts": v for k, v in restarts.items()})
     trtllm = parse_trtllm(data["trtllm"], base) if data.get("trtllm") is not None else None

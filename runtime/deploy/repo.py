@@ -141,7 +141,9 @@ def render_repository(cfg: ServeConfig, out: Path | None = None, templates: Path
             if not (src / "config.pbtxt").is_file():
                 raise ConfigError("backend", f"{cfg.backend}: no template {src.name!r} for the {role} model "
                                              f"(see triton_repo/README.md)")
-            _render_model(src, staging / role, model_values(role, template, cfg, pipeline))
+            values = model_values(role, template, cfg, pipeline)
+            for name in cfg.model_names if role == "rsd" else (role,):  # the BLS under each served name
+                _render_model(src, staging / name, {**values, "name": name})
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)

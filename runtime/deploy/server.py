@@ -32,7 +32,7 @@ from pathlib import Path
 from runtime.config import REPO_ROOT
 from runtime.core.errors import ConfigError, EngineError
 from runtime.deploy.processes import SHM_PREFIX, die_with_parent, remove_stale_shm, stub_processes
-from runtime.wire.model_env import ABORT_SUFFIX, DRAIN_ENV, TOKEN_ENV, URL_ENV
+from runtime.wire.model_env import ABORT_SUFFIX, DRAIN_ENV, INFER_AUTH_ENV, TOKEN_ENV, URL_ENV
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +56,33 @@ def free_ports(count: int) -> list[int]:
 
 
 ADMIN_HEADER = "rsd-admin-key"
-GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"  # gRPC metadata key: Triton adds this prefix
-# Closed by default: these APIs answer only requests with the admin key header (load/unload,
-# model configs, shared-memory registration, statistics, trace and log settings).
-RESTRICTED_APIS = ("model-repository", "model-config", "shared-memory", "statistics", "trace", "logging")
+GRPC_PREFIX = "triton-grpc-protocol-"  # Triton matches a restricted API's gRPC metadata key with this prefix
+GRPC_ADMIN_HEADER = f"{GRPC_PREFIX}{ADMIN_HEADER}"
+# Closed always: these APIs answer only requests with the admin key header (load/unload, which can
+# load code; shared-memory registration; trace and log settings).
+ADMIN_APIS = ("model-repository", "shared-memory", "trace", "logging")
+# Read-only (model config, model and server metadata, statistics): what perf_analyzer, genai-perf,
+# Model Analyzer and tritonclient's get_model_config need. Open on loopback; keyed too when the
+# server binds beyond it, unless opened explicitly (`rsd serve --open-read-apis`).
+READ_APIS = ("model-config", "metadata", "statistics")
+# With an API key (`rsd serve --api-key`), inference (infer, generate, streams) needs
+# `authorization: Bearer KEY` (gRPC metadata: triton-grpc-protocol-authorization); health and metrics stay open.
+API_KEY_HEADER = "authorization"
 
 
-def restricted_api_flags(admin_key: str) -> list[str]:
-    apis = ",".join(RESTRICTED_APIS)
-    return [f"--http-restricted-api={apis}:{ADMIN_HEADER}={admin_key}",
-            f"--grpc-restricted-protocol={apis}:{ADMIN_HEADER}={admin_key}"]
+def is_loopback(address: str) -> bool:
+    return address in ("127.0.0.1", "::1", "localhost") or address.startswith("127.")
+
+
+def restricted_api_flags(admin_key: str, address: str = "127.0.0.1", open_read_apis: bool = False,
+                         api_key: str = "") -> list[str]:
+    """Triton's --http-restricted-api / --grpc-restricted-protocol groups (a category may be in one only)."""
+    admin = list(ADMIN_APIS) + ([] if open_read_apis or is_loopback(address) else list(READ_APIS))
+    groups = [(",".join(admin), ADMIN_HEADER, admin_key)]
+    if api_key:
+        groups.append(("inference", API_KEY_HEADER, f"Bearer {api_key}"))
+    return [f"--{flag}={apis}:{header}={value}" for apis, header, value in groups
+            for flag in ("http-restricted-api", "grpc-restricted-protocol")]
 
 
 def check_ports(address: str, http_port: int, grpc_port: int, metrics_port: int) -> None:
@@ -125,6 +142,8 @@ class TritonServer:
     extra_env: tuple[tuple[str, str], ...] = ()
     # Key of the restricted admin APIs (header ADMIN_HEADER); by default a random one nobody knows.
     admin_key: str = field(default_factory=lambda: secrets.token_hex(16))
+    open_read_apis: bool = False  # beyond loopback, leave model config / metadata / statistics open
+    api_key: str = ""  # inference needs `authorization: Bearer KEY` ("" : open)
     proc: subprocess.Popen[bytes] | None = None
     shm_prefix: str = field(default_factory=lambda: f"{SHM_PREFIX}{os.getpid()}x{time.monotonic_ns() % 10**6}_")
     # The BLS sends this with each sub-request; sub-models refuse requests without it.
@@ -139,7 +158,7 @@ class TritonServer:
         return [
             *self.launcher, str(install.binary), f"--model-repository={self.repo}", f"--backend-directory={install.backends}",
             f"--cache-directory={install.caches}", "--model-control-mode=none",
-            *restricted_api_flags(self.admin_key),
+            *restricted_api_flags(self.admin_key, self.address, self.open_read_apis, self.api_key),
             "--strict-readiness=true", "--exit-on-error=true", f"--exit-timeout-secs={self.exit_timeout_s}",
             f"--http-address={self.address}", f"--grpc-address={self.address}", f"--metrics-address={self.address}",
             f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}", f"--metrics-port={self.metrics_port}",
@@ -159,6 +178,8 @@ class TritonServer:
         loopback = "127.0.0.1" if self.address in ("0.0.0.0", "::", "") else self.address
         env[URL_ENV] = f"{loopback}:{self.grpc_port}"  # the BLS reaches the sub-models here
         env[DRAIN_ENV] = str(self.drain_file)
+        if self.api_key:
+            env[INFER_AUTH_ENV] = f"Bearer {self.api_key}"
         env.update(self.extra_env)
         return env
 
@@ -196,10 +217,9 @@ class TritonServer:
                 text = resp.read().decode()
         except (urllib.error.URLError, OSError):
             return None
-        for line in text.splitlines():
-            if line.startswith("rsd_requests_in_flight"):
-                return int(float(line.split()[-1]))
-        return 0
+        # one series per served model name (served_model label): the server's in-flight requests are their sum
+        return sum(int(float(line.split()[-1])) for line in text.splitlines()
+                   if line.startswith("rsd_requests_in_flight"))
 
     def start(self, ready_timeout_s: float = 180.0) -> None:
         install = TritonInstall.find()
@@ -290,5 +310,7 @@ def container_command(repo: Path, paths: list[Path], image: str = NGC_IMAGE, htt
             "-p", f"127.0.0.1:{http_port}:{http_port}", "-p", f"127.0.0.1:{grpc_port}:{grpc_port}",
             "-p", f"127.0.0.1:{metrics_port}:{metrics_port}", *mounts, "-e", f"PYTHONPATH={REPO_ROOT}", *env_args,
             image, *launcher, "tritonserver", f"--model-repository={repo}", "--model-control-mode=none",
-            *restricted_api_flags(admin_key or secrets.token_hex(16)), f"--http-port={http_port}", f"--grpc-port={grpc_port}", f"--metrics-port={metrics_port}",
+            # docker publishes the ports on the host's loopback only: the read-only APIs stay open
+            *restricted_api_flags(admin_key or secrets.token_hex(16), "0.0.0.0", open_read_apis=True),
+            f"--http-port={http_port}", f"--grpc-port={grpc_port}", f"--metrics-port={metrics_port}",
             *extra_args]

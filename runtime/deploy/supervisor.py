@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.core.errors import ConfigError, EngineError
+from runtime.deploy.health import Health, answers
 from runtime.deploy.processes import die_with_parent, expected_stubs, process_alive, stub_processes
 from runtime.deploy.server import TritonServer
 
@@ -73,6 +74,8 @@ class Sidecar:
     name: str
     command: tuple[str, ...]
     log_file: Path | None = None
+    health_url: str = ""  # answers 200 once it serves ("" : it is up once started)
+    env: tuple[tuple[str, str], ...] = ()  # added to rsd serve's environment
     policy: RestartPolicy = RestartPolicy(max_restarts=5, window_s=600.0, backoff_s=0.5)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
@@ -98,9 +101,12 @@ class Sidecar:
             return None
         with open(self.log_file, "ab") if self.log_file else open(os.devnull, "wb") as out:
             self.proc = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                         preexec_fn=die_with_parent())
+                                         preexec_fn=die_with_parent(), env={**os.environ, **dict(self.env)})
         self.starts += 1
         return None
+
+    def healthy(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None and (not self.health_url or answers(self.health_url))
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
@@ -126,6 +132,8 @@ class Supervisor:
     poll_s: float = 0.5
     sidecars: tuple[Sidecar, ...] = ()
     abort_wait_s: float = 15.0  # after the grace: how long running requests get to fail at their next step
+    sidecar_ready_timeout_s: float = 120.0  # how long a started sidecar gets to answer its health URL
+    health: Health | None = None  # what the health port reports (runtime.deploy.health)
     # The BLS's in-flight gauge lags by up to one metrics flush (runtime.in_server.metrics.BufferedFactory,
     # 0.25 s): a drain that began right after requests arrived read 0 and stopped the server under them.
     settle_s: float = 0.6
@@ -148,10 +156,13 @@ class Supervisor:
         while True:
             failure = self._start()
             if failure is None:
-                self._ensure_sidecars()
+                failure = self._start_sidecars(stop)
+            if failure is None:
+                self._set(serving=True)
                 if on_ready is not None:
                     on_ready()
                 failure = self._watch(stop)
+            self._set(serving=False)
             if failure is None:
                 self._drain()
                 return 0
@@ -181,6 +192,25 @@ class Supervisor:
             if failure is not None:
                 raise GiveUp(failure)
 
+    def _start_sidecars(self, stop: threading.Event) -> str | None:
+        """Start the sidecars and wait until each answers its health URL: `rsd serve` says it serves,
+        and /ready turns 200, only when every front answers."""
+        deadline = time.monotonic() + self.sidecar_ready_timeout_s
+        while not stop.is_set():
+            self._ensure_sidecars()
+            if all(s.healthy() for s in self.sidecars):
+                return None
+            if time.monotonic() > deadline:
+                late = [s.name for s in self.sidecars if not s.healthy()]
+                return f"{', '.join(late)} did not answer within {self.sidecar_ready_timeout_s:g} s"
+            stop.wait(0.25)
+        return None
+
+    def _set(self, serving: bool) -> None:
+        if self.health is not None:
+            self.health.serving = serving
+
+
     def _watch(self, stop: threading.Event) -> str | None:
         """Block until a failure (its description) or `stop` (None)."""
         proc = self.server.proc
@@ -199,6 +229,8 @@ class Supervisor:
         return None
 
     def _drain(self) -> None:
+        if self.health is not None:
+            self.health.draining = True
         self.server.begin_drain()
         deadline = time.monotonic() + self.grace_s
         time.sleep(min(self.settle_s, self.grace_s))

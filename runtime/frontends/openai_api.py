@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +27,16 @@ from runtime.frontends.openai_protocol import (
     ChatRequest,
     CompletionRequest,
     Generation,
+    HealthBody,
+    ModelCard,
+    ModelList,
     OpenAIError,
     ResponseIds,
     StopScanner,
     chat_question,
     chunk_body,
     completion_question,
+    error_responses,
     generation,
     response_body,
     usage,
@@ -105,6 +110,7 @@ class OpenAIFront:
     backend: RsdBackend
     model_name: str
     counter: TokenCounter
+    api_key: str = ""  # clients must send `Authorization: Bearer KEY` ("" : open)
 
     async def serve(self, req: CompletionRequest | ChatRequest) -> Any:
         from fastapi.responses import JSONResponse, StreamingResponse
@@ -196,6 +202,15 @@ def create_app(front: OpenAIFront) -> Any:
     def error(exc: OpenAIError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
 
+    if front.api_key:
+        @app.middleware("http")
+        async def _authorize(request: Request, call_next: Any) -> Any:
+            """`Authorization: Bearer KEY` on /v1/* (as vLLM's and trtllm-serve's --api-key); /health open."""
+            if request.url.path.startswith("/v1") and request.headers.get("authorization") != f"Bearer {front.api_key}":
+                return error(OpenAIError(401, "Incorrect API key provided: send 'Authorization: Bearer <key>'",
+                                         code="invalid_api_key"))
+            return await call_next(request)
+
     @app.exception_handler(OpenAIError)
     async def _openai_error(_: Request, exc: OpenAIError) -> JSONResponse:
         return error(exc)
@@ -208,33 +223,54 @@ def create_app(front: OpenAIFront) -> Any:
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
-        return error(OpenAIError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None))
+        response = error(OpenAIError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None))
+        response.headers.update(exc.headers or {})  # e.g. a 405's Allow (RFC 9110)
+        return response
 
-    @app.get("/health")
-    async def health() -> JSONResponse:
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema, with the one model id this front serves as the only valid `model`."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(title=app.title, version="1", routes=app.routes)
+            for name in ("CompletionRequest", "ChatRequest"):
+                schema["components"]["schemas"][name]["properties"]["model"]["enum"] = [front.model_name]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.get("/health", response_model=HealthBody, responses=error_responses(503))
+    async def health() -> Any:
         if await front.backend.ready():
             return JSONResponse({"status": "ok"})
         return error(OpenAIError(503, f"the Triton server at {front.backend.url} or its model "
                                  f"{front.backend.model!r} is not ready"))
 
-    def card() -> dict[str, Any]:
-        return {"id": front.model_name, "object": "model", "created": created, "owned_by": "rsd-serve"}
+    def card() -> ModelCard:
+        return ModelCard(id=front.model_name, created=created, owned_by="rsd-serve")
 
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [card()]}
+    keyed = (401,) if front.api_key else ()
 
-    @app.get("/v1/models/{model_id:path}")
-    async def model(model_id: str) -> dict[str, Any]:
+    @app.get("/v1/models", response_model=ModelList, responses=error_responses(*keyed))
+    async def models() -> ModelList:
+        return ModelList(data=[card()])
+
+    @app.get("/v1/models/{model_id:path}", response_model=ModelCard, responses=error_responses(404, *keyed))
+    async def model(model_id: str) -> ModelCard:
         if model_id != front.model_name:
             raise OpenAIError(404, f"model {model_id!r} does not exist", "model", "model_not_found")
         return card()
 
-    @app.post("/v1/completions")
+    generated = {200: {"description": "the completion (JSON), or its chunks as server-sent events (stream)",
+                       "content": {"application/json": {}, "text/event-stream": {}}},
+                 **error_responses(400, 404, 500, 503, *keyed)}
+
+    @app.post("/v1/completions", response_model=None, responses=generated)
     async def completions(req: CompletionRequest) -> Any:
         return await front.serve(req)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", response_model=None, responses=generated)
     async def chat(req: ChatRequest) -> Any:
         return await front.serve(req)
 
@@ -242,19 +278,20 @@ def create_app(front: OpenAIFront) -> Any:
 
 
 def build_front(triton_grpc_url: str, model_name: str = "rsd", pipeline_config: str | Path | None = None,
-                triton_model: str = "rsd", timeout_s: float = 300.0) -> OpenAIFront:
-    return OpenAIFront(RsdBackend(triton_grpc_url, triton_model, timeout_s), model_name,
-                       TokenCounter.from_pipeline(pipeline_config))
+                triton_model: str = "rsd", timeout_s: float = 300.0, api_key: str = "") -> OpenAIFront:
+    """`api_key`: clients must send it (Bearer), and Triton's inference is keyed with it too."""
+    return OpenAIFront(RsdBackend(triton_grpc_url, triton_model, timeout_s, api_key), model_name,
+                       TokenCounter.from_pipeline(pipeline_config), api_key)
 
 
 def run(triton_grpc_url: str, host: str = "127.0.0.1", port: int = 9000, model_name: str = "rsd",
         pipeline_config: str | Path | None = None, triton_model: str = "rsd", timeout_s: float = 300.0,
-        log_level: str = "info") -> None:
+        log_level: str = "info", api_key: str = "") -> None:
     """Serve until SIGINT/SIGTERM (blocking). `pipeline_config`: the server's pipeline YAML (its
     tokenizer and template count usage tokens; None: the embedded default)."""
     import uvicorn
 
-    app = create_app(build_front(triton_grpc_url, model_name, pipeline_config, triton_model, timeout_s))
+    app = create_app(build_front(triton_grpc_url, model_name, pipeline_config, triton_model, timeout_s, api_key))
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
@@ -269,10 +306,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pipeline", default=None, help="pipeline YAML the server uses (default: the embedded one)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for each step")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--api-key", default=os.environ.get("RSD_API_KEY", ""),
+                        help="clients send 'Authorization: Bearer KEY' (default: $RSD_API_KEY; empty: open)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run(args.triton, args.host, args.port, args.model_name, args.pipeline, args.triton_model, args.timeout,
-        args.log_level)
+        args.log_level, args.api_key)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.core.errors import RequestValidationError
 from runtime.core.params import RequestParams
@@ -60,6 +60,40 @@ class OpenAIError(Exception):
                           "param": self.param, "code": self.code}}
 
 
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """OpenAI's error shape (the schema the front's error responses document)."""
+
+    error: ErrorDetail
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class HealthBody(BaseModel):
+    status: Literal["ok"]
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The documented error responses of a route (OpenAPI), all in OpenAI's error shape."""
+    return {status: {"model": ErrorBody} for status in statuses}
+
+
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
@@ -80,7 +114,7 @@ class _Request(BaseModel):
 
 
 class CompletionRequest(_Request):
-    prompt: str | list[str]
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]  # one question per request
 
 
 class ChatMessage(BaseModel):
@@ -91,7 +125,8 @@ class ChatMessage(BaseModel):
 
 
 class ChatRequest(_Request):
-    messages: list[ChatMessage]
+    # system/developer messages, then the user's question (chat_question; a 400 names anything else)
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: int | None = None
 
 

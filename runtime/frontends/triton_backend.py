@@ -67,6 +67,15 @@ class ModelSpec:
     inputs: Mapping[str, str]  # tensor name -> wire data type (BYTES, FP32, INT32, ...)
 
     @classmethod
+    def of_bls(cls, name: str) -> ModelSpec:
+        """Our BLS's inputs from its I/O table: no metadata call, which beyond loopback needs the
+        admin key (docs/serving.md, Security)."""
+        from runtime.wire.bls_io import INPUTS
+
+        wire = {"TYPE_STRING": "BYTES"}
+        return cls(name, True, {s.name: wire.get(s.triton_type, s.triton_type.removeprefix("TYPE_")) for s in INPUTS})
+
+    @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> ModelSpec:
         inputs = {i["name"]: i for i in metadata.get("inputs", [])}
         # text_input is one value: its shape is [1], or [-1, 1] with a batch dimension
@@ -109,9 +118,8 @@ class RsdBackend:
     url: str  # host:port of Triton's gRPC endpoint
     model: str = "rsd"
     timeout_s: float = 300.0  # per response: a step that takes longer fails the request (never hangs)
+    api_key: str = ""  # when Triton keys inference (rsd serve --api-key): sent as its gRPC metadata
     _client: Any = None
-    _spec: ModelSpec | None = None
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def client(self) -> Any:
         if self._client is None:  # created on the serving loop: grpc.aio binds to the running loop
@@ -119,6 +127,11 @@ class RsdBackend:
 
             self._client = grpcaio.InferenceServerClient(self.url)
         return self._client
+
+    def _headers(self) -> dict[str, str] | None:
+        from runtime.wire.model_env import INFER_AUTH_METADATA
+
+        return {INFER_AUTH_METADATA: f"Bearer {self.api_key}"} if self.api_key else None
 
     async def ready(self) -> bool:
         try:
@@ -129,14 +142,7 @@ class RsdBackend:
             return False
 
     async def spec(self) -> ModelSpec:
-        async with self._lock:
-            if self._spec is None:
-                try:
-                    reply = await self.client().get_model_metadata(self.model, as_json=True, client_timeout=10)
-                except Exception as exc:
-                    raise BackendError(503, f"the Triton server at {self.url} cannot serve {self.model!r}: {exc}") from None
-                self._spec = ModelSpec.from_metadata(reply)
-            return self._spec
+        return ModelSpec.of_bls(self.model)
 
     async def stream(self, prompt: str, values: Mapping[str, Any]) -> AsyncIterator[StepReply]:
         """Steps as the server decides them; leaving early cancels the request on the server."""
@@ -150,7 +156,7 @@ class RsdBackend:
                    "parameters": {"triton_enable_empty_final_response": True}}
             await ended.wait()  # keep the stream open until the final response
 
-        responses = self.client().stream_infer(requests())
+        responses = self.client().stream_infer(requests(), headers=self._headers())
         final = False
         try:
             while not final:

@@ -28,6 +28,7 @@ import numpy as np
 
 from runtime.core.errors import EngineError
 from runtime.engines.triton.transport import SubRequestTags, timed
+from runtime.wire.model_env import INFER_AUTH_METADATA
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class SharedStream:
     """One ModelStreamInfer stream for every sub-request; answers routed by their (unique) id."""
 
     stub: Any  # service_pb2_grpc.GRPCInferenceServiceStub on an aio channel
+    metadata: tuple[tuple[str, str], ...] = ()  # e.g. the inference key when the server requires one
     pending: dict[str, _Call] = field(default_factory=dict)  # sub-request id -> its call
     broken: bool = False
     _queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
@@ -69,7 +71,7 @@ class SharedStream:
 
         error = EngineError("the sub-request stream failed")
         try:
-            async for response in self.stub.ModelStreamInfer(self._requests()):
+            async for response in self.stub.ModelStreamInfer(self._requests(), metadata=self.metadata or None):
                 infer = response.infer_response
                 if response.error_message:  # final; Triton names the request, but not always the model
                     self._fail(infer.id, response.error_message)
@@ -120,6 +122,7 @@ class GrpcTransport:
     token_parameter: str = "rsd_internal_token"
     observe: Callable[[str, float], None] | None = None  # (model, seconds) per sub-request
     shared_stream: bool = True  # False: one stream per sub-request
+    authorization: str = ""  # "Bearer KEY" when the server keys inference (model_env.INFER_AUTH_ENV)
     tags: SubRequestTags = field(default_factory=SubRequestTags)
     _client: Any = field(default=None, init=False)
     _channel: Any = field(default=None, init=False)
@@ -161,8 +164,11 @@ class GrpcTransport:
             if self._channel is None:
                 self._channel = grpc.aio.insecure_channel(self.url, options=[
                     ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
-            self._stream = SharedStream(service_pb2_grpc.GRPCInferenceServiceStub(self._channel))
+            self._stream = SharedStream(service_pb2_grpc.GRPCInferenceServiceStub(self._channel), self._metadata())
         return self._stream
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((INFER_AUTH_METADATA, self.authorization),) if self.authorization else ()
 
     async def own_stream(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str],
                          request_id: str, parameters: dict[str, Any]) -> list[dict[str, np.ndarray]]:
@@ -188,7 +194,7 @@ class GrpcTransport:
 
         replies: list[dict[str, np.ndarray]] = []
         try:
-            async for result, error in self._client.stream_infer(requests()):
+            async for result, error in self._client.stream_infer(requests(), headers=dict(self._metadata()) or None):
                 if error is not None:
                     raise EngineError(f"{model}: {error.message()}")
                 response = result.get_response()

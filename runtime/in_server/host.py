@@ -27,7 +27,7 @@ import numpy as np
 
 from runtime.core.errors import AccessDenied, ConfigError, EngineError, RequestValidationError, RsdError
 from runtime.engines.triton.transport import CACHE_KEY, SubRequestTags, released_keys, timed
-from runtime.wire.model_env import TOKEN_ENV, URL_ENV
+from runtime.wire.model_env import INFER_AUTH_ENV, TOKEN_ENV, URL_ENV
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,8 @@ def submodel_transport(timeout_s: float, token: str, multi_response: bool,
 
     url = os.environ.get(URL_ENV, "")
     if url:
-        return GrpcTransport(url, timeout_s, token, TOKEN_PARAMETER, observe)
+        return GrpcTransport(url, timeout_s, token, TOKEN_PARAMETER, observe,
+                             authorization=os.environ.get(INFER_AUTH_ENV, ""))
     log.warning("%s is not set: sub-requests use BLS async_exec (start the server with `rsd serve`)", URL_ENV)
     return PbTransport(timeout_s, token, multi_response, observe)
 

@@ -35,7 +35,9 @@ measured by the BLS (a `RequestClock` per request) and by the sub-request transp
   rsd_engine_forwards{model}                       counter: forwards the torch sub-model ran
   rsd_engine_batched_rows{model}                   counter: rows in those forwards; rows / forwards > 1
                                                    = in-flight batching
-Step acceptance rate = accepted / drafted steps; token acceptance rate = accepted / drafted
+Every metric of a BLS carries `served_model` (its model name: `rsd`, or `ensemble` /
+`tensorrt_llm_bls` under `rsd serve --model-name`), so several names served side by side keep
+their own series; Triton's own nv_* metrics carry `model`. Step acceptance rate = accepted / drafted steps; token acceptance rate = accepted / drafted
 tokens (RSD: tokens of accepted vs all draft steps), as in runtime.core.stats. The factory is
 injected (`runtime.in_server.host.PbMetricFactory` in the server) so this module never imports Triton.
 
@@ -209,10 +211,13 @@ class RequestClock:
 @dataclass(slots=True)
 class RsdMetrics:
     factory: MetricFactory
+    served_model: str = ""  # the BLS's model name (rsd, ensemble, ...): every metric's `served_model` label
     _cache: dict[tuple[str, tuple[tuple[str, str], ...]], Metric] = field(default_factory=dict)
     _in_flight: int = 0
 
     def metric(self, name: str, **labels: str) -> Metric:
+        if self.served_model:
+            labels["served_model"] = self.served_model
         key = (name, tuple(sorted(labels.items())))
         metric = self._cache.get(key)
         if metric is None:

@@ -1,8 +1,12 @@
 """The `rsd` BLS model's outputs, as a table, and the tensors of one response of one row.
 
-Every tensor has the batch dimension first ([1, ...]: each response is one row's) and the
-response says which row with `batch_index`, as TensorRT-LLM's models do. TensorRT-LLM's names:
-`text_output`, `cum_log_probs`, `output_log_probs` [1, 1, tokens] (when return_log_probs),
+Every tensor but `text_output` has the batch dimension first ([1, ...]: each response is one
+row's) and the response says which row with `batch_index`, as TensorRT-LLM's models do.
+`text_output` is [1], a flat array of one encoded string, which is what TensorRT-LLM's
+`tensorrt_llm_bls` and `ensemble` return (their postprocessing model builds np.array([bytes])) and
+what their clients index (`end_to_end_grpc_client.py`: `output[0].decode("utf-8")`), whatever the
+config's dims say. TensorRT-LLM's names: `text_output`, `cum_log_probs` [1, 1],
+`output_log_probs` [1, 1, tokens] (when return_log_probs),
 `batch_index`, `sequence_index` (always 0: one sequence per row) and, when return_perf_metrics,
 on every response (its clients read them from each one):
   total_draft_tokens           draft tokens proposed so far in this row (judged step methods:
@@ -97,7 +101,9 @@ def response_outputs(index: int, events: Sequence[StepEvent], text: str, progres
     """One response of row `index`: `text` and the steps `events` it carries; the row's final
     event (if among them) adds finish_reason and stats."""
     out = {
-        "text_output": _strings([text]),
+        # [1]: one string per response, a flat array as TensorRT-LLM's postprocessing model builds it
+        # (np.array of bytes, one per beam) and its clients index it (output[0].decode())
+        "text_output": np.array([text.encode("utf-8")], dtype=np.object_),
         "step_source": _strings([e.source for e in events]),
         "step_reward": np.array([[math.nan if e.reward is None else e.reward for e in events]], dtype=np.float32),
         "batch_index": _one(index, np.int32),

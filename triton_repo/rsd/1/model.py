@@ -23,7 +23,7 @@ class TritonPythonModel:
         self.loop = host.StubLoop(args["model_name"], int(host.require(params, "bls_threads")))
         backend = host.require(params, "submodel_backend")
         self.metrics = BufferedFactory(host.PbMetricFactory())
-        metrics = RsdMetrics(self.metrics)
+        metrics = RsdMetrics(self.metrics, args["model_name"])
         timeout_s = float(host.require(params, "sub_request_timeout_s"))
         self.transport = transport = host.submodel_transport(timeout_s, host.internal_token(), backend == "trtllm",
                                                              metrics.observe_submodel_call)
