@@ -2,7 +2,7 @@
 # AIPerf 0.13.0 (PyPI; NVIDIA's successor to genai-perf, HTTP/OpenAI only) against the OpenAI front,
 # offline, in its own venv (.cache/venv-aiperf: its pins clash with ours). Starts a server and the
 # front unless --front URL (and --triton-metrics URL) are given; writes runs/bench-aiperf/<time>/.
-# Usage: scripts/bench_aiperf.sh [--endpoint chat|completions] [--concurrency 2] [--requests 16]
+# Usage: scripts/bench_aiperf.sh [--endpoint chat|completions|generate|generate_stream] [--concurrency 2] [--requests 16]
 #                                [--osl 32] [--method rsd] [--pipeline FILE] [--front URL]
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

@@ -1,6 +1,7 @@
 """Benchmark recipes with clients written by others: AIPerf and genai-perf, offline, against this server.
 
-    scripts/bench_aiperf.sh     [--endpoint chat|completions] [--concurrency 2] [--requests 16] [--osl 32]
+    scripts/bench_aiperf.sh     [--endpoint chat|completions|generate|generate_stream] [--concurrency 2]
+                                [--requests 16] [--osl 32]
     scripts/bench_genai_perf.sh [--endpoint kserve|chat|completions] [same flags]
 
 Each wrapper keeps its tool in a venv of its own under .cache/ (their pins clash with ours) and
@@ -8,6 +9,9 @@ calls this script with the tool's executable. Unless --front / --triton are give
 tritonserver (runtime.deploy.server.TritonServer) and the OpenAI front
 (`python -m runtime.frontends.openai_api`) on free ports, runs the tool once, stops both, and
 writes runs/bench-<tool>/<time>/{command.txt,<tool>.log,summary.md} next to the tool's artifacts.
+AIPerf speaks HTTP only: chat and completions go to the OpenAI front; generate and
+generate_stream to Triton's own HTTP generate endpoints through AIPerf's `template` endpoint type
+(a payload template with TensorRT-LLM's input names, the text read from `text_output`).
 Offline: the tokenizer is the pipeline's own model folder, prompts are the embedded task's
 held-out questions (a JSONL file), HF_HUB_OFFLINE=1 (not for AIPerf: see tool_env), and perf_analyzer (genai-perf) is the
 venv's own binary by its name on PATH. The output length asked for is --osl tokens: max_tokens,
@@ -28,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from runtime.config import REPO_ROOT, load_config  # noqa: E402
-from runtime.deploy.server import GRPC_ADMIN_HEADER, TritonServer, free_ports  # noqa: E402
+from runtime.deploy.server import TritonServer, free_ports  # noqa: E402
 
 METRICS = ("request_latency", "time_to_first_token", "inter_token_latency", "output_sequence_length",
            "output_token_count", "input_sequence_length", "request_throughput", "output_token_throughput",
@@ -40,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("tool", choices=["aiperf", "genai-perf"])
     parser.add_argument("--exe", required=True, help="the tool's executable (in its own venv)")
-    parser.add_argument("--endpoint", default="chat", choices=["chat", "completions", "kserve"],
-                        help="OpenAI endpoint of the front, or (genai-perf) Triton's own gRPC stream")
+    parser.add_argument("--endpoint", default="chat", choices=["chat", "completions", "kserve", "generate",
+                                                               "generate_stream"],
+                        help="OpenAI endpoint of the front; (genai-perf) kserve, Triton's own gRPC stream; (AIPerf) "
+                             "generate / generate_stream, Triton's own HTTP endpoints")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--osl", type=int, default=32, help="output tokens asked for per request")
@@ -51,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--front", help="URL of a running OpenAI front (else one is started)")
     parser.add_argument("--triton", help="host:grpc_port of a running server (else one is started)")
     parser.add_argument("--triton-metrics", help="metrics URL of that server")
-    parser.add_argument("--admin-key", default="", help="that server's admin key (genai-perf kserve reads the model config)")
+    parser.add_argument("--http", help="host:http_port of that server (generate endpoints)")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds the tool may run")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -83,7 +89,7 @@ class Services:
         self.args, self.out = args, out
         self.server: TritonServer | None = None
         self.front: subprocess.Popen[bytes] | None = None
-        self.grpc, self.metrics, self.front_url, self.admin_key = args.triton, args.triton_metrics, args.front, args.admin_key
+        self.grpc, self.metrics, self.front_url, self.http = args.triton, args.triton_metrics, args.front, args.http
 
     def start(self) -> None:
         if self.grpc is None:
@@ -98,8 +104,8 @@ class Services:
                                        self.out / "tritonserver.log")
             self.server.start(ready_timeout_s=300)
             self.grpc, self.metrics = f"127.0.0.1:{grpc}", f"http://127.0.0.1:{metrics}/metrics"
-            self.admin_key = self.server.admin_key
-        if self.front_url is None and self.args.endpoint != "kserve":
+            self.http = f"127.0.0.1:{http}"
+        if self.front_url is None and self.args.endpoint in ("chat", "completions"):
             (port,) = free_ports(1)
             self.front = subprocess.Popen(
                 [sys.executable, "-m", "runtime.frontends.openai_api", "--triton", self.grpc, "--port", str(port),
@@ -144,6 +150,8 @@ def tokenizer(pipeline: str) -> str:
 
 def command(args: argparse.Namespace, procs: Services, out: Path) -> list[str]:
     data, tok, n = prompts_file(out), tokenizer(args.pipeline), str(args.osl)
+    if args.tool == "aiperf" and args.endpoint.startswith("generate"):
+        return _aiperf_generate(args, procs, out, data, tok)
     if args.tool == "aiperf":
         return [args.exe, "profile", "-m", "rsd", "--url", str(procs.front_url), "--endpoint-type", args.endpoint,
                 "--streaming", "--tokenizer", tok, "--input-file", str(data), "--custom-dataset-type", "single_turn",
@@ -156,12 +164,29 @@ def command(args: argparse.Namespace, procs: Services, out: Path) -> list[str]:
               "--request-count", str(args.requests), "--output-tokens-mean", n, "--warmup-request-count", "0",
               "--artifact-dir", str(out / "artifacts"), "--random-seed", "0", "--streaming"]
     if args.endpoint == "kserve":  # Triton's gRPC stream, the tensorrtllm backend's input names
-        header = ["-H", f"{GRPC_ADMIN_HEADER}:{procs.admin_key}"] if procs.admin_key else []
         return [args.exe, "profile", *common, "--endpoint-type", "kserve", "--backend", "tensorrtllm",
                 "-u", str(procs.grpc), "--output-tokens-mean-deterministic", "--extra-inputs", f"method:{args.method}",
-                "--server-metrics-url", str(procs.metrics), *header]
+                "--server-metrics-url", str(procs.metrics)]
     return [args.exe, "profile", *common, "--endpoint-type", args.endpoint, "-u", str(procs.front_url),
             "--extra-inputs", f"min_tokens:{n}", "--extra-inputs", f"method:{args.method}"]
+
+
+def _aiperf_generate(args: argparse.Namespace, procs: Services, out: Path, data: Path, tok: str) -> list[str]:
+    """AIPerf's `template` endpoint on Triton's /v2/models/rsd/generate(_stream): the payload in
+    TensorRT-LLM's input names (a file: an inline template's commas break --extra-inputs), the text
+    read from text_output (AIPerf does not look for that name by itself)."""
+    stream = args.endpoint == "generate_stream"
+    template = out / "rsd_generate.json"
+    template.write_text('{"text_input": {{ text|tojson }}, "max_tokens": ' + str(args.osl) + ', "min_tokens": '
+                        + str(args.osl) + ', "method": "' + args.method + '", "stream": ' + str(stream).lower()
+                        + ', "exclude_input_in_output": true}')
+    return [args.exe, "profile", "-m", "rsd", "--url", f"http://{procs.http}", "--endpoint",
+            f"/v2/models/rsd/{args.endpoint}", "--endpoint-type", "template", *(["--streaming"] if stream else []),
+            "--extra-inputs", f"payload_template:{template}", "--extra-inputs", "response_field:text_output",
+            "--tokenizer", tok, "--input-file", str(data), "--custom-dataset-type", "single_turn",
+            "--concurrency", str(args.concurrency), "--request-count", str(args.requests),
+            "--server-metrics", str(procs.metrics), "--no-gpu-telemetry", "--ui-type", "none",
+            "--output-artifact-dir", str(out / "artifacts"), "--random-seed", "0"]
 
 
 def tool_env(tool: str) -> dict[str, str]:
