@@ -86,7 +86,7 @@ def test_requests_beyond_capacity_wait_then_are_refused_never_failed_half_way(sm
     time.sleep(0.6)  # two metric flushes (0.25 s each): the gauges show the state now
     with urllib.request.urlopen(f"http://127.0.0.1:{small.metrics_port}/metrics", timeout=10) as resp:
         text = resp.read().decode()
-    assert "rsd_rows_running 2" in text and "rsd_requests_waiting 0" in text
+    assert 'rsd_rows_running{served_model="rsd"} 2' in text and 'rsd_requests_waiting{served_model="rsd"} 0' in text
     rejected = [line for line in text.splitlines() if line.startswith("rsd_requests_rejected_total")]
     assert rejected and float(rejected[0].split()[-1]) >= 1
     for t in runners:

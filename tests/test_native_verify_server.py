@@ -76,8 +76,8 @@ class Metered:
     def release(self, model: str, key: str) -> None:
         self.inner.release(model, key)
 
-    async def infer(self, model: str, inputs: Any, outputs: Any, key: str) -> list[dict[str, np.ndarray]]:
-        replies = await self.inner.infer(model, inputs, outputs, key)
+    async def infer(self, model: str, inputs: Any, outputs: Any, key: str, kind: str = "") -> list[dict[str, np.ndarray]]:
+        replies = await self.inner.infer(model, inputs, outputs, key, kind)
         moved = sum(v.nbytes for v in inputs.values()) + sum(v.nbytes for r in replies for v in r.values())
         self.bytes[model] = self.bytes.get(model, 0) + moved
         self.requests[model] = self.requests.get(model, 0) + 1
@@ -318,8 +318,8 @@ def test_the_shared_stream_routes_answers_and_errors_to_their_calls(server) -> N
             # cache key, pending together on the stream
             conts = tuple(tuple(5 + (i * 7 + j) % 90 for j in range(400)) for i in range(32))
             long = LmCall(tuple(range(3, 12)), 1, end_id=2, continuations=conts)
-            wanted = parse_lm_reply(await alone.infer("target", lm_request_tensors(long), LM_OUTPUTS, "k-alone"))
-            draft = asyncio.ensure_future(shared.infer("target", lm_request_tensors(long), LM_OUTPUTS, "k"))
+            wanted = parse_lm_reply(await alone.infer("target", lm_request_tensors(long), LM_OUTPUTS, "k-alone", "score"))
+            draft = asyncio.ensure_future(shared.infer("target", lm_request_tensors(long), LM_OUTPUTS, "k", "score"))
             await asyncio.sleep(0.01)
             # an input the PRM does not declare: Triton core refuses it before the model runs, and its
             # stream error carries the request id alone (no model name)

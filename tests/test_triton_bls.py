@@ -381,3 +381,24 @@ def test_concurrent_requests_share_prm_sub_requests_and_keep_their_own_rewards(p
     scored = sum(e.stats["steps_drafted"] for e in expected)
     assert batcher.rows_sent - rows == scored
     assert batcher.sent - sent < scored  # some sub-requests carried several requests' rows
+
+
+def test_the_sub_model_routes_on_the_request_kind_not_on_the_tensors(pipeline_config):
+    """One and the same tensors (draft tokens, output_len = drafts + 1, no stop words: what the old
+    routing guessed to be a verification) are a verification when the BLS says `verify` and a step
+    with a hint when it says `generate`; an unknown kind is an error naming request_kind."""
+    from runtime.config import load_config
+    from runtime.engines.triton.contract import LmCall, lm_request_tensors, parse_lm_reply
+    from runtime.in_server.torch_submodels import build_lm_submodel
+
+    sub = build_lm_submodel(load_config(pipeline_config), "target", 4)
+    greedy = parse_lm_reply([asyncio.run(sub.handle(lm_request_tensors(LmCall((3, 4, 5), 6, end_id=2)), "a"))])
+    first = greedy.sequences[0][:2]
+    wrong = (first[0], (first[1] + 1) % 40 + 3)  # the second draft token is not the target's choice
+    tensors = lm_request_tensors(LmCall((3, 4, 5), 3, end_id=2, draft_ids=wrong))
+    verified = parse_lm_reply([asyncio.run(sub.handle(tensors, "b", "verify"))]).sequences[0]
+    stepped = parse_lm_reply([asyncio.run(sub.handle(tensors, "c", "generate"))]).sequences[0]
+    assert verified == first  # accepted the first draft token, corrected the second, stopped
+    assert stepped == greedy.sequences[0][:3]  # a greedy step of 3 tokens, the hint only checked
+    with pytest.raises(EngineError, match="request_kind: unknown kind 'guess'"):
+        asyncio.run(sub.handle(tensors, "d", "guess"))

@@ -91,7 +91,7 @@ class _Scripted:
     def __init__(self, reply):
         self.reply = reply
 
-    async def infer(self, model, inputs, outputs, key):
+    async def infer(self, model, inputs, outputs, key, kind=""):
         return [self.reply]
 
     def release(self, model, key):
@@ -348,7 +348,7 @@ class _PrmTransport:
     def release(self, model, key):  # type: ignore[no-untyped-def]
         pass
 
-    async def infer(self, model, inputs, outputs, key):  # type: ignore[no-untyped-def]
+    async def infer(self, model, inputs, outputs, key, kind=""):  # type: ignore[no-untyped-def]
         import asyncio
 
         call = contract.parse_prm_request(inputs)

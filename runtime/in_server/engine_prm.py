@@ -84,7 +84,7 @@ class EnginePrm:
     def release(self, keys: Sequence[str]) -> None:
         """Nothing is held per request here (the engine's KV blocks are reused by content)."""
 
-    async def handle(self, tensors: Mapping[str, np.ndarray], key: str) -> dict[str, np.ndarray]:
+    async def handle(self, tensors: Mapping[str, np.ndarray], key: str, kind: str = "generate") -> dict[str, np.ndarray]:
         call = parse_prm_request(tensors)
         keys = call.keys or (key,) * len(call.rows)
         scored = await asyncio.gather(*(self._row(row, positions, row_key)

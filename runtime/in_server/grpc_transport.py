@@ -140,8 +140,8 @@ class GrpcTransport:
             self._client = None
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str],
-                    key: str) -> list[dict[str, np.ndarray]]:
-        request_id, parameters = self.tags.tag(model, key)
+                    key: str, kind: str = "") -> list[dict[str, np.ndarray]]:
+        request_id, parameters = self.tags.tag(model, key, kind)
         call = self._call(model, inputs, outputs, request_id, {
             **parameters, self.token_parameter: self.token, "triton_enable_empty_final_response": True})
         replies: list[dict[str, np.ndarray]] = await timed(model, request_id, call, self.timeout_s, self.observe)

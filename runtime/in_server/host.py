@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from runtime.core.errors import AccessDenied, ConfigError, EngineError, RequestValidationError, RsdError
-from runtime.engines.triton.transport import CACHE_KEY, SubRequestTags, released_keys, timed
+from runtime.engines.triton.transport import CACHE_KEY, KIND, SubRequestTags, released_keys, timed
 from runtime.wire.model_env import INFER_AUTH_ENV, TOKEN_ENV, URL_ENV
 
 log = logging.getLogger(__name__)
@@ -227,9 +227,9 @@ class PbTransport:
     tags: SubRequestTags = field(default_factory=SubRequestTags)
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str],
-                    key: str) -> list[dict[str, np.ndarray]]:
+                    key: str, kind: str = "") -> list[dict[str, np.ndarray]]:
         pb = _pb()
-        request_id, parameters = self.tags.tag(model, key)
+        request_id, parameters = self.tags.tag(model, key, kind)
         request = pb.InferenceRequest(model_name=model, inputs=to_tensors(inputs),
                                       requested_output_names=list(outputs), request_id=request_id,
                                       parameters={**parameters, TOKEN_PARAMETER: self.token})
@@ -331,9 +331,14 @@ class Incoming:
         """The BLS request this sub-request belongs to (its cache key); a client of our own sends none."""
         return str(self.parameters.get(CACHE_KEY) or self.request_id)
 
+    @property
+    def kind(self) -> str:
+        """What an LM sub-request is (contract.REQUEST_KINDS); a plain request is a generation."""
+        return str(self.parameters.get(KIND) or "generate")
+
 
 class SubModel(Protocol):
-    async def handle(self, tensors: dict[str, np.ndarray], key: str) -> dict[str, np.ndarray]: ...
+    async def handle(self, tensors: dict[str, np.ndarray], key: str, kind: str = "generate") -> dict[str, np.ndarray]: ...
 
     def release(self, keys: Sequence[str]) -> None:
         """Free what is held for these requests (they ended)."""
@@ -346,7 +351,7 @@ async def answer(incoming: Incoming, guard: Guard, model: SubModel) -> None:
     try:
         guard.check(incoming.parameters)
         model.release(released_keys(incoming.parameters))
-        outputs = await model.handle(incoming.inputs, incoming.key)
+        outputs = await model.handle(incoming.inputs, incoming.key, incoming.kind)
         wanted = incoming.wanted or set(outputs)
         response = pb.InferenceResponse(output_tensors=to_tensors({k: v for k, v in outputs.items() if k in wanted}))
     except RsdError as exc:

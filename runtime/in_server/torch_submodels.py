@@ -9,16 +9,17 @@ requests ended with its next sub-request (runtime.engines.triton.transport.RELEA
 their sessions close once idle; past `cache_requests` sessions the least recently used idle ones
 close (requests whose end was never heard, e.g. after a BLS restart).
 
-What a request is (`LmSubModel._route`), on TensorRT-LLM's names, all on the request's cache:
-  draft_input_ids, request_output_len = len(draft) + 1, no stop words: verification (TensorRT-LLM's
-      draft_tokens_external target): accepted tokens + the corrected or bonus token;
-  draft_input_ids on a step's generation request (it has stop words): a greedy step that checks
-      them first, then decodes on to the step end (TensorRT-LLM verifies, then generates); ignored
-      when sampling;
-  draft_input_ids + return_generation_logits: the logits rows after input_ids and each draft token;
-  return_generation_logits alone: request_output_len tokens (a token-level proposal) and their rows;
-  continuation_ids (ours): the log-prob of each continuation, in one request;
-  return_context_logits: every row, on a throwaway cache (no BLS hot path sends it).
+What a request is, the BLS says (`request_kind`, runtime.engines.triton.contract.REQUEST_KINDS),
+all on the request's cache:
+  generate: a step; draft_input_ids on it are a greedy step's hint, checked first, then decoding
+      goes on to the step end (TensorRT-LLM verifies, then generates); ignored when sampling;
+      with return_context_logits (other clients; no BLS hot path sends it): every row, on a
+      throwaway cache;
+  verify: speculative verification of draft_input_ids (TensorRT-LLM's draft_tokens_external
+      target): accepted tokens + the corrected or bonus token;
+  logits: the raw rows after input_ids and after each draft token (generation_logits);
+  propose: request_output_len tokens (a token-level proposal) and their rows;
+  score: the log-prob of each continuation (continuation_ids, ours), in one request.
 Differences from TensorRT-LLM's `tensorrt_llm`, invisible to the BLS: generation stops at the
 pipeline's step delimiter and the tokenizer's EOS ids (the same rules the BLS encodes in
 `stop_words_list` / `end_id`), and so do proposals; a verification stops after the corrected
@@ -55,6 +56,7 @@ from runtime.core.types import (
     VerifyRequest,
 )
 from runtime.engines.triton.contract import (
+    REQUEST_KINDS,
     LmCall,
     LmReply,
     lm_reply_tensors,
@@ -150,10 +152,10 @@ class LmSubModel:
     def release(self, keys: Sequence[str]) -> None:
         self.sessions.release(keys)
 
-    async def handle(self, tensors: Mapping[str, np.ndarray], key: str) -> dict[str, np.ndarray]:
+    async def handle(self, tensors: Mapping[str, np.ndarray], key: str, kind: str = "generate") -> dict[str, np.ndarray]:
         call = parse_lm_request(tensors)
         with self.sessions.use(key) as session:
-            reply = await self._route(call)(call, session)
+            reply = await self._route(kind, call)(call, session)
         _report(self.lm, self.counters)
         if not call.exclude_input:
             per_token = (None if reply.token_logprobs is None else
@@ -162,19 +164,14 @@ class LmSubModel:
                                         token_logprobs=per_token)
         return lm_reply_tensors(reply, call.pad_id)
 
-    def _route(self, call: LmCall) -> Callable[[LmCall, Any], Awaitable[LmReply]]:
-        """Which engine call a request is, all on the request's own session (its cache)."""
-        if call.continuations:
-            return self._score
-        if call.context_logits:
-            return self._context_logits
-        if call.draft_ids and call.generation_logits:
-            return self._rows
-        if call.draft_ids and call.output_len == len(call.draft_ids) + 1 and not call.stop_words:
-            return self._verify
-        if call.generation_logits:
-            return self._propose
-        return self._generate  # draft tokens on a step's request (stop words): a hint (StepRequest.draft_tokens)
+    def _route(self, kind: str, call: LmCall) -> Callable[[LmCall, Any], Awaitable[LmReply]]:
+        """The engine call of a request kind, all on the request's own session (its cache)."""
+        routes = {"generate": self._context_logits if call.context_logits else self._generate,
+                  "verify": self._verify, "logits": self._rows, "propose": self._propose, "score": self._score}
+        route = routes.get(kind)
+        if route is None:
+            raise EngineError(f"request_kind: unknown kind {kind!r}; expected one of {', '.join(REQUEST_KINDS)}")
+        return route
 
     def _rules(self, call: LmCall) -> LogitRules:
         ends = self.lm.segmenter.eos_ids if call.min_tokens > 0 else frozenset()  # type: ignore[attr-defined]
@@ -264,7 +261,7 @@ class PrmSubModel:
     def release(self, keys: Sequence[str]) -> None:
         self.sessions.release(keys)
 
-    async def handle(self, tensors: Mapping[str, np.ndarray], key: str) -> dict[str, np.ndarray]:
+    async def handle(self, tensors: Mapping[str, np.ndarray], key: str, kind: str = "generate") -> dict[str, np.ndarray]:
         call = parse_prm_request(tensors)
         if not call.keys:
             with self.sessions.use(key) as session:

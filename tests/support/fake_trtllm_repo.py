@@ -110,7 +110,7 @@ class FakeTransport:
             self.handlers[model].release([key])
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str],
-                    key: str) -> list[dict[str, np.ndarray]]:
+                    key: str, kind: str = "") -> list[dict[str, np.ndarray]]:
         self.calls[model] += 1
         tensors = {k: np.array(v) for k, v in inputs.items()}
         if model in self.engines:
@@ -120,6 +120,6 @@ class FakeTransport:
                 trtllm_rules.check_outputs(response, outputs, self.declared, model)
             return [{k: v for k, v in r.items() if k in outputs} for r in responses]
         if model in self.handlers:
-            reply = await self.handlers[model].handle(tensors, key)
+            reply = await self.handlers[model].handle(tensors, key, kind or "generate")
             return [{k: v for k, v in reply.items() if k in outputs}]
         raise EngineError(f"{model}: model is not loaded")

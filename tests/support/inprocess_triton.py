@@ -20,7 +20,7 @@ class InProcessTransport:
     tags: SubRequestTags = field(default_factory=SubRequestTags)  # released keys travel as over Triton
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str],
-                    key: str) -> list[dict[str, np.ndarray]]:
+                    key: str, kind: str = "") -> list[dict[str, np.ndarray]]:
         handler = self.handlers.get(model)
         if handler is None:
             raise EngineError(f"{model}: model is not loaded")
@@ -28,7 +28,7 @@ class InProcessTransport:
         self.sent.append((model, dict(inputs)))
         _, parameters = self.tags.tag(model, key)
         handler.release(released_keys(parameters))
-        reply = await handler.handle({k: np.array(v) for k, v in inputs.items()}, key)
+        reply = await handler.handle({k: np.array(v) for k, v in inputs.items()}, key, kind or "generate")
         return [{k: v for k, v in reply.items() if k in outputs}]
 
     def release(self, model: str, key: str) -> None:

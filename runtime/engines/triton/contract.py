@@ -53,6 +53,17 @@ FINISH_REASON = "finish_reason"
 FINISH_CODES = {Finish.EOS: 1, Finish.STEP: 2, Finish.LENGTH: 3}  # TensorRT-LLM's kEND_ID, kSTOP_WORDS, kLENGTH
 
 
+# What an LM sub-request is, sent as the request parameter `request_kind` (TensorRT-LLM's backend
+# ignores unknown parameters: it reads `request_type` alone, tensorrtllm_backend c2e65b8 utils.h):
+#   generate  a step (n sequences; draft_input_ids: a greedy step's hint, checked first)
+#   propose   request_output_len tokens of a token-level proposal and the rows they were drawn from
+#   verify    speculative verification of draft_input_ids (+ draft_logits): accepted + one token
+#   logits    the raw rows after input_ids and after each draft_input_ids token
+#   score     cum_log_probs of each continuation_ids row after input_ids
+REQUEST_KIND = "request_kind"
+REQUEST_KINDS = ("generate", "propose", "verify", "logits", "score")
+
+
 @dataclass(frozen=True, slots=True)
 class LmCall:
     ids: tuple[int, ...]
@@ -80,6 +91,7 @@ class LmCall:
     draft_ids: tuple[int, ...] = ()  # draft_input_ids
     draft_logits: np.ndarray | None = field(default=None, compare=False)  # [G, V] (sampled drafts only)
     continuations: tuple[tuple[int, ...], ...] = ()  # [n][K_i] to score after ids
+    kind: str = "generate"  # REQUEST_KINDS: travels as the request parameter, not a tensor
 
 
 @dataclass(frozen=True, slots=True)

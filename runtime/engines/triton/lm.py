@@ -18,6 +18,8 @@
 - a greedy step's draft hint (StepRequest.draft_tokens) goes as draft_input_ids on the generation
   request to the torch sub-model, which checks it and decodes on to the step end (a TensorRT-LLM
   target without draft_tokens_external would ignore it: it is not sent there).
+Every request names what it is (`request_kind`, contract.REQUEST_KINDS): the torch sub-model
+routes on it; TensorRT-LLM ignores it and reads the tensors as its own requests.
 Usage (prefill / decode tokens, forwards) is what the sub-model reports in its reply; for a
 TensorRT-LLM engine, which reports none, it is derived from what the engine returns
 (`runtime.engines.triton.usage`). A request's session (`TritonLM.open`) holds only its key,
@@ -115,9 +117,9 @@ class TritonLM:
                       **extra)
 
     async def generate(self, session: TritonLmSession, req: StepRequest) -> GenerateResult:
-        # a hint (greedy only) on a request with stop words, which a verification never has
+        # a greedy step's hint (our torch sub-model checks it first; a TensorRT-LLM engine would verify it)
         greedy = req.n == 1 and is_greedy(req.temperature, req.top_k)
-        hint = req.draft_tokens[:req.max_new_tokens] if self.on_cache and greedy and self.stop_words else ()
+        hint = req.draft_tokens[:req.max_new_tokens] if self.on_cache and greedy else ()
         call = self._ruled(req.prefix, req.max_new_tokens, req.n, req.temperature, req.top_p, req.seed, req.top_k,
                            req.rules, req.min_new_tokens, logprobs=req.want_logprobs, draft_ids=hint)
         reply = await self._call(session.key, call)
@@ -136,7 +138,7 @@ class TritonLM:
     async def propose(self, session: TritonLmSession, req: ProposeRequest) -> ProposeResult:
         """One generation request for the whole proposal, its rows as generation_logits."""
         call = self._ruled(req.prefix, req.gamma, 1, req.temperature, req.top_p, req.seed, req.top_k, req.rules,
-                           req.min_new_tokens, generation_logits=True)
+                           req.min_new_tokens, generation_logits=True, kind="propose")
         reply = await self._call(session.key, call)
         if reply.generation_logits is None or not reply.sequences:
             raise EngineError(f"{self.model} returned no generation_logits")
@@ -149,7 +151,9 @@ class TritonLM:
 
     async def logits(self, session: TritonLmSession, req: LogitsRequest) -> LogitsResult:
         if req.count == 1:
-            call = LmCall(req.ids, 1, generation_logits=True, end_id=self.end_id, perf_metrics=self.perf_metrics)
+            # TensorRT-LLM: the row of a one-token generation; our sub-model: the row itself ("logits")
+            call = LmCall(req.ids, 1, generation_logits=True, end_id=self.end_id, perf_metrics=self.perf_metrics,
+                          kind="logits")
             reply = await self._call(session.key, call)
             if reply.generation_logits is None:
                 raise EngineError(f"{self.model} returned no generation_logits")
@@ -158,7 +162,7 @@ class TritonLM:
         if self.on_cache:  # the last count - 1 ids as draft tokens: count rows from one pass on the cache
             split = len(req.ids) - req.count + 1
             call = LmCall(req.ids[:split], req.count, end_id=self.end_id, generation_logits=True,
-                          draft_ids=req.ids[split:])
+                          draft_ids=req.ids[split:], kind="logits")
             reply = await self._call(session.key, call)
             if reply.generation_logits is None:
                 raise EngineError(f"{self.model} returned no generation_logits")
@@ -170,7 +174,7 @@ class TritonLM:
     async def score(self, session: TritonLmSession, req: ScoreRequest) -> ScoreResult:
         if self.on_cache:  # every continuation in one request
             call = LmCall(req.prefix, 1, temperature=req.temperature, end_id=self.end_id,
-                          continuations=req.continuations)
+                          continuations=req.continuations, kind="score")
             reply = await self._call(session.key, call)
             if reply.cum_logprobs is None or len(reply.cum_logprobs) != len(req.continuations):
                 raise EngineError(f"{self.model} returned no cum_log_probs for {len(req.continuations)} continuations")
@@ -191,7 +195,7 @@ class TritonLM:
         return reply.context_logits, self.usage(call, reply)
 
     async def _call(self, key: str, call: LmCall) -> LmReply:
-        responses = await self.transport.infer(self.model, lm_request_tensors(call), self.outputs, key)
+        responses = await self.transport.infer(self.model, lm_request_tensors(call), self.outputs, key, call.kind)
         return parse_lm_reply(responses)
 
     @property

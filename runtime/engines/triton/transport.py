@@ -25,15 +25,16 @@ log = logging.getLogger(__name__)
 
 
 CACHE_KEY = "rsd_cache_key"  # request parameter: the BLS request a sub-request belongs to
+KIND = "request_kind"  # request parameter: what an LM sub-request is (runtime.engines.triton.contract)
 RELEASED_KEYS = "rsd_released_keys"  # request parameter: requests that ended (comma-separated keys)
 
 
 class SubModelTransport(Protocol):
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str],
-                    key: str) -> list[dict[str, np.ndarray]]:
-        """Send one request to `model` for the BLS request `key` (the sub-model's cache key) and
-        return all its responses' output tensors. Raises EngineError on an error response,
-        an unavailable model or a timeout."""
+                    key: str, kind: str = "") -> list[dict[str, np.ndarray]]:
+        """Send one request to `model` for the BLS request `key` (the sub-model's cache key), of
+        `kind` (an LM's request_kind; "" for none) and return all its responses' output tensors.
+        Raises EngineError on an error response, an unavailable model or a timeout."""
         ...
 
     def release(self, model: str, key: str) -> None:
@@ -52,9 +53,9 @@ class SubRequestTags:
         assert "," not in key, key
         self._ended.setdefault(model, []).append(key)
 
-    def tag(self, model: str, key: str) -> tuple[str, dict[str, str]]:
+    def tag(self, model: str, key: str, kind: str = "") -> tuple[str, dict[str, str]]:
         """(the sub-request's id, its request parameters)."""
-        parameters = {CACHE_KEY: key}
+        parameters = {CACHE_KEY: key, **({KIND: kind} if kind else {})}
         ended = self._ended.pop(model, None)
         if ended:
             parameters[RELEASED_KEYS] = ",".join(ended)

@@ -76,13 +76,13 @@ class NativeVerifyLM(TritonLM):
                       top_k=req.top_k, repetition_penalty=r.repetition_penalty, presence_penalty=r.presence_penalty,
                       frequency_penalty=r.frequency_penalty, min_tokens=req.min_new_tokens if r.end_ids else 0,
                       bad_words=r.bad_words, bias=r.bias, vocab_size=self.width, perf_metrics=self.perf_metrics,
-                      logprobs=True)
+                      logprobs=True, kind="verify")
         tensors = lm_request_tensors(call)
         if draft:
             sampled = req.temperature > 0.0
             tensors.update(draft_tensors(draft, draft_logits(req.draft_probs[:len(draft)], self.width)
                                          if sampled else None))
-        responses = await self.transport.infer(self.model, tensors, self.outputs, session.key)
+        responses = await self.transport.infer(self.model, tensors, self.outputs, session.key, call.kind)
         reply = parse_lm_reply(responses)
         output = reply.sequences[0] if reply.sequences else ()
         tokens, accepted = accepted_tokens(draft, output, self.end_id)
