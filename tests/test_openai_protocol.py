@@ -7,14 +7,15 @@ from runtime.frontends.openai_protocol import (
     ChatRequest,
     CompletionRequest,
     OpenAIError,
-    StopScanner,
+    StopTail,
     chat_question,
     generation,
 )
 from runtime.frontends.triton_backend import ModelSpec, classify, tensor_names
 
 INPUTS = {"text_input": "BYTES", "stream": "BOOL", "max_tokens": "INT32", "temperature": "FP32", "top_p": "FP32",
-          "random_seed": "UINT64", "method": "BYTES", "threshold": "FP32", "n": "INT32", "min_length": "INT32"}
+          "random_seed": "UINT64", "method": "BYTES", "threshold": "FP32", "n": "INT32", "min_length": "INT32",
+          "stop_words": "BYTES"}
 
 
 def gen(**body):
@@ -26,7 +27,7 @@ def test_openai_and_extension_parameters_map_to_inputs():
     g = gen(max_tokens=8, temperature=0, seed=3, stop="\n\n", rsd={"method": "target", "n": 4}, threshold=0.5,
             stream=True, stream_options={"include_usage": True}, user="someone")
     assert g.values == {"max_tokens": 8, "temperature": 0.0, "random_seed": 3, "method": "target", "n": 4,
-                        "threshold": 0.5}
+                        "threshold": 0.5, "stop_words": ["\n\n"]}
     assert g.stop == ("\n\n",) and g.stream and g.include_usage
     assert gen(min_tokens=5).values == {"min_length": 5}  # sent only because the model has min_length
 
@@ -63,14 +64,27 @@ def test_chat_is_system_messages_then_one_question():
         generation(both, "a", INPUTS, tensor_names())
 
 
-def test_stop_strings_are_found_across_steps_and_held_back_meanwhile():
-    scan = StopScanner(["END"])
-    assert scan.feed("abc E") == ("abc", False)  # " E" could start END
-    assert scan.feed("ND more") == (" ", True)
-    plain = StopScanner([])
-    assert plain.feed("x") == ("x", False) and plain.flush() == ""
-    late = StopScanner(["zz"])
-    assert late.feed("abz") == ("ab", False) and late.flush() == "z"
+def test_stop_strings_are_held_back_and_dropped_when_the_server_stops_on_one():
+    """The server found the stop across steps and ended the output right after it ("abc E" | "ND"):
+    the front held " E" back, and leaves "END" out (OpenAI's semantics)."""
+    tail = StopTail(["END"])
+    assert tail.feed("abc E") == "abc"  # " E" could start END
+    assert tail.finish("ND", stopped=True) == " "
+    plain = StopTail([])
+    assert plain.feed("x") == "x" and plain.finish("", stopped=False) == ""
+    late = StopTail(["zz"])
+    assert late.feed("abz") == "ab" and late.finish("", stopped=False) == "z"  # not a stop after all
+    both = StopTail(["B", "AB"])
+    assert both.finish("xAB", stopped=True) == "x"  # the longest stop the output ends with
+
+
+def test_stop_strings_go_to_the_server_as_stop_words():
+    req = CompletionRequest(model="rsd", prompt="a", stop=["END", "\n\nQ"], max_tokens=4)
+    assert generation(req, "a", INPUTS, tensor_names()).values["stop_words"] == ["END", "\n\nQ"]
+    without = {k: v for k, v in INPUTS.items() if k != "stop_words"}
+    with pytest.raises(OpenAIError) as err:
+        generation(req, "a", without, tensor_names())
+    assert (err.value.status, err.value.param) == (400, "stop")
 
 
 def test_stream_errors_are_classified_by_their_form():

@@ -204,4 +204,13 @@ def log_softmax(logits: npt.NDArray[np.floating[Any]], temperature: float = 1.0)
 
 def logprob_of(logits: npt.NDArray[np.floating[Any]], token: int, temperature: float) -> float:
     """log softmax(logits / T)[token]; T == 0 is scored untempered (T = 1)."""
-    return float(log_softmax(logits, temperature)[token])
+    return sequence_logprob(np.asarray(logits)[None], (token,), temperature)
+
+
+def sequence_logprob(rows: npt.NDArray[np.floating[Any]], tokens: Sequence[int], temperature: float) -> float:
+    """The log-prob scoring rule, the one numpy place it is written: the sum over rows of
+    log softmax(row / T)[token] (row i is the distribution of tokens[i]); T == 0 scores untempered.
+    The torch engine's twin (runtime.engines.torch.sampling.logprob_rows) keeps rows on the device
+    (a GPU's rows are V = 150k wide) and is checked against this one (tests/test_sampling_agreement.py)."""
+    logp = log_softmax(rows, temperature)
+    return float(logp[np.arange(len(tokens)), list(tokens)].sum())

@@ -30,27 +30,36 @@ class StepSegmenter:
             text = self._cache[token_id] = self.piece(token_id)
         return text
 
-    def advance(self, tail: str, token_id: int) -> tuple[bool, str]:
-        """Feed one token; returns (this token ends the step, new tail)."""
+    def feed(self, tail: str, token_id: int) -> tuple[Finish | None, str]:
+        """The step-end rule, the one place it is written: feed one token after `tail` (the step's
+        last len(delimiter) - 1 characters); returns (EOS: an end token, which is not part of the
+        step | STEP: this token completes the delimiter, and is kept | None, the new tail)."""
+        if token_id in self.eos_ids:
+            return Finish.EOS, tail
         text = tail + self.text_of(token_id)
         keep = len(self.delimiter) - 1
-        return self.delimiter in text, (text[-keep:] if keep else "")
+        return (Finish.STEP if self.delimiter in text else None), (text[-keep:] if keep else "")
 
     def cut(self, ids: Iterable[int]) -> tuple[tuple[int, ...], str | None]:
-        """Cut a token run at the first step end: (ids kept, "step" | "eos" | None if no end).
-
-        An EOS token ends the step and is dropped; a delimiter token is kept.
-        """
+        """Cut a token run at the first step end: (ids kept, "step" | "eos" | None if no end)."""
         kept: list[int] = []
         tail = ""
         for token in ids:
-            if token in self.eos_ids:
+            end, tail = self.feed(tail, token)
+            if end is Finish.EOS:
                 return tuple(kept), "eos"
             kept.append(token)
-            done, tail = self.advance(tail, token)
-            if done:
+            if end is Finish.STEP:
                 return tuple(kept), "step"
         return tuple(kept), None
+
+    def ends(self, tail: str, tokens: Iterable[int]) -> bool:
+        """Would these tokens, after `tail`, end the step?"""
+        for token in tokens:
+            end, tail = self.feed(tail, token)
+            if end is not None:
+                return True
+        return False
 
 
 def prm_step_text(step_text: str, delimiter: str = DEFAULT_DELIMITER) -> str:
@@ -85,24 +94,13 @@ class TokenStep:
 
     def push(self, token: int) -> bool:
         """Emit one token; returns True once the step has ended."""
-        if token in self.segmenter.eos_ids:
-            self.finish = Finish.EOS
-            return True
-        self.out.append(token)
-        ended, self.tail = self.segmenter.advance(self.tail, token)
-        if ended:
-            self.finish = Finish.STEP
-        elif len(self.out) >= self.cap:
+        self.finish, self.tail = self.segmenter.feed(self.tail, token)
+        if self.finish is not Finish.EOS:
+            self.out.append(token)
+        if self.finish is None and len(self.out) >= self.cap:
             self.finish = Finish.LENGTH
         return self.finish is not None
 
     def proposal_ends(self, proposal: list[int]) -> bool:
         """Would this run of proposed tokens end the step (so drafting further is wasted)?"""
-        tail = self.tail
-        for token in proposal:
-            if token in self.segmenter.eos_ids:
-                return True
-            ended, tail = self.segmenter.advance(tail, token)
-            if ended:
-                return True
-        return False
+        return self.segmenter.ends(self.tail, proposal)

@@ -32,7 +32,7 @@ from runtime.frontends.openai_protocol import (
     ModelList,
     OpenAIError,
     ResponseIds,
-    StopScanner,
+    StopTail,
     chat_question,
     chunk_body,
     completion_question,
@@ -85,17 +85,15 @@ class Piece:
 
 
 async def pieces(backend: RsdBackend, gen: Generation) -> AsyncIterator[Piece]:
-    """Steps with stop strings applied; the first stop ends the request (cancelled on the server)."""
-    scanner = StopScanner(gen.stop)
+    """Steps with OpenAI's stop semantics: the server ends the output after a stop string, which
+    is left out of what the client gets (StopTail)."""
+    tail = StopTail(gen.stop)
     async for step in backend.stream(gen.question, gen.values):
-        text, stopped = scanner.feed(step.text)
-        if stopped:
-            yield Piece(text, step, "stop", cut=True)
-            return
         if step.finish_reason is not None:
-            yield Piece(text + scanner.flush(), step, FINISH.get(step.finish_reason, "stop"))
+            stopped = step.finish_reason == "stop" and bool(gen.stop)
+            yield Piece(tail.finish(step.text, stopped), step, FINISH.get(step.finish_reason, "stop"), cut=stopped)
             return
-        yield Piece(text, step, None)
+        yield Piece(tail.feed(step.text), step, None)
 
 
 def step_extension(piece: Piece) -> dict[str, Any]:

@@ -201,6 +201,11 @@ def generation(req: _Request, question: str, inputs: Mapping[str, str], names: M
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     if any(not s for s in stop) or len(stop) > 4:
         raise OpenAIError(400, "stop: up to 4 non-empty strings", "stop")
+    if stop:  # the server ends the output after the first (StopTail drops it, as OpenAI does)
+        tensor = names.get("stop_words", "stop_words")
+        if tensor not in inputs:
+            raise OpenAIError(400, f"stop: not supported by this model (it has no {tensor} input)", "stop")
+        values[tensor] = stop
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return Generation(question, values, tuple(stop), bool(req.stream), include_usage)
 
@@ -275,25 +280,29 @@ def usage_chunk(ids: ResponseIds, used: dict[str, int]) -> dict[str, Any]:
 
 
 @dataclass(slots=True)
-class StopScanner:
-    """Cuts the output at the first stop string, across step boundaries: the last
-    len(longest stop) - 1 characters are held back until the next step shows they start no stop."""
+class StopTail:
+    """OpenAI's stop semantics on top of the server's rule: the server finds stop strings across
+    steps and ends the output right after the first one (runtime.core.stopping.StopScanner, the
+    one place stops are found; the front sends them as `stop_words`); OpenAI's output leaves the
+    stop string out. So while streaming the last len(longest stop) - 1 characters are held back
+    (a stop may have begun in them), and when the server says `stop` the stop string it ended on
+    is dropped from the end."""
 
     stops: Sequence[str]
     _held: str = ""
 
-    def feed(self, text: str) -> tuple[str, bool]:
-        """The text to emit now, and whether a stop string ended the output."""
+    def feed(self, text: str) -> str:
+        """The text to emit now."""
         buffer = self._held + text
-        hits = [i for i in (buffer.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            self._held = ""
-            return buffer[:min(hits)], True
         keep = max((len(s) for s in self.stops), default=1) - 1
         cut = max(len(buffer) - keep, 0)
         self._held = buffer[cut:]
-        return buffer[:cut], False
+        return buffer[:cut]
 
-    def flush(self) -> str:
-        held, self._held = self._held, ""
-        return held
+    def finish(self, text: str, stopped: bool) -> str:
+        """The last text to emit; `stopped`: the server ended the output on a stop string."""
+        buffer, self._held = self._held + text, ""
+        if stopped:
+            ending = max((s for s in self.stops if buffer.endswith(s)), key=len, default="")
+            return buffer[:len(buffer) - len(ending)]
+        return buffer

@@ -128,8 +128,8 @@ class FakeLM(CountsSessions):
                 lps.append(sampled_logprob(logits, probs, token, is_greedy(req.temperature, req.top_k)))
                 out.append(token)
                 ids.append(token)
-                ended, tail = seg.advance(tail, token)
-                if ended:
+                end, tail = seg.feed(tail, token)
+                if end is Finish.STEP:
                     finish = Finish.STEP
                     break
             gens.append(Generation(tuple(out), finish, float(sum(lps)), tuple(lps) if req.want_logprobs else ()))

@@ -182,8 +182,8 @@ class TorchLM:
             tokens.append(token)
             if rules is not None:
                 rules.push(token)
-            ended, tail = self.segmenter.advance(tail, token)
-            if ended or token in self.segmenter.eos_ids:
+            end, tail = self.segmenter.feed(tail, token)
+            if end is not None:
                 break
             new = [token]
         usage = _usage(fed) + Usage(decode_tokens=max(len(tokens) - 1, 0), generated_tokens=len(tokens),

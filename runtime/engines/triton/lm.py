@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from runtime.core.errors import EngineError
-from runtime.core.sampling import is_greedy, log_softmax
+from runtime.core.sampling import is_greedy, sequence_logprob
 from runtime.core.segment import StepSegmenter
 from runtime.core.types import (
     Finish,
@@ -184,7 +184,7 @@ class TritonLM:
         logprobs = [0.0] * len(req.continuations)
         start = len(req.prefix) - 1
         for (i, cont), (logits, _) in zip(scored, replies):
-            logprobs[i] = _logprob_rows(self._trim(logits[start:start + len(cont)]), cont, req.temperature)
+            logprobs[i] = sequence_logprob(self._trim(logits[start:start + len(cont)]), cont, req.temperature)
         return ScoreResult(tuple(logprobs), sum((u for _, u in replies), Usage()))
 
     async def _context_logits(self, key: str, ids: tuple[int, ...]) -> tuple[np.ndarray, Usage]:
@@ -266,8 +266,3 @@ class ProposingSession(TritonLmSession):
     async def propose(self, req: ProposeRequest) -> ProposeResult:
         return await self.lm.propose(self, req)
 
-
-def _logprob_rows(logits: np.ndarray, tokens: tuple[int, ...], temperature: float) -> float:
-    """Sum over rows of log softmax(row / T)[token]; T == 0 scores untempered (as the torch engine)."""
-    logp = log_softmax(logits, temperature)
-    return float(logp[np.arange(len(tokens)), list(tokens)].sum())
