@@ -85,11 +85,6 @@ class EnginePlan:
     paths: EnginePaths
     steps: tuple[Step, ...]
 
-    @property
-    def checkpoint_source(self) -> Path:
-        """The HF folder the checkpoint step reads: the prepared PRM folder or the model itself."""
-        return self.paths.prm_hf if self.spec.prm is not None else self.spec.model
-
 
 @dataclass(frozen=True, slots=True)
 class BuildPlan:

@@ -54,6 +54,8 @@ CASES = [  # (loader, file, path to the edited key, value, expected message)
     ("serve", "configs/triton/torch_cpu.yaml", ("admission", "max_running_rows"), 65,
      "admission.max_running_rows: 65 rows would need more sessions than the 64 each sub-model keeps"),
     ("serve", "configs/triton/torch_cpu.yaml", ("instances", "target"), 2, "instances.target: one torch sub-model"),
+    ("serve", "configs/triton/torch_cpu.yaml", ("max_queue_delay_us",), 100,
+     "max_queue_delay_us: only 0 with backend torch"),
     ("pipeline", "configs/default.yaml", ("engine", "kv_cache_mb"), -1, "engine.kv_cache_mb: must be >= 0, got -1"),
     ("serve", "configs/triton/trtllm.yaml", ("trtllm", "engines", "draft", "enable_kv_cache_reuse"), "yes",
      "trtllm.engines.draft.enable_kv_cache_reuse: must be true or false, got 'yes'"),

@@ -23,6 +23,8 @@ from runtime.core.boxed import has_boxed
 from runtime.core.errors import EngineError, RequestValidationError
 from runtime.core.lookahead import Lookahead
 from runtime.core.methods import Engines, StepContext, get_method
+from runtime.core.methods.calls import EngineCalls
+from runtime.core.methods.rule import StepRule
 from runtime.core.params import RequestParams
 from runtime.core.protocols import Tokenizer
 from runtime.core.segment import StepSegmenter, prm_step_text
@@ -132,13 +134,14 @@ async def run_request(
         rules = logit_rules(request.params, tokenizer)
         rng = np.random.default_rng(request.params.seed)
         ahead = Lookahead(lambda role, usage: state.stats.observe_call(role, usage, engines.role(role).num_params))
+        calls = EngineCalls(sessions, state.stats, ahead)
         started = time.perf_counter()
         try:
             while True:
                 ctx = StepContext(request.params, request.question,
                                   request.prompt_ids + tuple(state.tokens), tuple(state.steps), state.step_cap(),
-                                  sessions, tokenizer, segmenter, rng, state.stats, rules, len(state.tokens),
-                                  ahead, lambda gen: state.after(gen, tokenizer.decode))
+                                  tokenizer, segmenter, rng, StepRule(request.params, rules, len(state.tokens)),
+                                  calls, lambda gen: state.after(gen, tokenizer.decode))
                 outcome = await method.step(ctx)
                 text = tokenizer.decode(outcome.token_ids)
                 draft_text = tokenizer.decode(outcome.draft_token_ids) if outcome.draft_token_ids else None

@@ -11,7 +11,7 @@
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from runtime.core.params import RequestParams
@@ -24,9 +24,14 @@ def logit_rules(params: RequestParams, tokenizer: Tokenizer) -> LogitRules:
     bias: list[tuple[int, float]] = []
     for word, weight in zip(params.embedding_bias_words, params.embedding_bias_weights):
         bias += [(token, weight) for token in tokenizer.encode(word)]
-    ends = tokenizer.eos_ids if params.min_tokens > 0 else frozenset()
     return LogitRules(params.repetition_penalty, params.presence_penalty, params.frequency_penalty,
-                      tuple(bias), bad, frozenset(ends))
+                      tuple(bias), bad, held_end_ids(params.min_tokens, tokenizer.eos_ids))
+
+
+def held_end_ids(min_tokens: int, eos_ids: Iterable[int]) -> frozenset[int]:
+    """The end-id rule: while min_tokens > 0, every EOS id of the tokenizer is held back (banned
+    until min_tokens tokens were drawn); without min_tokens nothing is."""
+    return frozenset(eos_ids) if min_tokens > 0 else frozenset()
 
 
 @dataclass(slots=True)

@@ -10,7 +10,8 @@
                                    # tensorrt_llm_bls); `rsd serve --model-name` overrides
     instances: {rsd: 1, draft: 1, target: 1, prm: 1}
     max_batch_size: 8              # Triton-side batch limit of the draft/target models
-    max_queue_delay_us: 0          # dynamic batching delay of the draft/target models
+    max_queue_delay_us: 0          # Triton's dynamic batching delay of the draft/target models (trtllm
+                                   # only; torch sub-models batch in flight, so it must be 0 there)
     sub_request_timeout_s: 120     # a BLS sub-request gets an error after this, never hangs
     bls_threads: 64                # concurrent sub-requests of the BLS
     cache_requests: 64             # per-request KV caches each torch sub-model keeps
@@ -91,6 +92,10 @@ class ServeConfig:
                 raise ConfigError("model_names", f"{name!r} is a sub-model's name")
         validate.integer("max_batch_size", self.max_batch_size, lo=1, hi=4096)
         validate.integer("max_queue_delay_us", self.max_queue_delay_us, lo=0, hi=10**7)
+        if self.backend == "torch" and self.max_queue_delay_us:
+            raise ConfigError("max_queue_delay_us", "only 0 with backend torch: its sub-models batch every request "
+                                                    "in flight in the engine, so Triton's batching delay would only "
+                                                    "hold each request back (it applies to backend trtllm)")
         validate.integer("bls_threads", self.bls_threads, lo=1, hi=4096)
         validate.integer("cache_requests", self.cache_requests, lo=1, hi=10**6)
         validate.integer("admission.max_running_rows", self.max_running_rows, lo=0, hi=10**6)

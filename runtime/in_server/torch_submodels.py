@@ -46,6 +46,7 @@ from runtime.config import PipelineConfig, load_config
 from runtime.core.errors import ConfigError, EngineError
 from runtime.core.sampling import softmax
 from runtime.core.segment import StepSegmenter
+from runtime.core.stopping import held_end_ids
 from runtime.core.types import (
     Finish,
     LogitRules,
@@ -174,9 +175,9 @@ class LmSubModel:
         return route
 
     def _rules(self, call: LmCall) -> LogitRules:
-        ends = self.lm.segmenter.eos_ids if call.min_tokens > 0 else frozenset()  # type: ignore[attr-defined]
+        eos_ids = self.lm.segmenter.eos_ids  # type: ignore[attr-defined]
         return LogitRules(call.repetition_penalty, call.presence_penalty, call.frequency_penalty, call.bias,
-                          call.bad_words, frozenset(ends))
+                          call.bad_words, held_end_ids(call.min_tokens, eos_ids))
 
     async def _generate(self, call: LmCall, session: Any) -> LmReply:
         req = StepRequest(call.ids, call.n, call.temperature, call.top_p, call.output_len,
@@ -280,10 +281,6 @@ class PrmSubModel:
             for i, reward in zip(rows, rewards):
                 per_row[i] = reward
         return prm_reply_tensors(per_row, call.row_usage([usage for _, usage in scored]))
-
-
-def load_pipeline_config(path: str | Path) -> PipelineConfig:
-    return load_config(Path(path))
 
 
 def build_lm_submodel(cfg: PipelineConfig, role: str, cache_requests: int, threads: int = 0) -> LmSubModel:

@@ -5,7 +5,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from runtime.core.errors import RequestValidationError
-from runtime.core.methods.base import Engines, Method, Needs, StepContext
+from runtime.core.methods.base import Engines, Method, Needs, Sessions, StepContext
 from runtime.core.methods.bon import BestOfN
 from runtime.core.methods.cos import CollaborativeSpeculation
 from runtime.core.methods.gsi import Gsi
@@ -31,4 +31,4 @@ def get_method(name: str) -> Method:
         raise RequestValidationError("method", f"unknown method {name!r}; expected one of {', '.join(METHODS)}") from None
 
 
-__all__ = ["METHODS", "Engines", "Method", "Needs", "StepContext", "get_method"]
+__all__ = ["METHODS", "Engines", "Method", "Needs", "Sessions", "StepContext", "get_method"]

@@ -27,10 +27,11 @@ import numpy as np
 import numpy.typing as npt
 
 from runtime.core.methods.base import Needs, StepContext
+from runtime.core.methods.propose import propose
 from runtime.core.params import RequestParams
 from runtime.core.sampling import adjust, combine, is_greedy, residual, sample
 from runtime.core.segment import TokenStep
-from runtime.core.types import StepOutcome
+from runtime.core.types import LogitsRequest, StepOutcome
 
 ROLES = ("draft", "target")
 Logits = npt.NDArray[np.floating[Any]]  # one model's raw logits at one position
@@ -89,7 +90,7 @@ class CollaborativeSpeculation:
         """One pass of `role` over the proposal positions it has not seen, plus one more."""
         seen = len(spec.rows[role])
         ids = ctx.prefix + tuple(step.out) + tuple(spec.tokens)
-        logits = await ctx.logits(role, ids, len(spec.tokens) - seen + 1)
+        logits = await ctx.calls.logits(role, LogitsRequest(ids, len(spec.tokens) - seen + 1))
         spec.rows[role].extend(logits[:-1])
         bonus: Logits = logits[-1]
         return bonus
@@ -100,15 +101,15 @@ class CollaborativeSpeculation:
         gamma = min(gamma, step.room)
         if first_row is not None and gamma > 0:
             ids = ctx.prefix + tuple(step.out) + tuple(spec.tokens)
-            _, q = ctx.processed(first_row, ids, len(step.out) + len(spec.tokens))
+            _, q = ctx.rule.processed(first_row, ids, len(step.out) + len(spec.tokens))
             self._append(spec, role, sample(q, ctx.rng), first_row, q)
             gamma -= 1
             if step.proposal_ends(spec.tokens):
                 return
         base = ctx.prefix + tuple(step.out) + tuple(spec.tokens)
-        drawn = await ctx.propose(role, base, gamma, len(step.out) + len(spec.tokens),
-                                  lambda tokens: step.proposal_ends(spec.tokens + tokens))
-        for token, row, q in zip(*drawn):
+        drawn = await propose(ctx, role, base, gamma, len(step.out) + len(spec.tokens),
+                              lambda tokens: step.proposal_ends(spec.tokens + tokens))
+        for token, row, q in zip(drawn.tokens, drawn.rows, drawn.qs):
             self._append(spec, role, token, row, q)
 
     @staticmethod
@@ -123,10 +124,10 @@ class CollaborativeSpeculation:
         p = ctx.params
         weights = (p.cos_lambda, 1.0 - p.cos_lambda)
         ids = ctx.prefix + tuple(step.out)
-        ban = ctx.min_new_tokens(len(step.out)) > 0
+        ban = ctx.rule.min_new_tokens(len(step.out)) > 0
 
         def rule(z: Logits) -> npt.NDArray[np.float64]:
-            return adjust(z, ctx.rules, ids, ban_ends=ban)
+            return adjust(z, ctx.rule.rules, ids, ban_ends=ban)
 
         rows = [spec.rows[x][0] for x in ROLES]
         r = combine(rows, p.cos_combine, weights, p.cos_mu, p.temperature, p.top_p, p.top_k, rule)

@@ -33,7 +33,7 @@ import numpy as np
 from runtime.core.methods.base import Needs, StepContext
 from runtime.core.params import RequestParams
 from runtime.core.sampling import sample, softmax
-from runtime.core.types import StepOutcome
+from runtime.core.types import ScoreRequest, StepOutcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +48,7 @@ class Gsi:
         candidates = await ctx.generate("draft", p.n, logprobs=True)
         ids = tuple(c.token_ids for c in candidates)
         rewards = np.array(await ctx.rewards(ids))
-        logp_target = np.array(await ctx.score("target", ids, p.temperature))
+        logp_target = np.array(await ctx.calls.score("target", ScoreRequest(ctx.prefix, ids, p.temperature)))
         logp_draft = np.array([c.logprob for c in candidates])
         tilted = p.beta * rewards + logp_target - logp_draft
         i = sample(softmax(tilted), ctx.rng)

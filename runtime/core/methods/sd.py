@@ -18,11 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
-import numpy.typing as npt
-
 from runtime.core.errors import RequestValidationError
 from runtime.core.methods.base import Needs, StepContext
+from runtime.core.methods.propose import propose
 from runtime.core.params import RequestParams
 from runtime.core.segment import TokenStep
 from runtime.core.types import StepOutcome
@@ -40,17 +38,22 @@ class SpeculativeDecoding:
         step = TokenStep(ctx.segmenter, ctx.max_new_tokens)
         drafted = accepted = 0
         logprobs: list[float] = []
-        while step.finish is None:
+        while step.finish is None:  # one speculative round
             base = ctx.prefix + tuple(step.out)
-            # room for the proposal and its bonus token; never an empty proposal (a bonus past the cap is dropped)
-            tokens, probs = await self._propose(ctx, step, base, max(1, min(p.gamma, step.room - 1)))
-            emitted, n_accepted, lps = await ctx.verify("target", base, tuple(tokens), probs, len(step.out))
-            if p.return_log_probs and len(lps) != len(emitted):
+            # 1. the draft proposes up to gamma tokens, each with the distribution q it was drawn from
+            #    (room for its bonus token; never an empty proposal: a bonus past the cap is dropped)
+            gamma = max(1, min(p.gamma, step.room - 1))
+            proposal = await propose(ctx, "draft", base, gamma, len(step.out), step.proposal_ends)
+            # 2. the target checks them in one pass: the accepted prefix, then a corrected or bonus token
+            verified = await ctx.calls.verify("target", ctx.rule.verify_request(
+                base, tuple(proposal.tokens), proposal.probs(), len(step.out), ctx.next_seed()))
+            if p.return_log_probs and len(verified.logprobs) != len(verified.tokens):
                 raise RequestValidationError("return_log_probs", "the target's verifier reports no log-probs; "
                                                                  "send it false for method sd on this server")
-            drafted += len(tokens)
-            accepted += n_accepted
-            for token, lp in zip(emitted, lps or (0.0,) * len(emitted)):
+            drafted += len(proposal.tokens)
+            accepted += verified.num_accepted
+            # 3. the emitted tokens extend the step until it ends
+            for token, lp in zip(verified.tokens, verified.logprobs or (0.0,) * len(verified.tokens)):
                 ended = step.push(token)
                 if token not in ctx.segmenter.eos_ids:
                     logprobs.append(lp)
@@ -60,8 +63,3 @@ class SpeculativeDecoding:
         return StepOutcome(tuple(step.out), step.finish, "target", drafted_tokens=drafted,
                            accepted_draft_tokens=accepted,
                            token_logprobs=tuple(logprobs) if p.return_log_probs else ())
-
-    async def _propose(self, ctx: StepContext, step: TokenStep, base: tuple[int, ...], gamma: int
-                       ) -> tuple[list[int], npt.NDArray[np.float64]]:
-        tokens, _, probs = await ctx.propose("draft", base, gamma, len(step.out), step.proposal_ends)
-        return tokens, (np.stack(probs) if probs else np.zeros((0, 0)))

@@ -37,7 +37,7 @@ from runtime.core.types import (
 from runtime.core.verify import verify_rows
 from runtime.engines.torch.kvcache import SeqCache
 from runtime.engines.torch.runner import Drawn, Row, Sampler
-from runtime.engines.torch.sampling import RuleState, logprob_rows, sample_token
+from runtime.engines.torch.sampling import RuleState, greedy_tokens, logprob_rows, sample_token
 from runtime.engines.torch.scheduler import ForwardScheduler
 
 
@@ -247,10 +247,9 @@ def _hint(req: StepRequest) -> tuple[int, ...]:
 
 
 def _greedy(logits: torch.Tensor, sampler: Sampler) -> Drawn:
-    """The token a greedy Sampler draws from one row (BatchRunner._draw's greedy rule)."""
+    """The token a greedy Sampler draws from one row (its rules applied, then the greedy pick)."""
     z = sampler.rules.apply(logits) if sampler.rules is not None else logits
-    token = int(torch.argmax(z))
-    return Drawn(token, float(torch.log_softmax(z, -1)[token]) if sampler.logprobs else 0.0)
+    return Drawn(*greedy_tokens(z[None], [sampler.logprobs])[0])
 
 
 def _usage(fed: int) -> Usage:

@@ -21,7 +21,7 @@ import torch
 from runtime.core.sampling import is_greedy
 from runtime.engines.torch.kvcache import KVArena, SeqCache
 from runtime.engines.torch.lean import DecoderForward, decoder_forward
-from runtime.engines.torch.sampling import RuleState, sample_token
+from runtime.engines.torch.sampling import RuleState, greedy_tokens, sample_token
 
 IDLE_ROWS = 16  # most idle rows a decode batch carries to stay a view of the arena
 PAD_SLACK = 64  # padded positions a forward may always carry (more only up to its real tokens)
@@ -235,15 +235,9 @@ class BatchRunner:
         greedy = [i for i, r in enumerate(rows) if r.sample is not None and r.sample.greedy]
         if greedy:
             chosen = logits if len(greedy) == len(rows) else logits[greedy]
-            tokens = chosen.argmax(-1)
-            scored = [j for j, i in enumerate(greedy) if (s := rows[i].sample) is not None and s.logprobs]
-            logprobs = [0.0] * len(greedy)
-            if scored:
-                picked = torch.log_softmax(chosen[scored], -1).gather(1, tokens[scored, None])[:, 0]
-                for j, lp in zip(scored, picked.tolist()):
-                    logprobs[j] = lp
-            for i, t, lp in zip(greedy, tokens.tolist(), logprobs):
-                drawn[i] = Drawn(t, lp)
+            scored = [s.logprobs for i in greedy if (s := rows[i].sample) is not None]
+            for i, (token, logprob) in zip(greedy, greedy_tokens(chosen, scored)):
+                drawn[i] = Drawn(token, logprob)
         for i, row in enumerate(rows):
             if drawn[i] is None:
                 s = row.sample

@@ -7,6 +7,7 @@ drew (the min-new-tokens ban on end ids); `apply` is `runtime.core.sampling.adju
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -65,13 +66,25 @@ class RuleState:
         return z
 
 
+def greedy_tokens(logits: torch.Tensor, scored: Sequence[bool]) -> list[tuple[int, float]]:
+    """The greedy pick, for [rows, vocab] adjusted logits: per row (argmax, its untempered log-prob),
+    the log-prob computed only for rows with `scored` set (0.0 for the others)."""
+    tokens = logits.argmax(-1)
+    logprobs = [0.0] * len(scored)
+    rows = [i for i, want in enumerate(scored) if want]
+    if rows:
+        picked = torch.log_softmax(logits[rows], -1).gather(1, tokens[rows, None])[:, 0]
+        for i, lp in zip(rows, picked.tolist()):
+            logprobs[i] = lp
+    return list(zip(tokens.tolist(), logprobs))
+
+
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator,
                  top_k: int = 0) -> tuple[int, float]:
     """Sample one token from a [vocab] float32 row (already adjusted); returns (token, log-prob under
     the sampled distribution). Greedy at T == 0 or top_k == 1, reporting the untempered log-prob."""
     if is_greedy(temperature, top_k):
-        token = int(torch.argmax(logits))
-        return token, float(torch.log_softmax(logits, -1)[token])
+        return greedy_tokens(logits[None], [True])[0]
     probs = torch.softmax(logits / temperature, -1)
     k = top_k if 0 < top_k < probs.shape[-1] else 0
     if k or top_p < 1.0:
