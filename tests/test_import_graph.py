@@ -1,9 +1,13 @@
-"""The layers point one way: walk every import in runtime/ and build_engines/ (lazy ones inside
-functions included) and fail on a cycle or on an import from a lower layer into a higher one.
+"""The layers point one way: walk every import in runtime/, build_engines/, scripts/ and
+triton_repo/ (lazy ones inside functions included) and fail on a cycle or on an import from a
+lower layer into a higher one.
 
 Layers, lowest first (docs/architecture.md):
   core < config, task, wire, tiny models < engines < pipeline < assembly, eval < in_server
-  < deploy < clients, frontends < cli < build_engines
+  < deploy < clients, frontends < cli < build_engines < scripts, triton_repo
+scripts/ and triton_repo/ may import runtime and build_engines; nothing imports them, and they do
+not import each other (a script imports its sibling scripts by their bare names, as
+`from tinylm import ...` with scripts/ on sys.path).
 """
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("runtime", "build_engines")
+PACKAGES = ("runtime", "build_engines", "scripts", "triton_repo")
+SCRIPT_DIRS = ("scripts",)  # folders whose modules import their siblings by bare name
 
 LAYERS: dict[str, int] = {
     "runtime": 0, "runtime.core": 0,  # runtime/__init__.py imports nothing
@@ -28,6 +33,7 @@ LAYERS: dict[str, int] = {
     "runtime.clients": 7, "runtime.frontends": 7,
     "runtime.cli": 8,
     "build_engines": 9,
+    "scripts": 10, "triton_repo": 10,
 }
 
 
@@ -56,7 +62,10 @@ def imported(tree: ast.AST, name: str, is_package: bool, known: Iterable[str]) -
             subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in known]
             targets.update(subs if len(subs) == len(node.names) else [base, *subs])
     result = set()
+    folder = name.rpartition(".")[0]
     for target in targets:
+        if folder in SCRIPT_DIRS and f"{folder}.{target}" in known:
+            target = f"{folder}.{target}"  # a sibling script, imported by its bare name
         while target and target not in known:
             target = target.rpartition(".")[0]
         if target and target != name:
@@ -126,6 +135,18 @@ def test_no_import_cycle() -> None:
     assert cycles(graph()) == []
 
 
+def test_scripts_and_triton_models_are_imported_by_nothing_but_siblings() -> None:
+    """Top-layer code (scripts/, triton_repo/) is imported by no other package, and the two never
+    import each other; the walk sees every script and every model.py."""
+    edges = graph()
+    assert {"scripts.soak", "scripts.train_models", "triton_repo.rsd.1.model", "triton_repo.torch_lm.1.model"} <= set(edges)
+    assert "scripts.tinylm" in edges["scripts.train_models"]  # a bare-name sibling import is seen
+    top = ("scripts", "triton_repo")
+    wrong = sorted(f"{a} imports {b}" for a, targets in edges.items() for b in targets
+                   if b.split(".")[0] in top and a.split(".")[0] != b.split(".")[0])
+    assert wrong == []
+
+
 def test_the_checks_catch_a_cycle_and_an_upward_import(tmp_path: Path) -> None:
     """The same walk on a tree with one upward import and one cycle reports both."""
     files = {
@@ -137,6 +158,9 @@ def test_the_checks_catch_a_cycle_and_an_upward_import(tmp_path: Path) -> None:
         "runtime/engines/e.py": "from ..core import a\n",  # relative and downward: fine
         "runtime/core/up.py": "import runtime.engines.e\n",
         "build_engines/__init__.py": "",
+        "scripts/tinylm.py": "",
+        "scripts/train.py": "from tinylm import x\nfrom runtime.core import a\n",  # sibling by bare name
+        "runtime/engines/uses_script.py": "import scripts.train\n",
     }
     for rel, text in files.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -144,10 +168,12 @@ def test_the_checks_catch_a_cycle_and_an_upward_import(tmp_path: Path) -> None:
     edges = graph(tmp_path)
     assert edges["runtime.engines.e"] == {"runtime.core.a"}
     assert cycles(edges) == [["runtime.core.a", "runtime.core.b"]]
-    assert upward(edges) == ["runtime.core.up (layer 0) imports runtime.engines.e (layer 2)"]
+    assert edges["scripts.train"] == {"scripts.tinylm", "runtime.core.a"}
+    assert upward(edges) == ["runtime.core.up (layer 0) imports runtime.engines.e (layer 2)",
+                             "runtime.engines.uses_script (layer 2) imports scripts.train (layer 10)"]
 
 
-@pytest.mark.parametrize("package", ["runtime", "build_engines"])
+@pytest.mark.parametrize("package", ["runtime", "build_engines", "scripts", "triton_repo"])
 def test_shipped_code_never_imports_test_support(package: str) -> None:
     for path in (ROOT / package).rglob("*.py"):
         text = path.read_text()
