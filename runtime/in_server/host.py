@@ -26,7 +26,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from runtime.core.errors import AccessDenied, ConfigError, EngineError, RequestValidationError, RsdError
-from runtime.engines.triton.transport import CACHE_KEY, KIND, SubRequestTags, released_keys, timed
+from runtime.engines.triton.contract import REQUEST_KIND
+from runtime.engines.triton.transport import CACHE_KEY, SubRequestTags, released_keys, timed
 from runtime.wire.model_env import INFER_AUTH_ENV, TOKEN_ENV, URL_ENV
 
 log = logging.getLogger(__name__)
@@ -334,7 +335,7 @@ class Incoming:
     @property
     def kind(self) -> str:
         """What an LM sub-request is (contract.REQUEST_KINDS); a plain request is a generation."""
-        return str(self.parameters.get(KIND) or "generate")
+        return str(self.parameters.get(REQUEST_KIND) or "generate")
 
 
 class SubModel(Protocol):

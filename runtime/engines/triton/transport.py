@@ -20,12 +20,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from runtime.core.errors import EngineError
+from runtime.engines.triton.contract import REQUEST_KIND
 
 log = logging.getLogger(__name__)
 
 
 CACHE_KEY = "rsd_cache_key"  # request parameter: the BLS request a sub-request belongs to
-KIND = "request_kind"  # request parameter: what an LM sub-request is (runtime.engines.triton.contract)
 RELEASED_KEYS = "rsd_released_keys"  # request parameter: requests that ended (comma-separated keys)
 
 
@@ -55,7 +55,7 @@ class SubRequestTags:
 
     def tag(self, model: str, key: str, kind: str = "") -> tuple[str, dict[str, str]]:
         """(the sub-request's id, its request parameters)."""
-        parameters = {CACHE_KEY: key, **({KIND: kind} if kind else {})}
+        parameters = {CACHE_KEY: key, **({REQUEST_KIND: kind} if kind else {})}
         ended = self._ended.pop(model, None)
         if ended:
             parameters[RELEASED_KEYS] = ",".join(ended)
