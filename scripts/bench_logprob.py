@@ -2,7 +2,8 @@
 (runtime.core.sampling.sequence_logprob, float64) against the torch twin
 (runtime.engines.torch.sampling.logprob_rows, float32 on the rows' device) on the hot path they
 would share, GSI's target scoring of a candidate step (rows [tokens, vocab]). Interleaved, best of
-`--repeats`; the ratio goes to BENCHMARKS.md. tests/test_sampling_agreement.py checks they agree.
+`--repeats`; the ratio goes to BENCHMARKS.md, "Log-prob rule: numpy rule vs torch twin".
+tests/test_sampling_agreement.py checks they agree.
 
     .venv/bin/python scripts/bench_logprob.py --tokens 64 --vocab 4096,32000,151936
 """

@@ -18,7 +18,7 @@ from runtime.core.sampling import adjust, logprob_of, process
 from runtime.core.types import LogitRules, LogitsRequest, ScoreRequest, StepRequest
 
 torch = pytest.importorskip("torch")
-from runtime.engines.torch.sampling import RuleState, logprob_rows, sample_token  # noqa: E402
+from runtime.engines.torch.sampling import RuleState, greedy_tokens, logprob_rows, sample_token  # noqa: E402
 
 SETTINGS = [(1.0, 1.0), (0.7, 0.9), (1.3, 0.5), (0.5, 0.3)]  # (temperature, top_p)
 DRAWS = 1000
@@ -79,6 +79,18 @@ def test_greedy_is_the_argmax_with_the_untempered_logprob() -> None:
         token, logprob = sample_token(torch.from_numpy(row), 0.0, 0.9, torch.Generator())
         assert token == int(np.argmax(process(row, 0.0, 0.9)))
         assert math.isclose(logprob, logprob_of(row, token, 0.0), abs_tol=2e-5)
+
+
+@pytest.mark.parametrize("scored", [(True,), (False,), (True, True, True), (True, False, True), (False, False, False)])
+def test_the_batched_greedy_pick_is_the_core_argmax_and_logprob(scored: tuple[bool, ...]) -> None:
+    """One row or a batch, every row is the core's greedy pick: its argmax and the untempered
+    log-prob, only where asked for (the runner draws a batch, the generator one row)."""
+    rows = logit_rows(seed=len(scored) + sum(scored), n=len(scored))
+    got = greedy_tokens(torch.from_numpy(rows) if len(scored) > 1 else torch.from_numpy(rows[0]), scored)
+    for row, want, (token, logprob) in zip(rows, scored, got):
+        assert token == int(np.argmax(row))
+        assert math.isclose(logprob, logprob_of(row, token, 0.0), abs_tol=1e-5) if want else logprob == 0.0
+
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.7, 1.0, 1.5])

@@ -2,9 +2,10 @@
 
 RSD drafts step k + 1 while the PRM scores step k (`Rsd.step`): when step k is accepted, as most
 are, the next draft step is already on its way, so the PRM's latency hides behind the draft's
-instead of adding to it (through a server the two run in different processes: BENCHMARKS.md,
-"The PRM off RSD's critical path"). When step k is rejected, the early call was for a
-prefix that will not happen: it is wasted work, recorded in the request's usage like any call.
+instead of adding to it (through a server the two run in different processes:
+docs/benchmarks-history.md, "The PRM off RSD's critical path through the server"). When step k is
+rejected, the early call was for a prefix that will not happen: it is wasted work, recorded in the
+request's usage like any call.
 
 One pending call per role at most. Any later call on that role first settles it (the engine
 session is never asked two things at once): its result is used when it asked exactly what that

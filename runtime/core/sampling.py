@@ -203,8 +203,9 @@ def log_softmax(logits: npt.NDArray[np.floating[Any]], temperature: float = 1.0)
 
 
 def logprob_of(logits: npt.NDArray[np.floating[Any]], token: int, temperature: float) -> float:
-    """log softmax(logits / T)[token]; T == 0 is scored untempered (T = 1)."""
-    return sequence_logprob(np.asarray(logits)[None], (token,), temperature)
+    """log softmax(logits / T)[token]; T == 0 is scored untempered (T = 1): `sequence_logprob` of
+    one row, indexed directly (it runs once per verified token)."""
+    return float(log_softmax(logits, temperature)[token])
 
 
 def sequence_logprob(rows: npt.NDArray[np.floating[Any]], tokens: Sequence[int], temperature: float) -> float:

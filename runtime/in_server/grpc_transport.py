@@ -6,7 +6,8 @@ second) the `rsd` stub of python_backend 24.10 still died of heap corruption wit
 detected`), as it did with blocking `exec` from a thread pool. The gRPC path is Triton's most
 used one. All sub-requests travel on one long-lived bidirectional stream (`SharedStream`, on the
 model's own loop): a stream per sub-request cost about 1 ms of a PRM call's 6.5 ms, and setting
-streams up and down was about a fifth of the BLS's samples at c = 16 (BENCHMARKS.md). Responses, error responses included, carry
+streams up and down was about a fifth of the BLS's samples at c = 16 (docs/benchmarks-history.md,
+"Lean forward, padding-bounded forwards, one sub-request stream"). Responses, error responses included, carry
 the request's id, which is unique per sub-request (runtime.engines.triton.transport.SubRequestTags):
 Triton's stream names an error's request but not always its model, so each answer is routed by
 id alone, to exactly its call. The sub-request's token, cache key, released keys and

@@ -77,8 +77,7 @@ class EngineCalls:
         return isinstance(self.sessions.role(role), DraftProposer)
 
     async def propose(self, role: str, req: ProposeRequest) -> ProposeResult:
-        session = await self._settled(role)
-        assert isinstance(session, DraftProposer), f"the {role} session drafts no proposals"
+        session: DraftProposer = await self._settled(role)  # `proposes(role)` said it is one
         result = await session.propose(req)
         self._record(role, result.usage)
         return result

@@ -27,7 +27,8 @@ from runtime.engines.torch.scheduler import ForwardScheduler
 log = logging.getLogger(__name__)
 
 # Loop turns a forward may wait for more rows while other models have work queued (measured on
-# the embedded models, rsd at c = 16: 428 tokens/s with none, 577 with these; BENCHMARKS.md).
+# the embedded models, rsd at c = 16: 428 tokens/s with none, 577 with these; docs/benchmarks-history.md,
+# "Engine: in-process decode against the bare loop, and scaling").
 PRM_PATIENCE = 12
 TARGET_PATIENCE = 6  # the target rewrites few steps; alone, each rewrite would run at batch 1
 

@@ -249,7 +249,7 @@ def _hint(req: StepRequest) -> tuple[int, ...]:
 def _greedy(logits: torch.Tensor, sampler: Sampler) -> Drawn:
     """The token a greedy Sampler draws from one row (its rules applied, then the greedy pick)."""
     z = sampler.rules.apply(logits) if sampler.rules is not None else logits
-    return Drawn(*greedy_tokens(z[None], [sampler.logprobs])[0])
+    return Drawn(*greedy_tokens(z, (sampler.logprobs,))[0])
 
 
 def _usage(fed: int) -> Usage:

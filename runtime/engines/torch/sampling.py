@@ -67,12 +67,19 @@ class RuleState:
 
 
 def greedy_tokens(logits: torch.Tensor, scored: Sequence[bool]) -> list[tuple[int, float]]:
-    """The greedy pick, for [rows, vocab] adjusted logits: per row (argmax, its untempered log-prob),
-    the log-prob computed only for rows with `scored` set (0.0 for the others)."""
+    """The greedy pick, the one place it is written: per row of adjusted logits ([rows, vocab], or
+    one [vocab] row) the argmax and its untempered log-prob, computed only for rows with `scored`
+    set (0.0 for the others)."""
+    if logits.dim() == 1 or len(scored) == 1:  # one sequence decoding: scalar ops, 4x less overhead
+        row = logits if logits.dim() == 1 else logits[0]
+        token = int(torch.argmax(row))
+        return [(token, float(torch.log_softmax(row, -1)[token]) if scored[0] else 0.0)]
     tokens = logits.argmax(-1)
     logprobs = [0.0] * len(scored)
     rows = [i for i, want in enumerate(scored) if want]
-    if rows:
+    if len(rows) == len(scored):
+        logprobs = torch.log_softmax(logits, -1).gather(1, tokens[:, None])[:, 0].tolist()
+    elif rows:
         picked = torch.log_softmax(logits[rows], -1).gather(1, tokens[rows, None])[:, 0]
         for i, lp in zip(rows, picked.tolist()):
             logprobs[i] = lp
@@ -84,7 +91,7 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generat
     """Sample one token from a [vocab] float32 row (already adjusted); returns (token, log-prob under
     the sampled distribution). Greedy at T == 0 or top_k == 1, reporting the untempered log-prob."""
     if is_greedy(temperature, top_k):
-        return greedy_tokens(logits[None], [True])[0]
+        return greedy_tokens(logits, (True,))[0]
     probs = torch.softmax(logits / temperature, -1)
     k = top_k if 0 < top_k < probs.shape[-1] else 0
     if k or top_p < 1.0:
