@@ -93,6 +93,41 @@ def test_a_child_dies_with_its_parent_even_on_kill_9(tmp_path):
         time.sleep(0.05)
 
 
+def test_a_stub_stuck_holding_the_gil_still_dies_with_tritonserver(tmp_path):
+    """The stand-in stub calls exit_with_parent, then its main thread blocks in C while holding the
+    GIL (libc pause() through ctypes.PyDLL, which keeps the GIL), as a real rsd stub did in
+    Stub::ProcessRequests when tritonserver died under it: no Python thread of it runs again, yet it
+    is gone once its parent (the stand-in tritonserver) is killed with SIGKILL."""
+    ready = tmp_path / "ready"
+    stub = ("import ctypes, os, sys\n"
+            "from runtime.in_server.host import exit_with_parent\n"
+            "exit_with_parent(0.05)\n"
+            f"open({str(ready)!r}, 'w').write('ready')\n"
+            "ctypes.PyDLL(None).pause()\n")
+    script = tmp_path / "server.py"
+    script.write_text("import subprocess, sys, time\n"
+                      f"child = subprocess.Popen([sys.executable, '-c', {stub!r}])\n"
+                      "print(child.pid, flush=True)\n"
+                      "time.sleep(300)\n")
+    server = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    child = int(server.stdout.readline())
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():  # the stub's watchers are set up and its main thread is about to block
+            assert time.monotonic() < deadline and process_alive(child), "the stand-in stub did not start"
+            time.sleep(0.05)
+        server.kill()
+        server.wait()
+        deadline = time.monotonic() + 20
+        while process_alive(child):
+            assert time.monotonic() < deadline, "a stub holding the GIL outlived tritonserver"
+            time.sleep(0.05)
+    finally:
+        if process_alive(child):
+            os.kill(child, 9)
+
+
 def test_stale_shared_memory_of_a_dead_server_is_removed(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -6,7 +6,9 @@ container runtime does) must leave none of them behind, or the old server keeps 
 ports and a restarted `rsd serve` cannot bind them:
 - its children get PR_SET_PDEATHSIG (`die_with_parent`): the kernel signals them when it dies;
 - a stub outlives a killed tritonserver (measured: still running 30 s after), so each stub
-  watches its own parent (runtime.in_server.host.exit_with_parent) and exits when it is gone;
+  watches its own parent (runtime.in_server.host.exit_with_parent): a thread exits it, and a `sh`
+  loop beside it kills it when that thread cannot run (the stub's main thread, waiting on the dead
+  server, can hold the GIL forever);
 - shared-memory regions of servers whose `rsd serve` died are removed at the next start
   (`remove_stale_shm`); their names carry that process's pid.
 """

@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -87,13 +88,27 @@ def to_tensors(outputs: Mapping[str, np.ndarray]) -> list[Any]:
     return [pb.Tensor(name, value) for name, value in outputs.items()]
 
 
+# Runs beside each stub, outside its interpreter: kills the stub once tritonserver ($1) is gone, and
+# ends by itself once the stub ($2) is.
+_WATCHDOG = 'while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 1; done; kill -9 "$2" 2>/dev/null'
+_watchdogs: list[subprocess.Popen[bytes]] = []
+
+
 def exit_with_parent(poll_s: float = 0.5) -> None:
     """End this stub when tritonserver, its parent, is gone (killed with -9, e.g. with `rsd serve`):
     the Python backend's stub runs on unnoticed otherwise (measured: still alive 30 s later), holding
-    its memory and models. A daemon thread polls the parent pid; one per process."""
+    its memory and models. Two watchers, one per process:
+    - a daemon thread polls the parent pid, logs, and exits;
+    - a `sh` loop beside the stub, outside its interpreter, SIGKILLs it. A thread is not enough:
+      when tritonserver dies while the stub's main thread waits on it (Stub::ProcessRequests
+      reporting an execute done), that thread holds the GIL forever and no Python thread runs
+      again (seen with gdb on an orphaned rsd stub: the stub's own parent check in ~Stub()
+      waits for the GIL too)."""
     if any(t.name == "parent-watch" for t in threading.enumerate()):
         return
     parent = os.getppid()
+    _watchdogs.append(subprocess.Popen(["/bin/sh", "-c", _WATCHDOG, "rsd-stub-watchdog", str(parent), str(os.getpid())],
+                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -102,7 +117,6 @@ def exit_with_parent(poll_s: float = 0.5) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
 
 
 @dataclass(slots=True)
