@@ -1,6 +1,6 @@
 """Why the torch engine keeps torch twins of two core rules (issue 25), each against the one numpy
 rule on the hot path they would share; interleaved, best of `--repeats`; the ratios go to
-BENCHMARKS.md, "Log-prob rule: numpy rule vs torch twin". tests/test_sampling_agreement.py
+BENCHMARKS.md, "Designs tried and not taken" (the tables: docs/benchmarks-history.md). tests/test_sampling_agreement.py
 checks that each twin agrees with its rule.
 - scoring: runtime.core.sampling.sequence_logprob (float64) vs runtime.engines.torch.sampling.
   logprob_rows (float32 on the rows' device), GSI's target scoring of a candidate (rows [tokens, vocab]);
