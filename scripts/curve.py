@@ -364,24 +364,14 @@ def _with_server(pipeline: str, out: Path, sweep: Any) -> None:
     from runtime.deploy.config import load_serve_config
     from runtime.deploy.repo import render_repository
     from runtime.deploy.server import TritonServer, free_ports
-    from runtime.deploy.supervisor import RestartPolicy, Supervisor
+    from runtime.deploy.supervisor import RestartPolicy, Supervisor, supervised
 
     http, grpc, metrics = free_ports(3)
     cfg = load_serve_config(REPO_ROOT / "configs" / "triton" / "torch_cpu.yaml").with_overrides(
         pipeline=pipeline, http_port=http, grpc_port=grpc, metrics_port=metrics)
     server = TritonServer(render_repository(cfg, out / "repo"), http, grpc, metrics, log_file=out / "tritonserver.log")
-    supervisor = Supervisor(server, RestartPolicy(max_restarts=0), grace_s=10)
-    stop, ready = threading.Event(), threading.Event()
-    thread = threading.Thread(target=supervisor.run, args=(stop, ready.set), daemon=True)
-    thread.start()
-    if not ready.wait(300):
-        raise SystemExit(f"the server did not start; see {out / 'tritonserver.log'}")
-    try:
+    with supervised(Supervisor(server, RestartPolicy(max_restarts=0), grace_s=10)):
         sweep(f"127.0.0.1:{grpc}", server.processes())
-    finally:
-        stop.set()
-        thread.join(120)
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,7 +19,6 @@ import argparse
 import os
 import re
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from runtime.clients.soak import soak
 from runtime.config import REPO_ROOT
 from runtime.deploy.processes import rss_bytes
 from runtime.deploy.server import TritonServer, free_ports
-from runtime.deploy.supervisor import RestartPolicy, Supervisor
+from runtime.deploy.supervisor import RestartPolicy, Supervisor, supervised
 
 CRASH = re.compile(r"Segmentation fault|malloc|double free|corrupted|core dumped|not healthy|Cannot remove future|"
                    r"Traceback", re.IGNORECASE)
@@ -67,20 +66,14 @@ def _with_server(args: argparse.Namespace) -> int:
         max_running_rows=args.max_running_rows, max_queue_size=args.max_queue_size,
         queue_timeout_s=args.queue_timeout_s)
     server = TritonServer(render_repository(cfg, out / "repo"), http, grpc, metrics, log_file=out / "tritonserver.log")
-    supervisor = Supervisor(server, RestartPolicy(max_restarts=3), grace_s=10)
-    stop, ready = threading.Event(), threading.Event()
-    thread = threading.Thread(target=supervisor.run, args=(stop, ready.set), daemon=True)
-    thread.start()
-    if not ready.wait(300):
-        print(f"the server did not start; see {out / 'tritonserver.log'}", file=sys.stderr)
-        return 1
     load = os.getloadavg()
     try:
-        result = soak(f"127.0.0.1:{grpc}", 60 * args.minutes, args.concurrency, args.warmup_s,
-                      processes=server.processes, rss=rss_bytes, base={"max_tokens": args.max_tokens})
-    finally:
-        stop.set()
-        thread.join(120)
+        with supervised(Supervisor(server, RestartPolicy(max_restarts=3), grace_s=10)) as supervisor:
+            result = soak(f"127.0.0.1:{grpc}", 60 * args.minutes, args.concurrency, args.warmup_s,
+                          processes=server.processes, rss=rss_bytes, base={"max_tokens": args.max_tokens})
+    except TimeoutError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     crashes = [line for line in (out / "tritonserver.log").read_text(errors="replace").splitlines() if CRASH.search(line)]
     print(result.summary())
     grown = {name: g for name, g in result.rss_growth().items() if g > args.max_rss_growth}

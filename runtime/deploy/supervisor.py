@@ -21,7 +21,8 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -263,3 +264,21 @@ def _missing_stub(expected: dict[str, int], seen: dict[int, str], now: dict[int,
         if running < count:
             return f"model '{model}' runs {running} of its {count} stub(s)"
     return None
+
+
+@contextmanager
+def supervised(supervisor: Supervisor, start_timeout_s: float = 300.0) -> Iterator[Supervisor]:
+    """`supervisor.run` in a thread, as `rsd serve` runs it, for scripts (soak, curve): yields once
+    the server serves (TimeoutError naming its log if it does not); on exit drains and stops it and
+    kills whatever is left."""
+    stop, ready = threading.Event(), threading.Event()
+    thread = threading.Thread(target=supervisor.run, args=(stop, ready.set), daemon=True)
+    thread.start()
+    try:
+        if not ready.wait(start_timeout_s):
+            raise TimeoutError(f"the server did not start within {start_timeout_s:g} s; see {supervisor.server.log_file}")
+        yield supervisor
+    finally:
+        stop.set()
+        thread.join(120)
+        supervisor.server.kill()
