@@ -99,7 +99,9 @@ class PrmSpec:
     def __post_init__(self) -> None:
         w = self.where
         if not self.format.has_head:
-            raise ConfigError(f"{w}.format", "a likelihood PRM has no head: build it as an LM engine")
+            raise ConfigError(f"{w}.format", f"a {self.format.value} PRM has no head to build: "
+                                             + ("build it as an LM engine" if self.format.has_model
+                                                else "it reads the draft's own log-probs"))
         if self.format is PrmKind.TWO_CLASS:
             if self.head_layout is not HeadLayout.TWO_CLASS_CUSTOM:
                 raise ConfigError(f"{w}.head_layout", "format two_class needs head_layout two_class_custom")

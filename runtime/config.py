@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.core import validate
+from runtime.core.confidence import REDUCTIONS
 from runtime.core.errors import ConfigError, RequestValidationError
 from runtime.core.params import RequestParams
 from runtime.core.segment import DEFAULT_DELIMITER
@@ -24,10 +25,17 @@ PRM_FORMATS = tuple(k.value for k in PrmKind)
 
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
-    path: Path
+    path: Path | None  # None only for a confidence PRM (no model)
     dtype: str = "float32"
     device: str = "cpu"
-    format: str | None = None  # PRM only: value_head | two_class | likelihood
+    format: str | None = None  # PRM only: value_head | two_class | likelihood | confidence
+    reduction: str | None = None  # confidence PRM only: mean | min | last (runtime.core.confidence)
+
+    @property
+    def folder(self) -> Path:
+        """The model's folder (every model but a confidence PRM has one)."""
+        assert self.path is not None, "only a confidence PRM has no folder"
+        return self.path
 
     def __post_init__(self) -> None:
         validate.choice("dtype", self.dtype, DTYPES)
@@ -35,6 +43,15 @@ class ModelConfig:
             validate.fail("device", f"unknown value {self.device!r}; expected one of {', '.join(DEVICES)} or cuda:N")
         if self.format is not None:
             validate.choice("format", self.format, PRM_FORMATS)
+        confidence = self.format == PrmKind.CONFIDENCE.value
+        if self.reduction is not None:
+            if not confidence:
+                validate.fail("reduction", "only a confidence PRM (format: confidence) reduces log-probs")
+            validate.choice("reduction", self.reduction, REDUCTIONS)
+        if confidence and self.path is not None:
+            validate.fail("path", "a confidence PRM has no model: it reads the draft's own log-probs")
+        if not confidence and self.path is None:
+            validate.fail("path", "required")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +119,9 @@ def _model(key: str, spec: Any, base: Path) -> ModelConfig:
     if isinstance(spec, str):
         spec = {"path": spec}
     spec = validate.known_keys(key, spec, {f.name for f in dataclasses.fields(ModelConfig)})
-    path = validate.resolve_path(validate.required(key, spec, "path"), base)
+    confidence = key == "models.prm" and spec.get("format") == PrmKind.CONFIDENCE.value
+    path = None if confidence and spec.get("path") is None else validate.resolve_path(
+        validate.required(key, spec, "path"), base)
     try:
         return ModelConfig(**{**spec, "path": path})
     except ConfigError as exc:

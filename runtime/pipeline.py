@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.core.errors import RequestValidationError
 from runtime.core.loop import Request, run_request
 from runtime.core.methods import Engines
+from runtime.core.methods.rsd import BudgetWindow
 from runtime.core.params import RequestParams
 from runtime.core.protocols import Tokenizer
 from runtime.core.segment import StepSegmenter
@@ -45,6 +46,8 @@ class Pipeline:
     prompt_template: str
     defaults: RequestParams
     max_len: int
+    # the recent steps a target budget with scope server counts over: one per pipeline, shared by its requests
+    budget_window: BudgetWindow = field(default_factory=BudgetWindow)
 
     def params(self, values: RequestParams | Mapping[str, Any] | None = None) -> RequestParams:
         if isinstance(values, RequestParams):
@@ -66,7 +69,7 @@ class Pipeline:
 
     def run(self, request: Request) -> AsyncIterator[StepEvent]:
         """The steps of a request built by `request` (which tokenises; servers call it off their loop)."""
-        return run_request(request, self.engines, self.tokenizer, self.segmenter, self.max_len)
+        return run_request(request, self.engines, self.tokenizer, self.segmenter, self.max_len, self.budget_window)
 
     async def generate(self, question: str, params: RequestParams | Mapping[str, Any] | None = None,
                        request_id: str | None = None) -> Result:

@@ -11,7 +11,7 @@ from runtime.core.methods import Engines
 from runtime.core.params import RequestParams
 from runtime.core.segment import StepSegmenter
 from runtime.eval.datasets import Problem
-from runtime.eval.report import plot_accuracy_vs_flops, write_results
+from runtime.eval.report import plot_accuracy_vs_budget, plot_accuracy_vs_flops, write_results
 from runtime.eval.runner import plan_runs, run_one, summary_table
 from runtime.pipeline import Pipeline
 from support.fakes import FakePRM, FakeTokenizer, ScriptedLM
@@ -32,6 +32,25 @@ def test_plan_sweeps_thresholds_for_rsd_only() -> None:
     assert [r.label for r in runs] == ["target", "rsd@0.3", "rsd@0.9", "gsi"]
     assert [r.threshold for r in runs] == [None, 0.3, 0.9, None]
     assert all(r.params.temperature == 0.5 for r in runs)
+
+
+def test_plan_sweeps_target_budgets_for_rsd_only() -> None:
+    runs = plan_runs(["target", "rsd"], [0.5, 0.9], RequestParams(target_budget=0.3), [1.0, 0.2])
+    assert [r.label for r in runs] == ["target", "rsd@0.5", "rsd@0.5 b0.2", "rsd@0.9", "rsd@0.9 b0.2"]
+    assert [r.target_budget for r in runs] == [None, 1.0, 0.2, 1.0, 0.2]
+    assert runs[0].params.target_budget == 1.0  # target-only has no budget to keep
+
+
+def test_a_budget_caps_the_targets_share_in_a_run() -> None:
+    problems = [Problem(id=str(i), question="ab", answer="2") for i in range(3)]
+    (run,) = plan_runs(["rsd"], [0.5], RequestParams(), [0.5])
+    rsd, outcomes = asyncio.run(run_one(pipeline(), problems, run, concurrency=2))
+    # the draft's "\boxed{1}" second step would be rewritten (see below), and the budget allows it:
+    # step 2 of 2 may be the target's (1 <= floor(0.5 * 2)), and it scored lowest
+    assert rsd.target_budget == 0.5 and rsd.target_step_share == 0.5 and rsd.accuracy == 1.0
+    (run,) = plan_runs(["rsd"], [0.5], RequestParams(), [0.4])  # floor(0.4 * 2) = 0: nothing to spend
+    rsd, outcomes = asyncio.run(run_one(pipeline(), problems, run, concurrency=2))
+    assert rsd.target_step_share == 0.0 and rsd.accuracy == 0.0
 
 
 def test_runs_are_graded_and_counted() -> None:
@@ -68,6 +87,10 @@ def test_plot_is_written(tmp_path: Path) -> None:
                  for run in plan_runs(["target", "draft", "rsd"], [0.05, 0.5, 0.95], RequestParams())]
     path = plot_accuracy_vs_flops(tmp_path, summaries, "test")
     assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG"
+    budgets = [asyncio.run(run_one(pipeline(), problems, run, 1))[0]
+               for run in plan_runs(["rsd"], [0.5, 0.95], RequestParams(), [1.0, 0.5, 0.0])]
+    path = plot_accuracy_vs_budget(tmp_path, budgets, "test")
+    assert path.name == "accuracy_vs_budget.png" and path.read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.slow
@@ -86,3 +109,11 @@ def test_eval_cli_end_to_end(tiny_config: Path, tmp_path: Path) -> None:
     assert [r["label"] for r in runs] == ["target", "rsd@0.5"]
     assert main(["eval", "--config", str(tiny_config), "--dataset", str(data), "--methods", "nope",
                  "--out", str(tmp_path / "o")]) == 2
+    assert main(["eval", "--config", str(tiny_config), "--dataset", str(data), "--methods", "rsd", "--thresholds",
+                 "1.01", "--target-budgets", "1,0", "--out", str(tmp_path / "b"), "--max-tokens", "8"]) == 0
+    runs = json.loads((tmp_path / "b" / "results.json").read_text())["runs"]
+    assert [(r["label"], r["target_budget"]) for r in runs] == [("rsd@1.01", 1.0), ("rsd@1.01 b0", 0.0)]
+    assert runs[0]["target_step_share"] == 1.0 and runs[1]["target_step_share"] == 0.0
+    assert (tmp_path / "b" / "accuracy_vs_budget.png").is_file()
+    assert main(["eval", "--config", str(tiny_config), "--dataset", str(data), "--methods", "rsd",
+                 "--target-budgets", "2", "--out", str(tmp_path / "b")]) == 2  # names target_budget

@@ -145,10 +145,12 @@ def test_one_prm_format_type_everywhere() -> None:
     from runtime.config import PRM_FORMATS
     from runtime.engines.prm_format import PRM_FORMATS as HEAD_FORMATS
 
-    assert PRM_FORMATS == ("value_head", "two_class", "likelihood")
+    assert PRM_FORMATS == ("value_head", "two_class", "likelihood", "confidence")
     assert HEAD_FORMATS == tuple(k.value for k in PrmKind if k.has_head) == ("value_head", "two_class")
     with pytest.raises(ConfigError, match="prm.format: a likelihood PRM has no head"):
         PrmSpec(format=PrmKind.LIKELIHOOD, head_layout=HeadLayout.SCORE_HEAD, num_labels=1, separator="\n\n")
+    with pytest.raises(ConfigError, match="prm.format: a confidence PRM has no head to build: it reads the draft"):
+        PrmSpec(format=PrmKind.CONFIDENCE, head_layout=HeadLayout.SCORE_HEAD, num_labels=1, separator="\n\n")
 
 
 def test_devices() -> None:

@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.assembly.common import generators, prm_tokenizer, shared_verifier
+from runtime.assembly.common import confidence_verifier, generators, prm_tokenizer, shared_verifier
 from runtime.config import PipelineConfig
 from runtime.core.errors import ConfigError
 from runtime.core.methods import Engines
@@ -77,7 +77,9 @@ def build_bls_pipeline(cfg: PipelineConfig, transport: SubModelTransport, names:
     pad_id = tok.tok.pad_token_id if tok.tok.pad_token_id is not None else end_id
     words = stop_words(tok, cfg.step_delimiter, end_id)
     lms = {role: _lm(role, path, names, transport, segmenter, tok, end_id, pad_id, words) for role, path in paths.items()}
-    prm = _prm(cfg, transport, names, lms, tok) if cfg.prm is not None else None
+    prm = confidence_verifier(cfg)
+    if prm is None and cfg.prm is not None:
+        prm = _prm(cfg, transport, names, lms, tok)
     engines = Engines(draft=lms.get("draft"), target=lms.get("target"), prm=prm)
     max_len = min(lm.max_len for lm in lms.values())
     return Pipeline(engines, tok, segmenter, cfg.prompt_template, cfg.defaults, max_len)
@@ -117,7 +119,7 @@ def _model_vocab(path: Path, tok: HFTokenizer) -> int:
 def _prm(cfg: PipelineConfig, transport: SubModelTransport, names: SubModels, lms: dict[str, TritonLM],
          tok: HFTokenizer) -> TritonPRM | LikelihoodPRM:
     assert cfg.prm is not None and cfg.prm.format is not None, "PipelineConfig requires a PRM format"
-    path = check_folder(cfg.prm.path, "models.prm.path")
+    path = check_folder(cfg.prm.folder, "models.prm.path")
     own_tok = prm_tokenizer(cfg, tok)
     if cfg.prm.format != "likelihood":
         fmt = make_prm_format(cfg.prm.format, own_tok, "models.prm")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.assembly.common import Generators, generators, prm_tokenizer, shared_verifier
+from runtime.assembly.common import Generators, confidence_verifier, generators, prm_tokenizer, shared_verifier
 from runtime.config import EngineConfig, ModelConfig, PipelineConfig
 from runtime.core.errors import ConfigError
 from runtime.core.methods import Engines
@@ -19,10 +19,10 @@ def build_pipeline(cfg: PipelineConfig) -> Pipeline:
     lms = {role: lm_for(role, m, gen, cfg.engine) for role, m in gen.models.items()}
     if len(lms) == 2 and lms["draft"].vocab_size != lms["target"].vocab_size:
         raise ConfigError("models", "draft and target logits have different vocabulary sizes")
-    prm: Any = None
-    if cfg.prm is not None and cfg.prm.format == "likelihood":
+    prm: Any = confidence_verifier(cfg)
+    if prm is None and cfg.prm is not None and cfg.prm.format == "likelihood":
         prm = LikelihoodPRM(_verifier(cfg, lms, gen), gen.tok, cfg.prompt_template, cfg.step_delimiter)
-    elif cfg.prm is not None:
+    elif prm is None and cfg.prm is not None:
         prm = prm_for(cfg.prm, cfg.engine)
     engines = Engines(draft=lms.get("draft"), target=lms.get("target"), prm=prm)
     link_schedulers(engines)
@@ -31,13 +31,13 @@ def build_pipeline(cfg: PipelineConfig) -> Pipeline:
 
 
 def lm_for(role: str, model: ModelConfig, gen: Generators, engine: EngineConfig) -> TorchLM:
-    return build_lm(role, model.path, model.dtype, model.device, gen.segmenter, gen.tok, engine.max_batch_rows,
+    return build_lm(role, model.folder, model.dtype, model.device, gen.segmenter, gen.tok, engine.max_batch_rows,
                     engine.lean_forward, engine.kv_cache_mb)
 
 
 def prm_for(model: ModelConfig, engine: EngineConfig, with_format: bool = True) -> Any:
     assert model.format is not None, "PipelineConfig requires a PRM format"
-    return build_prm(model.path, model.format, model.dtype, model.device, engine.max_batch_rows, with_format,
+    return build_prm(model.folder, model.format, model.dtype, model.device, engine.max_batch_rows, with_format,
                      engine.lean_forward, engine.kv_cache_mb)
 
 

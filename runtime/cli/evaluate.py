@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ev.add_argument("--dataset", required=True, help="embedded, gsm8k, math500, gsm8k-test100, or a .jsonl path")
     ev.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma list (default {DEFAULT_METHODS})")
     ev.add_argument("--thresholds", default=DEFAULT_THRESHOLDS, help="RSD thresholds to sweep")
+    ev.add_argument("--target-budgets", help="RSD target budgets to sweep, e.g. 1,0.5,0.2 (the target writes at most "
+                                             "this share of the steps; default: --target-budget)")
     ev.add_argument("--limit", type=int, help="first N problems only")
     ev.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
     ev.add_argument("--out", required=True, help="output folder (results.json, samples.jsonl, plot)")
@@ -49,7 +51,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from runtime.assembly.torch import build_pipeline
     from runtime.config import load_config
     from runtime.eval.datasets import resolve_dataset
-    from runtime.eval.report import plot_accuracy_vs_flops, write_results
+    from runtime.eval.report import plot_accuracy_vs_budget, plot_accuracy_vs_flops, write_results
     from runtime.eval.runner import plan_runs, run_one, summary_table
 
     methods = parse_list(args.methods, "methods", str)
@@ -65,7 +67,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError("dataset", f"{args.dataset} has no problems")
     config = load_config(args.config)
     pipeline = build_pipeline(config)
-    runs = plan_runs(methods, thresholds, pipeline.params(param_values(args)))
+    base = pipeline.params(param_values(args))
+    budgets = (parse_list(args.target_budgets, "target_budgets", float) if args.target_budgets
+               else [base.target_budget])
+    runs = plan_runs(methods, thresholds, base, budgets)
     warm_up(pipeline, problems[0].question)
     done = []
     with tqdm(total=len(runs) * len(problems), desc="rsd eval", unit="problem") as bar:
@@ -78,9 +83,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out)
     write_results(out, meta, done)
     summaries = [summary for summary, _ in done]
-    plot = plot_accuracy_vs_flops(out, summaries, f"{args.dataset}: accuracy vs compute ({len(problems)} problems)")
+    plots = [plot_accuracy_vs_flops(out, summaries, f"{args.dataset}: accuracy vs compute ({len(problems)} problems)")]
+    if len(budgets) > 1:
+        plots.append(plot_accuracy_vs_budget(out, summaries, f"{args.dataset}: RSD under a target budget "
+                                                             f"({len(problems)} problems)"))
     print(summary_table(summaries))
-    print(f"\nwrote {out / 'results.json'}, {out / 'samples.jsonl'} and {plot}")
+    print(f"\nwrote {out / 'results.json'}, {out / 'samples.jsonl'} and {', '.join(map(str, plots))}")
     return 0
 
 

@@ -18,6 +18,7 @@ METHOD_NAMES = ("rsd", "gsi", "cos", "sd", "target", "draft", "bon")
 OMEGAS = ("step", "linear", "sigmoid")
 COMBINES = ("we", "cd")
 BON_MODELS = ("draft", "target")
+BUDGET_SCOPES = ("request", "server")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,10 @@ class RequestParams:
     threshold: float = 0.7
     omega: str = "step"
     omega_sharpness: float = 20.0  # sigmoid omega: 1 / (1 + exp(-sharpness * (r - threshold)))
+    # RSD: the largest share of steps the target may write (1: no cap; runtime.core.methods.rsd), counted
+    # over this request's steps ("request") or over the server's recent budgeted steps ("server")
+    target_budget: float = 1.0
+    target_budget_scope: str = "request"
     # Sampling, shared by every generator call (draft and target alike; runtime.core.sampling).
     # temperature 0 (or top_k 1) means greedy; top_k 0 is off.
     temperature: float = 0.0
@@ -70,6 +75,11 @@ class RequestParams:
         _choice("bon_model", self.bon_model, BON_MODELS)
         _number("threshold", self.threshold, lo=0.0)
         _number("omega_sharpness", self.omega_sharpness, lo=0.0, lo_open=True)
+        _number("target_budget", self.target_budget, lo=0.0, hi=1.0)
+        _choice("target_budget_scope", self.target_budget_scope, BUDGET_SCOPES)
+        if self.target_budget < 1.0 and self.method != "rsd":
+            raise RequestValidationError("target_budget", f"caps RSD's target steps; method {self.method} has no "
+                                         "such cap (leave target_budget at 1)")
         _number("temperature", self.temperature, lo=0.0, hi=100.0)
         _number("top_p", self.top_p, lo=0.0, hi=1.0, lo_open=True)
         _integer("top_k", self.top_k, lo=0)

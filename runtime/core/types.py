@@ -20,16 +20,24 @@ class PrmKind(str, Enum):  # not StrEnum: Triton 24.10's Python is 3.10
     value_head (Skywork-o1-Open-PRM): a scalar head, sigmoid at each step separator.
     two_class (Qwen2.5-Math-PRM): a two-logit head, softmax[1] at each `<extra_0>`.
     likelihood: no head; an LM's mean log-likelihood of the step is the reward.
+    confidence: no model; the producing model's own token log-probs of the step give the reward
+    (runtime.core.confidence).
     """
 
     VALUE_HEAD = "value_head"
     TWO_CLASS = "two_class"
     LIKELIHOOD = "likelihood"
+    CONFIDENCE = "confidence"
 
     @property
     def has_head(self) -> bool:
         """A trained reward head (a PRM engine of its own), not an LM scoring its own text."""
-        return self is not PrmKind.LIKELIHOOD
+        return self in (PrmKind.VALUE_HEAD, PrmKind.TWO_CLASS)
+
+    @property
+    def has_model(self) -> bool:
+        """A model of its own to load (a folder): every format but confidence."""
+        return self is not PrmKind.CONFIDENCE
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +157,8 @@ class RewardRequest:
     question: str
     steps: tuple[str, ...]  # accepted steps, delimiter removed
     candidates: tuple[str, ...]  # [n] candidate next steps, delimiter removed
+    # [n] each candidate's token log-probs from the model that wrote it (the confidence verifier reads them)
+    logprobs: tuple[tuple[float, ...], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

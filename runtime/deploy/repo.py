@@ -87,9 +87,11 @@ def model_values(role: str, template: str, cfg: ServeConfig, pipeline: PipelineC
 
 
 def roles_served(pipeline: PipelineConfig, backend: str = "torch") -> list[str]:
-    """The models to serve: a likelihood PRM sharing a generator's weights needs no model of its own;
+    """The models to serve: a likelihood PRM sharing a generator's weights needs no model of its own,
+    nor does a confidence PRM;
     on trtllm a reward-head PRM is `prm` (the PRM contract) calling `prm_engine` (the engine)."""
-    roles = [role for role in ("draft", "target", "prm") if getattr(pipeline, role) is not None]
+    roles = [role for role in ("draft", "target", "prm") if getattr(pipeline, role) is not None
+             and not (role == "prm" and pipeline.prm is not None and pipeline.prm.path is None)]  # confidence: no model
     served = ["rsd"] + [r for r in roles if not (r == "prm" and shared_verifier(pipeline) is not None)]
     if "prm" in served and template_of("prm", backend, pipeline) == "trtllm_prm":
         served.append(PRM_ENGINE_MODEL)

@@ -48,9 +48,10 @@ def launch_for(cfg: ServeConfig) -> Launch:
 def mounted_paths(cfg: ServeConfig, pipeline: PipelineConfig) -> list[Path]:
     """Folders the rendered repository names: the pipeline config's, the model folders
     (tokenizers), and for trtllm the engine folders."""
-    paths = [cfg.pipeline.parent] + [m.path for m in (pipeline.draft, pipeline.target, pipeline.prm) if m]
+    paths = [cfg.pipeline.parent] + [m.path for m in (pipeline.draft, pipeline.target, pipeline.prm) if m and m.path]
     if cfg.trtllm is not None:
-        torch_prm = cfg.trtllm.prm == "torch" and pipeline.prm is not None and pipeline.prm.format != "likelihood"
+        torch_prm = (cfg.trtllm.prm == "torch" and pipeline.prm is not None
+                     and pipeline.prm.format not in ("likelihood", "confidence"))
         paths += [cfg.trtllm.engine_dir(e.role) for e in cfg.trtllm.engines
                   if getattr(pipeline, e.role, None) is not None and not (e.role == "prm" and torch_prm)]
     return paths

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.core.errors import RsdError
+from runtime.core.methods.rsd import BudgetWindow
 from runtime.core.params import RequestParams
 from runtime.core.stats import RequestStats
 from runtime.eval.datasets import Problem
@@ -35,6 +36,10 @@ class EvalRun:
     def threshold(self) -> float | None:
         return self.params.threshold if self.params.method in THRESHOLD_METHODS else None
 
+    @property
+    def target_budget(self) -> float | None:
+        return self.params.target_budget if self.params.method in THRESHOLD_METHODS else None
+
 
 @dataclass(frozen=True, slots=True)
 class ProblemOutcome:
@@ -54,6 +59,7 @@ class RunSummary:
     label: str
     method: str
     threshold: float | None
+    target_budget: float | None  # RSD's cap on the target's share of steps (1: none)
     problems: int
     correct: int
     accuracy: float
@@ -74,21 +80,26 @@ class RunSummary:
         return dataclasses.asdict(self)
 
 
-def plan_runs(methods: Sequence[str], thresholds: Sequence[float], base: RequestParams) -> list[EvalRun]:
+def plan_runs(methods: Sequence[str], thresholds: Sequence[float], base: RequestParams,
+              budgets: Sequence[float] = (1.0,)) -> list[EvalRun]:
+    """One run per method; RSD once per threshold and target budget ("rsd@0.7", "rsd@0.7 b0.3")."""
     runs = []
     for method in methods:
         if method in THRESHOLD_METHODS:
-            runs += [EvalRun(f"{method}@{t:g}", dataclasses.replace(base, method=method, threshold=t))
-                     for t in thresholds]
+            runs += [EvalRun(f"{method}@{t:g}" + (f" b{b:g}" if b < 1 else ""),
+                             dataclasses.replace(base, method=method, threshold=t, target_budget=b))
+                     for t in thresholds for b in budgets]
         else:
-            runs.append(EvalRun(method, dataclasses.replace(base, method=method)))
+            runs.append(EvalRun(method, dataclasses.replace(base, method=method, target_budget=1.0)))
     return runs
 
 
 async def run_one(pipeline: Pipeline, problems: Sequence[Problem], run: EvalRun, concurrency: int,
                   on_done: Any = None) -> tuple[RunSummary, list[ProblemOutcome]]:
-    """All problems through one run, `concurrency` requests in flight at a time."""
+    """All problems through one run, `concurrency` requests in flight at a time. Each run starts with an
+    empty budget window (target_budget_scope server), as a fresh server would."""
     gate = asyncio.Semaphore(concurrency)
+    pipeline = dataclasses.replace(pipeline, budget_window=BudgetWindow())
 
     async def solve(problem: Problem) -> Result | RsdError:
         async with gate:
@@ -123,7 +134,8 @@ def _summary(run: EvalRun, outcomes: list[ProblemOutcome], stats: RequestStats, 
     tokens = {role: {"prefill": c.prefill_tokens, "decode": c.decode_tokens, "generated": c.generated_tokens}
               for role, c in sorted(stats.models.items())}
     return RunSummary(
-        label=run.label, method=run.params.method, threshold=run.threshold, problems=n, correct=correct,
+        label=run.label, method=run.params.method, threshold=run.threshold, target_budget=run.target_budget,
+        problems=n, correct=correct,
         accuracy=correct / n if n else 0.0, errors=sum(o.error is not None for o in outcomes),
         target_step_share=stats.target_step_share, target_token_share=stats.target_token_share,
         step_acceptance_rate=stats.step_acceptance_rate, tokens_per_model=tokens,

@@ -64,7 +64,7 @@ class TokenCounter:
         cfg = load_config(path)
         model = cfg.target or cfg.draft
         assert model is not None, "PipelineConfig requires a draft or a target"
-        tok = load_tokenizer(check_folder(model.path, "models.target.path"), "models.target.path")
+        tok = load_tokenizer(check_folder(model.folder, "models.target.path"), "models.target.path")
         return cls(tok.encode_prompt, tok.encode, cfg.prompt_template)
 
     def prompt(self, question: str) -> int:

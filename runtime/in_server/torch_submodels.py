@@ -292,9 +292,9 @@ def build_lm_submodel(cfg: PipelineConfig, role: str, cache_requests: int, threa
     if model is None:
         raise ConfigError(f"models.{role}", f"the pipeline config has no {role} model")
     set_threads(threads or cfg.engine.torch_threads)
-    tok = load_tokenizer(check_folder(model.path, f"models.{role}.path"), f"models.{role}.path")
+    tok = load_tokenizer(check_folder(model.folder, f"models.{role}.path"), f"models.{role}.path")
     segmenter = StepSegmenter(tok.piece, tok.eos_ids, cfg.step_delimiter)
-    lm = build_lm(role, model.path, model.dtype, model.device, segmenter, tok, cfg.engine.max_batch_rows,
+    lm = build_lm(role, model.folder, model.dtype, model.device, segmenter, tok, cfg.engine.max_batch_rows,
                   cfg.engine.lean_forward, cfg.engine.kv_cache_mb)
     return LmSubModel(lm, SessionTable(lm, cache_requests))
 

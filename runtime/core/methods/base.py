@@ -49,6 +49,10 @@ class StepContext:
     rng: np.random.Generator
     rule: StepRule
     calls: EngineCalls
+    # what a target budget counts over (RSD's target_budget_scope): the steps target_budget_steps of which
+    # the target wrote, and their rewards; this request's judged steps so far, or the server's recent ones
+    budget_rewards: tuple[float, ...] = ()
+    budget_target_steps: int = 0
     # (cap, min new tokens) of the next step if a generation were accepted now; None: it would end the request
     next_step: Callable[[Generation], tuple[int, int] | None] | None = None
 
@@ -72,7 +76,9 @@ class StepContext:
         if after is not None:
             self.calls.start_early(role, self.rule.step_request(self.prefix + gen.token_ids, *after, self.next_seed()))
 
-    async def rewards(self, candidates: tuple[tuple[int, ...], ...]) -> tuple[float, ...]:
-        """The PRM's reward of each candidate step after the accepted ones."""
-        texts = tuple(prm_step_text(self.tokenizer.decode(ids), self.segmenter.delimiter) for ids in candidates)
-        return await self.calls.rewards(RewardRequest(self.question, self.steps, texts))
+    async def rewards(self, candidates: tuple[Generation, ...]) -> tuple[float, ...]:
+        """The PRM's reward of each candidate step after the accepted ones (with their token log-probs,
+        which the rule asks of every step when the PRM reads them: StepRule.logprobs)."""
+        texts = tuple(prm_step_text(self.tokenizer.decode(c.token_ids), self.segmenter.delimiter) for c in candidates)
+        logprobs = tuple(c.token_logprobs for c in candidates) if self.rule.logprobs else ()
+        return await self.calls.rewards(RewardRequest(self.question, self.steps, texts, logprobs))

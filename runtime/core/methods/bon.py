@@ -30,7 +30,7 @@ class BestOfN:
     async def step(self, ctx: StepContext) -> StepOutcome:
         p = ctx.params
         candidates = await ctx.generate(p.bon_model, p.n)
-        rewards = np.array(await ctx.rewards(tuple(c.token_ids for c in candidates)))
+        rewards = np.array(await ctx.rewards(candidates))
         i = sample(softmax(p.beta * rewards), ctx.rng) if p.bon_soft else int(np.argmax(rewards))
         return StepOutcome(candidates[i].token_ids, candidates[i].finish, p.bon_model, float(rewards[i]),
                            token_logprobs=candidates[i].token_logprobs)

@@ -47,7 +47,7 @@ class Gsi:
         p = ctx.params
         candidates = await ctx.generate("draft", p.n, logprobs=True)
         ids = tuple(c.token_ids for c in candidates)
-        rewards = np.array(await ctx.rewards(ids))
+        rewards = np.array(await ctx.rewards(candidates))
         logp_target = np.array(await ctx.calls.score("target", ScoreRequest(ctx.prefix, ids, p.temperature)))
         logp_draft = np.array([c.logprob for c in candidates])
         tilted = p.beta * rewards + logp_target - logp_draft
@@ -57,7 +57,7 @@ class Gsi:
             return StepOutcome(chosen.token_ids, chosen.finish, "draft", float(rewards[i]), accepted=True,
                                token_logprobs=chosen.token_logprobs if p.return_log_probs else ())
         fallback = await ctx.generate("target", p.n)
-        fallback_rewards = np.array(await ctx.rewards(tuple(c.token_ids for c in fallback)))
+        fallback_rewards = np.array(await ctx.rewards(fallback))
         j = sample(softmax(p.beta * fallback_rewards), ctx.rng)
         return StepOutcome(fallback[j].token_ids, fallback[j].finish, "target", float(fallback_rewards[j]),
                            accepted=False, draft_token_ids=chosen.token_ids,

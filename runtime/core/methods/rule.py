@@ -23,6 +23,7 @@ class StepRule:
     params: RequestParams
     rules: LogitRules = NO_RULES  # the request's logit rules (runtime.core.stopping.logit_rules)
     generated: int = 0  # tokens the request has output before this step
+    logprobs: bool = False  # every step reports its token log-probs (the PRM reads them: runtime.core.confidence)
 
     def min_new_tokens(self, emitted: int = 0) -> int:
         """Tokens this step must still write before an end id may be drawn (`emitted` already)."""
@@ -44,8 +45,9 @@ class StepRule:
         """The one way a step request is built (a step now, or the next step started early: an early
         call is used only when it equals what is built then, seed aside)."""
         p = self.params
-        return StepRequest(prefix, n, p.temperature, p.top_p, cap, seed, logprobs or p.return_log_probs, p.top_k,
-                           self.rules, min_new, draft_tokens)
+        want_logprobs = logprobs or self.logprobs or p.return_log_probs
+        return StepRequest(prefix, n, p.temperature, p.top_p, cap, seed, want_logprobs, p.top_k, self.rules, min_new,
+                           draft_tokens)
 
     def propose_request(self, base: tuple[int, ...], gamma: int, emitted: int, seed: int) -> ProposeRequest:
         p = self.params
