@@ -141,3 +141,37 @@ def test_a_real_server_serves_rsd_with_the_confidence_verifier(tmp_path: Path, p
             lps = step.log_probs
             assert step.rewards[0] == pytest.approx(math.exp(sum(lps) / len(lps)), rel=1e-4)
         assert steps[-1].stats["models"]["prm"]["flops"] == 0
+
+
+def test_on_tensorrt_llm_the_verifier_reads_the_engines_own_output_log_probs(tmp_path: Path, tiny_config: Path) -> None:
+    """The trtllm layout on the strict TensorRT-LLM stand-in (tests/support/fake_trtllm*): no `prm` model is
+    rendered, each draft step asks the engine for `return_log_probs`, and its reward is read from them."""
+    import dataclasses
+
+    from trtllm_helpers import fake_serve_config
+
+    from runtime.assembly.bls import SubModels, build_bls_pipeline, parse_engines
+    from runtime.config import load_config
+    from runtime.deploy.repo import render_repository
+    from runtime.deploy.trtllm_launch import mounted_paths
+    from runtime.deploy.trtllm_repo import engine_facts, max_draft_len
+    from support.fake_trtllm_repo import FakeTransport, load_fake_engine
+
+    pipeline = confidence_config(tmp_path, tiny_config)
+    cfg = dataclasses.replace(fake_serve_config(tmp_path, tiny_config, prm="torch"), pipeline=pipeline)
+    assert cfg.trtllm is not None
+    repo = render_repository(cfg, tmp_path / "repo")
+    assert sorted(p.name for p in repo.iterdir()) == ["draft", "rsd", "target"]
+    assert cfg.trtllm.engine_dir("prm") not in mounted_paths(cfg, load_config(pipeline))
+    transport = FakeTransport({role: load_fake_engine(cfg.trtllm.engine_dir(role)) for role in ("draft", "target")})
+    names = SubModels(backend="trtllm", max_draft_len=max_draft_len(cfg),
+                      engines=parse_engines(engine_facts(cfg, ["draft", "target"])))
+    bls = build_bls_pipeline(load_config(pipeline), transport, names)
+    result = bls.generate_sync("1+1=", {"method": "rsd", "threshold": 0.0, "return_log_probs": True})
+    assert result.steps
+    assert any(step.token_ids for step in result.steps)
+    for step in result.steps:  # an empty step (the engine ended at once) scores 0
+        lps = step.token_logprobs
+        assert step.source == "draft" and len(lps) == len(step.token_ids)
+        assert step.reward == pytest.approx(math.exp(sum(lps) / len(lps)) if lps else 0.0, rel=1e-4)
+    assert "prm" not in transport.handlers

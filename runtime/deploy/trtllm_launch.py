@@ -50,10 +50,11 @@ def mounted_paths(cfg: ServeConfig, pipeline: PipelineConfig) -> list[Path]:
     (tokenizers), and for trtllm the engine folders."""
     paths = [cfg.pipeline.parent] + [m.path for m in (pipeline.draft, pipeline.target, pipeline.prm) if m and m.path]
     if cfg.trtllm is not None:
-        torch_prm = (cfg.trtllm.prm == "torch" and pipeline.prm is not None
-                     and pipeline.prm.format not in ("likelihood", "confidence"))
+        # no PRM engine: the torch PRM beside the engines, or a confidence PRM (no model at all)
+        no_prm_engine = pipeline.prm is not None and (
+            pipeline.prm.format == "confidence" or (cfg.trtllm.prm == "torch" and pipeline.prm.format != "likelihood"))
         paths += [cfg.trtllm.engine_dir(e.role) for e in cfg.trtllm.engines
-                  if getattr(pipeline, e.role, None) is not None and not (e.role == "prm" and torch_prm)]
+                  if getattr(pipeline, e.role, None) is not None and not (e.role == "prm" and no_prm_engine)]
     return paths
 
 
