@@ -28,6 +28,7 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from runtime.config import load_config
+from runtime.eval.separation import auroc
 from runtime.task import PROMPT_TEMPLATE, Problem, check_step, generate_problems, grade
 
 EVAL_SEED = 1234
@@ -166,16 +167,6 @@ def decode(m: Models, problems: list[Problem], threshold: float | None, only: st
             run.steps[i].append(s)
         live = [i for i, (_, done, _) in zip(live, out) if not done]
     return run
-
-
-def auroc(scores: list[float], labels: list[bool]) -> float:
-    """Probability that a correct step outscores an incorrect one (ties count half)."""
-    s, y = np.asarray(scores), np.asarray(labels, dtype=bool)
-    pos, neg = s[y], s[~y]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(greater / (len(pos) * len(neg)))
 
 
 @dataclass

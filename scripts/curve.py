@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from runtime.clients.client import RsdClient, ServerError  # noqa: E402
 from runtime.clients.loadtest import load_prompts  # noqa: E402
+from runtime.clients.soak import percentile  # noqa: E402
 from runtime.config import REPO_ROOT  # noqa: E402
 
 
@@ -72,16 +73,12 @@ class Point:
     def tps(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
 
-    def pct(self, values: list[float], q: float) -> float:
-        ordered = sorted(values)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
     def row(self) -> dict[str, Any]:
         return {"where": self.where, "method": self.method, "concurrency": self.concurrency,
                 "completed": len(self.latencies_s), "seconds": round(self.seconds, 2), "req_s": round(self.rps, 2),
-                "tokens_s": round(self.tps, 1), "p50_s": round(self.pct(self.latencies_s, 0.5), 3),
-                "p99_s": round(self.pct(self.latencies_s, 0.99), 3),
-                "first_step_p50_s": round(self.pct(self.first_step_s, 0.5), 3),
+                "tokens_s": round(self.tps, 1), "p50_s": round(percentile(self.latencies_s, 0.5), 3),
+                "p99_s": round(percentile(self.latencies_s, 0.99), 3),
+                "first_step_p50_s": round(percentile(self.first_step_s, 0.5), 3),
                 "refused": self.refused, "errors": len(self.errors), "first_errors": self.errors[:3]}
 
 
@@ -252,9 +249,9 @@ def table(points: list[Point], methods: list[str], levels: list[int]) -> str:
         inproc = by.get(("in-process", other, c))
         ratio = f"{b.tps / inproc.tps:.2f}x" if inproc is not None and inproc.tps else "-"
         lines.append(f"| {c} | {a.rps:.2f} | {b.rps:.2f} | **{b.rps / a.rps:.2f}x** | {a.tps:.0f} | {b.tps:.0f} | "
-                     f"{b.pct(b.latencies_s, 0.5):.2f} / {b.pct(b.latencies_s, 0.99):.2f} | "
-                     f"{b.pct(b.first_step_s, 0.5):.3f} | {a.refused}, {b.refused} | {len(a.errors) + len(b.errors)} | "
-                     f"{ratio} |")
+                     f"{percentile(b.latencies_s, 0.5):.2f} / {percentile(b.latencies_s, 0.99):.2f} | "
+                     f"{percentile(b.first_step_s, 0.5):.3f} | {a.refused}, {b.refused} | "
+                     f"{len(a.errors) + len(b.errors)} | {ratio} |")
     inproc_rows = [p for p in points if p.where == "in-process"]
     if inproc_rows:
         lines += ["", "| in process: concurrency | " + " | ".join(f"{m} tokens/s" for m in methods) + " |",

@@ -24,23 +24,15 @@ sys.path.insert(0, str(ROOT))
 
 from runtime.assembly.torch import build_pipeline  # noqa: E402
 from runtime.config import load_config  # noqa: E402
+from runtime.eval.separation import auroc  # noqa: E402
 from runtime.core.confidence import REDUCTIONS, confidence  # noqa: E402
+from runtime.core.segment import prm_step_text  # noqa: E402
 from runtime.core.types import RewardRequest, StepRequest  # noqa: E402
 from runtime.pipeline import Pipeline  # noqa: E402
 from runtime.task import Problem, check_step  # noqa: E402
 from runtime.task.problems import STEP_SEPARATOR, heldout_problems  # noqa: E402
 
 MAX_STEP_TOKENS = 24  # configs/default.yaml's max_step_tokens
-
-
-def auroc(scores: list[float], labels: list[bool]) -> float:
-    """P(a right step outscores a wrong one), ties half; nan without both kinds."""
-    right = [s for s, y in zip(scores, labels) if y]
-    wrong = [s for s, y in zip(scores, labels) if not y]
-    if not right or not wrong:
-        return float("nan")
-    wins = sum((r > w) + 0.5 * (r == w) for r in right for w in wrong)
-    return wins / (len(right) * len(wrong))
 
 
 async def judged_step(pipe: Pipeline, problem: Problem, done: int) -> tuple[bool, float, tuple[float, ...]]:
@@ -54,8 +46,7 @@ async def judged_step(pipe: Pipeline, problem: Problem, done: int) -> tuple[bool
         req = StepRequest(tuple(pipe.tokenizer.encode_prompt(text)), 1, 0.0, 1.0, MAX_STEP_TOKENS, 0,
                           want_logprobs=True)
         (gen,) = (await draft.generate(req)).generations
-        step = pipe.tokenizer.decode(gen.token_ids)
-        step = step[:-len(STEP_SEPARATOR)] if step.endswith(STEP_SEPARATOR) else step
+        step = prm_step_text(pipe.tokenizer.decode(gen.token_ids), STEP_SEPARATOR)
         (reward,) = (await prm.reward(RewardRequest(problem.question, history, (step,)))).rewards
     finally:
         draft.close()
@@ -66,7 +57,7 @@ async def judged_step(pipe: Pipeline, problem: Problem, done: int) -> tuple[bool
 async def rollout(pipe: Pipeline, problem: Problem) -> list[tuple[bool, float, tuple[float, ...]]]:
     """Every step of the draft's greedy solution (RSD at threshold 0 keeps them all, each scored)."""
     result = await pipe.generate(problem.question, {"method": "rsd", "threshold": 0.0, "return_log_probs": True})
-    steps = [s.text[:-len(STEP_SEPARATOR)] if s.text.endswith(STEP_SEPARATOR) else s.text for s in result.steps]
+    steps = [prm_step_text(s.text, STEP_SEPARATOR) for s in result.steps]
     return [(check_step(problem, steps[:i], step), float(e.reward or 0.0), e.token_logprobs)
             for i, (step, e) in enumerate(zip(steps, result.steps))]
 

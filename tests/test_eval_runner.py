@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,12 @@ def test_eval_cli_end_to_end(tiny_config: Path, tmp_path: Path) -> None:
     assert (tmp_path / "b" / "accuracy_vs_budget.png").is_file()
     assert main(["eval", "--config", str(tiny_config), "--dataset", str(data), "--methods", "rsd",
                  "--target-budgets", "2", "--out", str(tmp_path / "b")]) == 2  # names target_budget
+
+
+def test_auroc_by_hand() -> None:
+    from runtime.eval.separation import auroc
+
+    assert auroc([0.9, 0.2, 0.5], [True, False, False]) == 1.0
+    assert auroc([0.4, 0.2, 0.5], [True, False, False]) == 0.5  # beats 0.2, loses to 0.5
+    assert auroc([0.5, 0.5], [True, False]) == 0.5  # a tie counts half
+    assert math.isnan(auroc([0.5], [True]))

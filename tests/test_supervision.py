@@ -87,9 +87,14 @@ def test_a_child_dies_with_its_parent_even_on_kill_9(tmp_path):
     assert process_alive(child)
     parent.kill()
     parent.wait()
-    deadline = time.monotonic() + 10
-    while process_alive(child):
-        assert time.monotonic() < deadline, "the child outlived its parent"
+    wait_gone(child, 10, "the child outlived its parent")
+
+
+def wait_gone(pid: int, seconds: float, failure: str) -> None:
+    """Fails with `failure` unless process `pid` is gone within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while process_alive(pid):
+        assert time.monotonic() < deadline, failure
         time.sleep(0.05)
 
 
@@ -119,10 +124,7 @@ def test_a_stub_stuck_holding_the_gil_still_dies_with_tritonserver(tmp_path):
             time.sleep(0.05)
         server.kill()
         server.wait()
-        deadline = time.monotonic() + 20
-        while process_alive(child):
-            assert time.monotonic() < deadline, "a stub holding the GIL outlived tritonserver"
-            time.sleep(0.05)
+        wait_gone(child, 20, "a stub holding the GIL outlived tritonserver")
     finally:
         if process_alive(child):
             os.kill(child, 9)

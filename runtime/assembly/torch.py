@@ -20,10 +20,9 @@ def build_pipeline(cfg: PipelineConfig) -> Pipeline:
     if len(lms) == 2 and lms["draft"].vocab_size != lms["target"].vocab_size:
         raise ConfigError("models", "draft and target logits have different vocabulary sizes")
     prm: Any = confidence_verifier(cfg)
-    if prm is None and cfg.prm is not None and cfg.prm.format == "likelihood":
-        prm = LikelihoodPRM(_verifier(cfg, lms, gen), gen.tok, cfg.prompt_template, cfg.step_delimiter)
-    elif prm is None and cfg.prm is not None:
-        prm = prm_for(cfg.prm, cfg.engine)
+    if prm is None and cfg.prm is not None:
+        prm = (LikelihoodPRM(_verifier(cfg, lms, gen), gen.tok, cfg.prompt_template, cfg.step_delimiter)
+               if cfg.prm.format == "likelihood" else prm_for(cfg.prm, cfg.engine))
     engines = Engines(draft=lms.get("draft"), target=lms.get("target"), prm=prm)
     link_schedulers(engines)
     max_len = min(lm.max_len for lm in lms.values())

@@ -30,6 +30,14 @@ PROMPTS = ("What is 23+7-5+2?", "What is 9+8-3+6?", "What is 47+8-3+9-6?", "What
            "What is 5+5+5-1?", "What is 81-9+2?")
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile of `values` (nearest rank below; nan when empty)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 @dataclass(slots=True)
 class SoakResult:
     duration_s: float = 0.0
@@ -46,10 +54,7 @@ class SoakResult:
         return len(self.latencies_s) + len(self.errors) + len(self.refused)
 
     def percentile(self, q: float) -> float:
-        if not self.latencies_s:
-            return float("nan")
-        ordered = sorted(self.latencies_s)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        return percentile(self.latencies_s, q)
 
     def rss_growth(self) -> dict[str, float]:
         """Relative growth per process present at both ends (0.05 = 5%)."""

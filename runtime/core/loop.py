@@ -51,7 +51,6 @@ class RequestState:
     max_len: int
     tokens: list[int] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)
-    rewards: list[float] = field(default_factory=list)  # of the judged steps, in order
     stats: RequestStats = field(default_factory=RequestStats)
     stops: StopScanner = field(default_factory=lambda: StopScanner(()))
 
@@ -88,8 +87,6 @@ class RequestState:
             outcome = replace(outcome, token_ids=outcome.token_ids[:kept], token_logprobs=outcome.token_logprobs[:kept])
         self.tokens.extend(outcome.token_ids)
         self.steps.append(prm_step_text(text, delimiter))
-        if outcome.reward is not None:
-            self.rewards.append(outcome.reward)
         self.stats.observe_step(outcome)
         reason = "stop" if stop is not None else self.finish_reason(outcome, text)
         drafted, accepted = draft_tokens(outcome)
@@ -133,7 +130,8 @@ async def run_request(
     `window`: the server's recent budgeted steps (the pipeline's), for target_budget_scope server."""
     method = get_method(request.params.method)
     p = request.params
-    server_window = (window or BudgetWindow()) if p.target_budget < 1 and p.target_budget_scope == "server" else None
+    # what a target budget counts over: the server's recent steps, or this request's (all of them)
+    budget = (window or BudgetWindow()) if p.target_budget_scope == "server" else BudgetWindow(p.max_steps + 1)
     # the request's engine state lives in its sessions, closed when it finishes, fails or is cancelled
     with engines.open(request.request_id, method.needs(request.params)) as sessions:
         if len(request.prompt_ids) >= max_len:
@@ -146,27 +144,19 @@ async def run_request(
         ahead = Lookahead(lambda role, usage: state.stats.observe_call(role, usage, engines.role(role).num_params))
         calls = EngineCalls(sessions, state.stats, ahead)
         started = time.perf_counter()
-
-        def budget_history() -> tuple[tuple[float, ...], int]:
-            """(rewards, target steps) a target budget counts over: the server's window or this request's."""
-            if server_window is not None:
-                target_steps, rewards = server_window.history()
-                return rewards, target_steps
-            return tuple(state.rewards), state.stats.steps_by_source.get("target", 0)
-
         try:
             while True:
                 rule = StepRule(request.params, rules, len(state.tokens), reads_logprobs)
                 ctx = StepContext(request.params, request.question,
                                   request.prompt_ids + tuple(state.tokens), tuple(state.steps), state.step_cap(),
-                                  tokenizer, segmenter, rng, rule, calls, *budget_history(),
+                                  tokenizer, segmenter, rng, rule, calls, *budget.history(),
                                   lambda gen: state.after(gen, tokenizer.decode))
                 outcome = await method.step(ctx)
                 text = tokenizer.decode(outcome.token_ids)
                 draft_text = tokenizer.decode(outcome.draft_token_ids) if outcome.draft_token_ids else None
                 event = state.commit(outcome, text, draft_text, segmenter.delimiter, tokenizer.decode)
-                if server_window is not None and outcome.reward is not None:
-                    server_window.record(outcome.reward, outcome.source == "target")
+                if outcome.reward is not None and p.target_budget < 1:
+                    budget.record(outcome.reward, outcome.source == "target")
                 if event.finished:
                     state.stats.wall_time_s = time.perf_counter() - started
                     event = _with_stats(event, state.stats)

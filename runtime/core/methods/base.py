@@ -49,10 +49,10 @@ class StepContext:
     rng: np.random.Generator
     rule: StepRule
     calls: EngineCalls
-    # what a target budget counts over (RSD's target_budget_scope): the steps target_budget_steps of which
-    # the target wrote, and their rewards; this request's judged steps so far, or the server's recent ones
-    budget_rewards: tuple[float, ...] = ()
+    # what a target budget counts over (RSD's target_budget_scope: methods.rsd.BudgetWindow): how many of
+    # the steps the target wrote, and their rewards; this request's judged steps so far, or the server's recent ones
     budget_target_steps: int = 0
+    budget_rewards: tuple[float, ...] = ()
     # (cap, min new tokens) of the next step if a generation were accepted now; None: it would end the request
     next_step: Callable[[Generation], tuple[int, int] | None] | None = None
 
